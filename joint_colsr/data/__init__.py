@@ -1,0 +1,24 @@
+"""Data: sources of photographs, decoding, datasets, samplers and the LightningDataModule."""
+
+from joint_colsr.data.datamodule import ColSRDataModule
+from joint_colsr.data.datasets import VALIDATION_VIEWS, ReferenceImages
+from joint_colsr.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, is_effectively_grayscale
+from joint_colsr.data.sampler import EpochSeededSampler, sample_seed
+from joint_colsr.data.sources import SAMPLE_PHOTOS, ImageFolder, ImageItem, ImageSource, SamplePhotos
+
+__all__ = [
+    "IMAGE_EXTENSIONS",
+    "SAMPLE_PHOTOS",
+    "VALIDATION_VIEWS",
+    "ColSRDataModule",
+    "EpochSeededSampler",
+    "ImageDecodeError",
+    "ImageFolder",
+    "ImageItem",
+    "ImageSource",
+    "ReferenceImages",
+    "SamplePhotos",
+    "decode_image",
+    "is_effectively_grayscale",
+    "sample_seed",
+]

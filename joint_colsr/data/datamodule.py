@@ -1,0 +1,166 @@
+"""The LightningDataModule: sources -> uint8 reference images -> LAB batches on the device."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from typing import Any, Sequence
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from joint_colsr.color import rgb_uint8_to_lab_batch
+from joint_colsr.data.datasets import VALIDATION_VIEWS, ReferenceImages
+from joint_colsr.data.sampler import EpochSeededSampler
+from joint_colsr.data.sources import ImageSource
+
+log = logging.getLogger(__name__)
+
+
+class ColSRDataModule(pl.LightningDataModule):
+    """Reference images from any :class:`ImageSource`, as the joint task needs them.
+
+    Workers decode and resize to ``output_size`` RGB uint8 and move only uint8. On the
+    device, :meth:`on_after_batch_transfer` turns each batch into float32 L*a*b* with
+    kornia (outside autocast): ``l_lowres`` (input at ``input_size``), ``l_highres`` and
+    ``ab_target`` (at ``output_size``), and ``rgb_target`` (uint8, for metrics).
+
+    Args:
+        source: where the photos come from; it split them by photo.
+        batch_size: per device.
+        num_workers: DataLoader worker processes (0: decode in the main process).
+        input_size: side of the low-resolution L* input (96 in the paper).
+        output_size: side of the reference image and the a*b* target (256 in the paper).
+        lowres_interpolation: how L* is downscaled: bicubic, bilinear or area (antialiased).
+        train_samples_per_epoch: random crops per training epoch (default: one per photo).
+        val_views: fixed views per validation photo: 1 (the whole image, squash-resized:
+            the evaluation protocol) up to 6 (plus centre and corner crops of 2/3 side).
+        crop_scale: area range of training crops.
+        hflip: random horizontal flips in training.
+        seed: base seed of sample order and augmentation (``None``: drawn and logged).
+        root: the folder a file-based source reads (informational; the source uses it).
+        pin_memory: pin host memory when training on a GPU.
+    """
+
+    def __init__(
+        self,
+        source: ImageSource,
+        batch_size: int = 16,
+        num_workers: int = 2,
+        input_size: int = 96,
+        output_size: int = 256,
+        lowres_interpolation: str = "bicubic",
+        train_samples_per_epoch: int | None = None,
+        val_views: int = 1,
+        crop_scale: Sequence[float] = (0.25, 1.0),
+        hflip: bool = True,
+        seed: int | None = 0,
+        root: str | None = None,
+        pin_memory: bool = True,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        if not 1 <= input_size <= output_size:
+            raise ValueError(f"data.input_size ({input_size}) must be in [1, data.output_size ({output_size})]")
+        if not 1 <= val_views <= len(VALIDATION_VIEWS):
+            raise ValueError(f"data.val_views must be in [1, {len(VALIDATION_VIEWS)}], got {val_views}")
+        if lowres_interpolation not in ("bicubic", "bilinear", "area"):
+            raise ValueError(f"data.lowres_interpolation must be bicubic, bilinear or area, got {lowres_interpolation!r}")
+        self.source = source
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.input_size = input_size
+        self.output_size = output_size
+        self.lowres_interpolation = lowres_interpolation
+        self.train_samples_per_epoch = train_samples_per_epoch
+        self.val_views = val_views
+        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+        self.hflip = hflip
+        if seed is None:
+            seed = random.SystemRandom().randrange(2**31)
+            log.info("data.seed is null: drew sample seed %d", seed)
+        self.seed = int(seed)
+        self.root = root
+        self.pin_memory = pin_memory
+        self.train_set: ReferenceImages | None = None
+        self.val_set: ReferenceImages | None = None
+        self._samplers: dict[str, EpochSeededSampler] = {}
+
+    # -- datasets ---------------------------------------------------------------------------
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None:
+            return
+        train_items, val_items = self.source.split()
+        if stage in (None, "fit") and not train_items:
+            raise RuntimeError(f"data source '{self.source.name}' has no training images after the split")
+        if not val_items:
+            raise RuntimeError(f"data source '{self.source.name}' has no validation images after the split")
+        if train_items:
+            self.train_set = ReferenceImages(
+                train_items, self.output_size, train=True, length=self.train_samples_per_epoch,
+                crop_scale=self.crop_scale, hflip=self.hflip,
+            )
+        self.val_set = ReferenceImages(val_items, self.output_size, train=False, views=VALIDATION_VIEWS[: self.val_views])
+        log.info(
+            "data '%s': %d training photos (%d samples/epoch), %d validation photos (%d samples)",
+            self.source.name, len(train_items), len(self.train_set) if self.train_set else 0, len(val_items), len(self.val_set),
+        )
+
+    # -- loaders ----------------------------------------------------------------------------
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def _loader(self, dataset: ReferenceImages, split: str, shuffle: bool) -> DataLoader:
+        rank, world = self._rank_world()
+        sampler = EpochSeededSampler(len(dataset), shuffle=shuffle, seed=self.seed, rank=rank, world_size=world)
+        self._samplers[split] = sampler
+        on_gpu = self.trainer is not None and self.trainer.accelerator is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+        return DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and on_gpu,
+            drop_last=shuffle and len(sampler) >= 2 * self.batch_size,
+            persistent_workers=self.num_workers > 0,
+            # Each worker gets one torch thread: workers only resize uint8 images.
+            worker_init_fn=_single_thread_worker,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            self.setup("fit")
+        return self._loader(self.train_set, "train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_set is None:
+            self.setup("validate")
+        return self._loader(self.val_set, "val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    # -- device-side conversion ------------------------------------------------------------
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict) and "rgb" in batch:
+            lab = rgb_uint8_to_lab_batch(batch["rgb"], self.input_size, self.lowres_interpolation)
+            lab["index"] = batch["index"]
+            lab["skipped"] = batch["skipped"]
+            return lab
+        return batch
+
+
+def _single_thread_worker(worker_id: int) -> None:
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"

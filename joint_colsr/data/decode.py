@@ -1,0 +1,124 @@
+"""Decoding image files into RGB uint8 arrays, robust to the files people really have.
+
+Every function here runs in DataLoader worker processes: it returns plain numpy arrays
+and raises :class:`ImageDecodeError` (with the file and the reason) for a file that
+cannot be used, so the caller can skip and count it instead of crashing an epoch.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from pathlib import Path
+
+import numpy as np
+from PIL import Image, ImageOps, UnidentifiedImageError
+
+#: Extensions the folder and COCO sources consider images (lower case).
+IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
+
+# Decompression-bomb guard stays on (PIL default), but as an error, not a warning.
+warnings.simplefilter("error", Image.DecompressionBombWarning)
+
+
+class ImageDecodeError(Exception):
+    """A file that is not a usable image. ``str(err)`` names the file and the reason."""
+
+    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def _to_rgb(img: Image.Image) -> Image.Image:
+    """Any PIL mode -> 8-bit RGB, keeping what the pixels mean."""
+    mode = img.mode
+    if mode == "RGB":
+        return img
+    if mode in ("I;16", "I;16B", "I;16L", "I"):
+        # 16/32-bit grayscale: PIL's convert("L") clips at 255; rescale the real range instead.
+        arr = np.asarray(img, dtype=np.float64)
+        peak = 65535.0 if arr.max() > 255 else 255.0
+        arr = np.clip(arr / peak * 255.0 + 0.5, 0, 255).astype(np.uint8)
+        return Image.fromarray(arr, mode="L").convert("RGB")
+    if mode == "F":
+        arr = np.asarray(img, dtype=np.float64)
+        lo, hi = float(arr.min()), float(arr.max())
+        arr = (arr - lo) / (hi - lo if hi > lo else 1.0) * 255.0
+        return Image.fromarray(np.clip(arr + 0.5, 0, 255).astype(np.uint8), mode="L").convert("RGB")
+    if mode == "P" and "transparency" in img.info:
+        img = img.convert("RGBA")
+        mode = "RGBA"
+    if mode in ("RGBA", "LA", "PA", "RGBa", "La"):
+        # Composite transparent pixels onto white, as viewers show them (convert("RGB") would make them black).
+        rgba = img.convert("RGBA")
+        background = Image.new("RGBA", rgba.size, (255, 255, 255, 255))
+        return Image.alpha_composite(background, rgba).convert("RGB")
+    # L, 1, P, CMYK, YCbCr, LAB, HSV: PIL's conversions are correct for these.
+    return img.convert("RGB")
+
+
+def decode_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to an ``(H, W, 3)`` uint8 sRGB array.
+
+    EXIF orientation is applied, transparency is composited on white, CMYK / palette /
+    grayscale / 16-bit images are converted to 8-bit RGB, and for animated files the first
+    frame is used.
+
+    Raises:
+        ImageDecodeError: the file is missing, empty, truncated, not an image, or too large.
+    """
+    path = Path(path)
+    try:
+        size = path.stat().st_size
+    except OSError as err:
+        raise ImageDecodeError(path, f"cannot read file ({err.strerror or err})") from None
+    if size == 0:
+        raise ImageDecodeError(path, "empty file (0 bytes)")
+    try:
+        with Image.open(path) as img:
+            img.load()  # raises on truncated data (PIL's LOAD_TRUNCATED_IMAGES stays False)
+            img = ImageOps.exif_transpose(img)
+            rgb = _to_rgb(img)
+            arr = np.asarray(rgb, dtype=np.uint8)
+    except UnidentifiedImageError:
+        raise ImageDecodeError(path, "not an image PIL can identify") from None
+    except Image.DecompressionBombError as err:
+        raise ImageDecodeError(path, f"too large ({err})") from None
+    except (OSError, SyntaxError, ValueError) as err:
+        raise ImageDecodeError(path, f"corrupt or truncated ({err})") from None
+    if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 1:
+        raise ImageDecodeError(path, f"decoded to an unexpected shape {arr.shape}")
+    return np.ascontiguousarray(arr)
+
+
+def is_effectively_grayscale(rgb: np.ndarray, tolerance: int = 2) -> bool:
+    """True when an RGB image carries no colour: every channel equal within ``tolerance``.
+
+    COCO stores about 1% grayscale photos, some as 3-channel RGB; they teach a colorizer
+    nothing and are excluded from training and evaluation.
+    """
+    if rgb.ndim != 3 or rgb.shape[2] != 3:
+        raise ValueError(f"expected an (H, W, 3) array, got shape {rgb.shape}")
+    x = rgb.astype(np.int16)
+    return bool(np.abs(x[..., 0] - x[..., 1]).max() <= tolerance and np.abs(x[..., 1] - x[..., 2]).max() <= tolerance)
+
+
+def probe_image(path: str | os.PathLike) -> tuple[int, int]:
+    """Cheap start-up check: open the header only and return ``(width, height)``.
+
+    Catches missing, empty and non-image files without decoding pixels; truncated data is
+    caught later, when the pixels are decoded (and the file is then skipped and counted).
+    """
+    path = Path(path)
+    try:
+        if path.stat().st_size == 0:
+            raise ImageDecodeError(path, "empty file (0 bytes)")
+        with Image.open(path) as img:
+            return img.size
+    except ImageDecodeError:
+        raise
+    except UnidentifiedImageError:
+        raise ImageDecodeError(path, "not an image PIL can identify") from None
+    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
+        raise ImageDecodeError(path, f"unreadable header ({err})") from None

@@ -1,0 +1,5 @@
+"""LightningModules: how networks are trained (losses, optimizers, logging)."""
+
+from joint_colsr.systems.colsr import ColSRSystem
+
+__all__ = ["ColSRSystem"]

@@ -1,0 +1,95 @@
+"""Train a model: ``python -m joint_colsr.train [hydra overrides]`` (config: ``conf/train.yaml``).
+
+``train(cfg)`` returns the final metrics and writes them to ``<run dir>/metrics.json``;
+the checkpoint of the last epoch is ``<run dir>/checkpoints/last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+from omegaconf import DictConfig
+
+from joint_colsr.builders import build_callbacks, build_datamodule, build_loggers, build_system, build_trainer, check_config, resolved_config
+from joint_colsr.nets import count_parameters
+
+log = logging.getLogger(__name__)
+
+
+def _jsonable(value: Any) -> Any:
+    if hasattr(value, "item"):
+        value = value.item()
+    if isinstance(value, float) and not math.isfinite(value):
+        return str(value)
+    return value
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit the configured model on the configured data; return the final metrics."""
+    check_config(cfg)
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+
+    datamodule = build_datamodule(cfg)
+    system = build_system(cfg)
+    callbacks = build_callbacks(cfg)
+    loggers = build_loggers(cfg)
+    trainer = build_trainer(cfg, callbacks, loggers)
+    resolved = resolved_config(cfg)
+    for logger in trainer.loggers:
+        logger.log_hyperparams({**resolved, "model/params": count_parameters(system.net)})
+
+    start = time.perf_counter()
+    trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    elapsed = time.perf_counter() - start
+
+    metrics: dict[str, Any] = {k: _jsonable(v) for k, v in trainer.callback_metrics.items()}
+    metrics.update(
+        epochs=trainer.current_epoch,
+        global_step=trainer.global_step,
+        fit_seconds=round(elapsed, 2),
+        params=count_parameters(system.net),
+    )
+    ckpt_cb = trainer.checkpoint_callback
+    if ckpt_cb is not None and not trainer.fast_dev_run:
+        metrics["best_ckpt"] = ckpt_cb.best_model_path or None
+        metrics["last_ckpt"] = ckpt_cb.last_model_path or None
+    if trainer.is_global_zero:
+        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        _print_summary(metrics, output_dir)
+    return metrics
+
+
+def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
+    psnr, gray = metrics.get("val/psnr"), metrics.get("val/psnr_gray")
+    lines = [f"Run directory: {output_dir}"]
+    if isinstance(psnr, float) and isinstance(gray, float):
+        lines.append(
+            f"Validation PSNR (GT L* + predicted a*b*, 8-bit sRGB): {psnr:.2f} dB | "
+            f"gray baseline (a*=b*=0): {gray:.2f} dB | gain {psnr - gray:+.2f} dB"
+        )
+    grid = output_dir / "images" / "val_latest.png"
+    if grid.exists():
+        lines.append(f"Validation grid: {grid}")
+    for line in lines:
+        print(line)
+
+
+@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    key = cfg.get("optimized_metric")
+    return metrics.get(key) if key else None
+
+
+if __name__ == "__main__":
+    main()

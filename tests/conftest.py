@@ -1,0 +1,66 @@
+"""Shared fixtures: composed Hydra configs for tiny CPU runs, and image folders made on the spot."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from hydra.core.hydra_config import HydraConfig
+from omegaconf import DictConfig, open_dict
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+CONF_DIR = REPO / "conf"
+
+os.environ.setdefault("WANDB_MODE", "offline")
+torch.set_num_threads(1)
+
+
+def compose_config(config_name: str = "train", overrides: list[str] | None = None, output_dir: Path | None = None) -> DictConfig:
+    """Compose a config as the CLI would, with the run directory set to ``output_dir``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        cfg = compose(config_name=config_name, overrides=overrides or [], return_hydra_config=True)
+    if output_dir is not None:
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(output_dir)
+            cfg.paths.output_dir = str(output_dir)
+        HydraConfig.instance().set_config(cfg)
+    return cfg
+
+
+@pytest.fixture
+def compose_cfg(tmp_path):
+    """``compose_cfg(overrides)`` -> a config whose run directory is a fresh temp folder."""
+
+    def _compose(overrides: list[str] | None = None, config_name: str = "train") -> DictConfig:
+        return compose_config(config_name, overrides, output_dir=tmp_path / "run")
+
+    yield _compose
+    GlobalHydra.instance().clear()
+
+
+def random_photo(rng: np.random.Generator, height: int, width: int) -> np.ndarray:
+    """A smooth colourful image (random low-frequency fields), more photo-like than noise."""
+    small = rng.integers(0, 256, size=(4, 4, 3), dtype=np.uint8)
+    img = Image.fromarray(small).resize((width, height), Image.Resampling.BICUBIC)
+    arr = np.asarray(img).astype(np.int16) + rng.integers(-8, 9, size=(height, width, 3))
+    return np.clip(arr, 0, 255).astype(np.uint8)
+
+
+@pytest.fixture
+def image_folder(tmp_path) -> Path:
+    """A nested folder of 8 small colour JPEG/PNG images."""
+    rng = np.random.default_rng(0)
+    root = tmp_path / "images"
+    for i in range(8):
+        sub = root / ("a" if i % 2 else "b") / ("deep" if i % 3 == 0 else "")
+        sub.mkdir(parents=True, exist_ok=True)
+        ext = ".jpg" if i % 2 else ".png"
+        Image.fromarray(random_photo(rng, 120 + 10 * i, 160)).save(sub / f"img{i}{ext}")
+    return root

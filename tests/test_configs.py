@@ -1,0 +1,89 @@
+"""Every config group option composes; wrong configs fail at start-up with a clear message."""
+
+import subprocess
+import sys
+
+import pytest
+
+from joint_colsr.builders import ConfigError, build_datamodule, build_system, check_config, resolved_config
+
+from .conftest import CONF_DIR, REPO
+
+
+def _options(group: str) -> list[str]:
+    return sorted(p.stem for p in (CONF_DIR / group).glob("*.yaml"))
+
+
+@pytest.mark.parametrize(
+    "group", ["model", "data", "trainer", "logger", "callbacks", "experiment", "debug", "paths", "hydra"]
+)
+def test_every_option_composes(group, compose_cfg, image_folder):
+    options = _options(group)
+    assert options, f"conf/{group} is empty"
+    for option in options:
+        overrides = [f"{group}={option}", f"data.root={image_folder}"]
+        if group == "data" and option == "samples":
+            overrides = [f"{group}={option}"]
+        cfg = compose_cfg(overrides if group in ("data", "experiment") else [f"{group}={option}"])
+        resolved_config(cfg)  # every interpolation resolves
+
+
+def test_default_config_is_the_paper_net_on_samples(compose_cfg):
+    cfg = compose_cfg()
+    assert cfg.data.source._target_.endswith("SamplePhotos")
+    assert cfg.model.net._target_.endswith("JointPaperNet")
+    assert cfg.model.net.input_size == 96 and cfg.model.net.output_size == 256
+    assert cfg.seed == 0
+    check_config(cfg)
+
+
+def test_paper_experiment_is_the_paper_recipe(compose_cfg):
+    cfg = compose_cfg(["experiment=paper", "data.root=/nowhere"])
+    assert cfg.data.batch_size == 160
+    assert cfg.trainer.max_epochs == 148
+    assert cfg.model.optimizer._target_ == "torch.optim.Adam" and cfg.model.optimizer.lr == 1e-4
+    assert cfg.model.scheduler._target_.endswith("ReduceLROnPlateau") and cfg.model.scheduler.factor == 0.75
+    # COCO is not at /nowhere: start-up fails naming the path and the layout.
+    with pytest.raises(FileNotFoundError, match="instances_train2017.json"):
+        build_datamodule(cfg)
+
+
+def test_system_config_builds_and_round_trips(compose_cfg):
+    cfg = compose_cfg(["debug=tiny"])
+    system = build_system(cfg)
+    assert system.hparams.net["width_mult"] == 0.0625
+    assert not any(isinstance(v, object.__class__) for v in system.hparams.values())
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["data=folder"], r"data.root must be set"),
+        (["model.net.input_size=64"], r"model.net.input_size=64 does not match data.input_size=96"),
+        (["data.input_size=300"], r"data.input_size \(300\)"),
+        (["data.batch_size=0"], r"data.batch_size"),
+        (["trainer.use_distributed_sampler=true"], r"use_distributed_sampler"),
+    ],
+)
+def test_bad_configs_fail_at_startup(compose_cfg, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        check_config(compose_cfg(overrides))
+
+
+def _cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "joint_colsr.train", *args, "hydra.run.dir=/tmp/joint_colsr_cli_test", "trainer.max_epochs=0"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+
+
+def test_unknown_config_name_lists_the_choices():
+    result = _cli("model=nonexistent")
+    assert result.returncode != 0
+    assert "model/nonexistent" in result.stderr and "joint_paper" in result.stderr
+
+
+def test_missing_data_root_fails_before_reading_data(tmp_path):
+    result = _cli("data=folder", f"data.root={tmp_path / 'missing'}")
+    assert result.returncode != 0
+    assert "missing" in result.stderr and "expected a folder holding image files" in result.stderr
