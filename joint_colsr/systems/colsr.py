@@ -64,8 +64,30 @@ class ColSRSystem(pl.LightningModule):
         #: First validation batch of the epoch, kept on CPU for the image-grid callback.
         self.val_examples: dict[str, Tensor] | None = None
 
-    def forward(self, l_lowres: Tensor) -> Tensor:
-        return self.net(l_lowres)
+    def forward(self, l_lowres: Tensor, l_highres: Tensor | None = None) -> Tensor:
+        """``(B, 1, r, r)`` normalized L* -> ``(B, 2, S, S)`` normalized a*b*."""
+        return self.infer({"l_lowres": l_lowres, "l_highres": l_highres})["ab"]
+
+    def infer(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """Run the network on a batch and return its outputs by name.
+
+        The network contract (every net in :mod:`joint_colsr.nets`):
+
+        * input: ``net(l_lowres)``; a net whose attribute ``needs_l_highres`` is true is
+          called as ``net(l_lowres, l_highres=...)`` (ground-truth L* as guidance);
+        * output: a tensor of a*b*, or a dict with ``"ab"`` and optionally ``"l"``
+          (its own high-resolution L*, normalized) and ``"logits"`` (class scores).
+
+        Returns:
+            dict with ``"ab"`` ``(B, 2, S, S)`` and whatever else the net returned.
+        """
+        kwargs = {}
+        if getattr(self.net, "needs_l_highres", False):
+            if batch.get("l_highres") is None:
+                raise ValueError(f"{type(self.net).__name__} needs ground-truth L* (l_highres) as guidance")
+            kwargs["l_highres"] = batch["l_highres"]
+        out = self.net(batch["l_lowres"], **kwargs)
+        return dict(out) if isinstance(out, Mapping) else {"ab": out}
 
     def _check_sizes(self, ab_pred: Tensor, ab_target: Tensor) -> None:
         if ab_pred.shape != ab_target.shape:
@@ -75,7 +97,7 @@ class ColSRSystem(pl.LightningModule):
             )
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        ab_pred = self(batch["l_lowres"])
+        ab_pred = self.infer(batch)["ab"]
         self._check_sizes(ab_pred, batch["ab_target"])
         loss = F.mse_loss(ab_pred.float(), batch["ab_target"])
         self.log("train/loss", loss, prog_bar=True, batch_size=ab_pred.shape[0])
@@ -84,7 +106,7 @@ class ColSRSystem(pl.LightningModule):
         return loss
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        ab_pred = self(batch["l_lowres"])
+        ab_pred = self.infer(batch)["ab"]
         self._check_sizes(ab_pred, batch["ab_target"])
         n = ab_pred.shape[0]
         per_image_mse = (ab_pred.float() - batch["ab_target"]).pow(2).mean(dim=(1, 2, 3))
