@@ -7,13 +7,18 @@ caught before any data is read.
 
 from __future__ import annotations
 
+import inspect
 import logging
-from typing import Any
+import types
+import typing
+from typing import Any, Union
+
+import torch
 
 import lightning.pytorch as pl
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as _hydra_instantiate
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 log = logging.getLogger(__name__)
 
@@ -32,6 +37,8 @@ def instantiate(config: Any, *args: Any, **kwargs: Any) -> Any:
         return _hydra_instantiate(config, *args, **kwargs)
     except InstantiationException as err:
         cause = err.__cause__
+        while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
+            cause = cause.__cause__
         if isinstance(cause, (ValueError, TypeError, FileNotFoundError, RuntimeError, NotImplementedError)):
             raise cause.with_traceback(None) from None
         raise
@@ -65,6 +72,112 @@ def check_config(cfg: DictConfig) -> None:
         raise ConfigError(f"seed must be an integer or null, got {seed!r}")
     if _get(cfg, "trainer.use_distributed_sampler"):
         raise ConfigError("trainer.use_distributed_sampler must stay false: the data module shards each epoch itself")
+    for group in ("data", "model", "trainer", "callbacks", "logger"):
+        if _get(cfg, group) is not None:
+            check_targets(cfg[group], group)
+
+
+_SIMPLE_TYPES = (bool, int, float, str)
+
+
+def _accepts(annotation: Any, value: Any) -> bool | None:
+    """Whether ``value`` fits a *simple* annotation; ``None`` when the annotation is too rich to judge."""
+    if annotation is inspect.Parameter.empty or annotation is Any:
+        return None
+    origin = typing.get_origin(annotation)
+    if origin in (Union, types.UnionType):
+        verdicts = [_accepts(a, value) for a in typing.get_args(annotation)]
+        if any(v is True for v in verdicts):
+            return True
+        return None if any(v is None for v in verdicts) else False
+    if annotation is type(None):
+        return value is None
+    if annotation in _SIMPLE_TYPES:
+        if annotation is float:
+            return isinstance(value, (int, float)) and not isinstance(value, bool)
+        if annotation is int:
+            return isinstance(value, int) and not isinstance(value, bool)
+        return isinstance(value, annotation)
+    return None
+
+
+def _resolve_annotations(target: Any) -> dict[str, Any]:
+    try:
+        fn = target.__init__ if inspect.isclass(target) else target
+        return typing.get_type_hints(fn)
+    except Exception:  # unresolvable forward references: skip type checks, keep name checks
+        return {}
+
+
+def check_targets(node: Any, key: str = "") -> None:
+    """Check every ``_target_`` node against its callable's signature: the signature is the schema.
+
+    A misspelled key (``model.net.widht_mult``) or a value of the wrong simple type
+    (``data.batch_size=abc``) fails here, at start-up, naming the full key; nothing is
+    written twice (no dataclass duplicating each constructor).
+    """
+    from hydra.utils import get_object
+
+    if isinstance(node, DictConfig):
+        target_name = node.get("_target_") if "_target_" in node else None
+        if target_name is not None:
+            try:
+                target = get_object(str(target_name))
+            except Exception as err:
+                raise ConfigError(f"{key or 'config'}._target_={target_name!r} cannot be imported ({err})") from None
+            try:
+                params = inspect.signature(target).parameters
+            except (TypeError, ValueError):
+                params = {}
+            takes_kwargs = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values())
+            hints = _resolve_annotations(target) if params else {}
+            for name in node:
+                name = str(name)
+                if name.startswith("_"):
+                    continue
+                full = f"{key}.{name}" if key else name
+                if params and name not in params and not takes_kwargs:
+                    choices = ", ".join(p for p in params if p not in ("self", "args", "kwargs"))
+                    raise ConfigError(f"unknown key {full}: {target_name} takes {choices}")
+                if name in params and not OmegaConf.is_missing(node, name):
+                    value = OmegaConf.select(node, name, throw_on_missing=False)
+                    if not OmegaConf.is_config(value) and _accepts(hints.get(name, params[name].annotation), value) is False:
+                        raise ConfigError(
+                            f"{full}={value!r} has the wrong type: {target_name} expects {hints.get(name, params[name].annotation)}"
+                        )
+        for name in node:
+            if not str(name).startswith("_") and not OmegaConf.is_missing(node, name):
+                child = node._get_node(name)
+                if isinstance(child, (DictConfig, ListConfig)):
+                    check_targets(child, f"{key}.{name}" if key else str(name))
+    elif isinstance(node, ListConfig):
+        for i, child in enumerate(node):
+            check_targets(child, f"{key}[{i}]")
+
+
+def check_model_output(system: pl.LightningModule, cfg: DictConfig) -> None:
+    """Run the network once on a zero input of ``data.input_size`` and check the output size.
+
+    Catches a model whose scale does not match the data (``data.output_size``) before
+    any data is read; costs one forward pass of one image.
+    """
+    r, s = int(cfg.data.input_size), int(cfg.data.output_size)
+    batch = {"l_lowres": torch.zeros(1, 1, r, r), "l_highres": torch.zeros(1, 1, s, s)}
+    was_training = system.training
+    system.eval()
+    try:
+        with torch.no_grad():
+            ab = system.infer(batch)["ab"]
+    except Exception as err:
+        raise ConfigError(f"model '{cfg.model.get('net', {}).get('_target_', cfg.model._target_)}' cannot take a {r}x{r} input "
+                          f"(data.input_size={r}): {err}") from err
+    finally:
+        system.train(was_training)
+    if tuple(ab.shape) != (1, 2, s, s):
+        raise ConfigError(
+            f"model output {tuple(ab.shape)[1:]} does not match data.output_size={s} (expected (2, {s}, {s})) "
+            f"for data.input_size={r}"
+        )
 
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
@@ -104,4 +217,10 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
 
 
 def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback] | None = None, loggers: list[Any] | None = None) -> pl.Trainer:
-    return instantiate(cfg.trainer, callbacks=callbacks or [], logger=loggers or False)
+    callbacks = list(callbacks or [])
+    if not loggers:
+        # LearningRateMonitor refuses a Trainer without loggers; with logger=none it has nowhere to write anyway.
+        from lightning.pytorch.callbacks import LearningRateMonitor
+
+        callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)

@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 import lightning.pytorch as pl
+import torch
 from lightning.pytorch.utilities import rank_zero_only
 
 from joint_colsr.viz import colorization_rows, make_grid, save_png
@@ -49,3 +51,50 @@ class ValidationImageGrid(pl.Callback):
                     key="val/examples", images=[grid], step=trainer.global_step,
                     caption=["input L* (bicubic) | prediction | ground truth"],
                 )
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced NaN or Inf; the message names the step and the values."""
+
+
+class StopOnNonFinite(pl.Callback):
+    """Stop training on a NaN/Inf loss or gradient, *before* the optimizer step.
+
+    The weights are never updated with the bad values, and no checkpoint is written after
+    them, so the last checkpoint on disk stays the last good one. The error names the
+    global step, the epoch, the batch and the loss values.
+
+    Args:
+        check_gradients: also check every gradient before each optimizer step.
+    """
+
+    def __init__(self, check_gradients: bool = True) -> None:
+        super().__init__()
+        self.check_gradients = check_gradients
+        self._last_loss: float | None = None
+
+    def _where(self, trainer: pl.Trainer) -> str:
+        batch = trainer.fit_loop.epoch_loop.batch_progress.current.ready - 1
+        ckpt = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+        last = f"; the last good checkpoint is {ckpt}" if ckpt else ""
+        return f"at global step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch}){last}"
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Any) -> None:
+        value = loss.detach().float()
+        if not torch.isfinite(value).all():
+            logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+            raise NonFiniteLossError(
+                f"non-finite training loss {value.tolist()} {self._where(trainer)}; last logged {logged}. "
+                "Lower the learning rate, check the data, or try trainer.precision=32-true."
+            )
+        self._last_loss = float(value.mean())
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        if not self.check_gradients:
+            return
+        bad = [n for n, p in pl_module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        if bad:
+            raise NonFiniteLossError(
+                f"non-finite gradients in {len(bad)} parameters (first: {bad[:3]}) {self._where(trainer)}; "
+                f"loss was {self._last_loss}"
+            )

@@ -17,7 +17,8 @@ import hydra
 import lightning.pytorch as pl
 from omegaconf import DictConfig
 
-from joint_colsr.builders import build_callbacks, build_datamodule, build_loggers, build_system, build_trainer, check_config, resolved_config
+from joint_colsr.builders import build_callbacks, build_datamodule, build_loggers, build_system, build_trainer, check_config, check_model_output, resolved_config
+from joint_colsr.checkpointing import find_resume_checkpoint
 from joint_colsr.nets import count_parameters
 
 log = logging.getLogger(__name__)
@@ -39,8 +40,9 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
 
-    datamodule = build_datamodule(cfg)
     system = build_system(cfg)
+    check_model_output(system, cfg)  # before any data is read
+    datamodule = build_datamodule(cfg)
     callbacks = build_callbacks(cfg)
     loggers = build_loggers(cfg)
     trainer = build_trainer(cfg, callbacks, loggers)
@@ -48,8 +50,14 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     for logger in trainer.loggers:
         logger.log_hyperparams({**resolved, "model/params": count_parameters(system.net)})
 
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is None and cfg.get("auto_resume"):
+        found = find_resume_checkpoint(output_dir)
+        if found is not None:
+            log.info("auto_resume: continuing from %s", found)
+            ckpt_path = str(found)
     start = time.perf_counter()
-    trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
     elapsed = time.perf_counter() - start
 
     metrics: dict[str, Any] = {k: _jsonable(v) for k, v in trainer.callback_metrics.items()}

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -120,12 +120,24 @@ class ColSRDataModule(pl.LightningDataModule):
             return 0, 1
         return trainer.global_rank, trainer.world_size
 
+    def _batches_done(self) -> int:
+        """Training batches this rank finished in the current epoch (Lightning's own count)."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
     def _loader(self, dataset: ReferenceImages, split: str, shuffle: bool) -> DataLoader:
         rank, world = self._rank_world()
         sampler = EpochSeededSampler(len(dataset), shuffle=shuffle, seed=self.seed, rank=rank, world_size=world)
+        # The epoch must be right before the first iterator exists: Lightning creates it (and
+        # worker processes start drawing indices) before it calls set_epoch, and on a resume
+        # that first iterator is the one used. Same value Lightning passes to set_epoch.
+        sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0)
         self._samplers[split] = sampler
         on_gpu = self.trainer is not None and self.trainer.accelerator is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
-        return DataLoader(
+        loader_cls = ResumableDataLoader if split == "train" else DataLoader
+        extra = {"batches_done": self._batches_done} if split == "train" else {}
+        return loader_cls(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
@@ -135,6 +147,7 @@ class ColSRDataModule(pl.LightningDataModule):
             persistent_workers=self.num_workers > 0,
             # Each worker gets one torch thread: workers only resize uint8 images.
             worker_init_fn=_single_thread_worker,
+            **extra,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -159,6 +172,31 @@ class ColSRDataModule(pl.LightningDataModule):
             lab["skipped"] = batch["skipped"]
             return lab
         return batch
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that Lightning can resume mid-epoch.
+
+    Lightning stores ``state_dict()`` in every checkpoint and, when it restarts inside an
+    epoch, calls ``load_state_dict`` before iterating. The state is the epoch and the
+    number of samples this rank already trained on; the :class:`EpochSeededSampler` then
+    skips exactly those, so no sample is repeated or skipped (the order and every crop are
+    pure functions of seed, epoch and index).
+    """
+
+    def __init__(self, *args: Any, batches_done: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._batches_done = batches_done
+
+    def state_dict(self) -> dict[str, int]:
+        sampler = self.sampler
+        return {"epoch": sampler.epoch, "samples_done": self._batches_done() * self.batch_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        sampler = self.sampler
+        if state.get("epoch") == sampler.epoch:
+            sampler.start = min(int(state.get("samples_done", 0)), len(sampler))
+            log.info("resuming epoch %d after %d samples", sampler.epoch, sampler.start)
 
 
 def _single_thread_worker(worker_id: int) -> None:

@@ -48,7 +48,9 @@ class EpochSeededSampler(Sampler[tuple[int, int]]):
         self.world_size = world_size
         self.drop_last = drop_last
         self.epoch = 0
-        self.start = 0  # positions of this epoch already consumed (mid-epoch resume)
+        #: Samples of the current epoch already trained on (set when resuming mid-epoch);
+        #: the next iteration skips them, then starts the following epochs from 0.
+        self.start = 0
 
     def set_epoch(self, epoch: int) -> None:
         """Lightning calls this at the start of every epoch."""
@@ -77,4 +79,6 @@ class EpochSeededSampler(Sampler[tuple[int, int]]):
         self.start = 0
 
     def __len__(self) -> int:
-        return self.num_per_rank() - self.start
+        # The full epoch, also when resuming mid-epoch: Lightning counts batches from the
+        # restored position and ends the epoch when the iterator runs out.
+        return self.num_per_rank()

@@ -1,0 +1,67 @@
+"""Checkpoints that survive crashes, and finding the one to resume from."""
+
+from __future__ import annotations
+
+import logging
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import torch
+from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.plugins.io import TorchCheckpointIO
+
+log = logging.getLogger(__name__)
+
+
+class AtomicCheckpointIO(TorchCheckpointIO):
+    """Write each checkpoint to a temporary file *in the same folder*, fsync, then rename.
+
+    Lightning's own writer stages through fsspec's transaction, whose temporary file lives
+    in the system temp folder: when that is another filesystem (a node-local ``/tmp`` and
+    an NFS run directory, common on clusters) the final move is a copy, and a kill during
+    it leaves a truncated ``last.ckpt``. A rename within one folder is atomic on POSIX, so
+    here a reader sees the old file or the new one, never half of one. Remote URLs
+    (``s3://`` ...) fall back to Lightning's writer.
+    """
+
+    def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
+        if storage_options is not None or "://" in str(path):
+            return super().save_checkpoint(checkpoint, path, storage_options)
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        try:
+            with os.fdopen(fd, "wb") as handle:
+                torch.save(checkpoint, handle)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(tmp_name, path)
+        except BaseException:
+            Path(tmp_name).unlink(missing_ok=True)
+            raise
+        # Make the rename itself durable.
+        dir_fd = os.open(path.parent, os.O_RDONLY)
+        try:
+            os.fsync(dir_fd)
+        finally:
+            os.close(dir_fd)
+
+    def remove_checkpoint(self, path: Any) -> None:
+        fs = get_filesystem(path)
+        if fs.exists(path):
+            fs.rm(path, recursive=True)
+
+
+def find_resume_checkpoint(output_dir: str | os.PathLike) -> Path | None:
+    """The run directory's ``checkpoints/last.ckpt`` if it exists and loads, else ``None``."""
+    last = Path(output_dir) / "checkpoints" / "last.ckpt"
+    if not last.is_file():
+        return None
+    try:
+        torch.load(last, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # a checkpoint written by another tool, or damaged by hand
+        log.warning("not resuming from %s: it does not load (%s)", last, err)
+        return None
+    return last

@@ -1,0 +1,184 @@
+"""Reliability: exact resume (end of epoch, mid-epoch, after SIGKILL), atomic checkpoints,
+NaN guards, and config checks that fail at start-up naming the key."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from joint_colsr.builders import ConfigError, check_config, check_model_output, build_system
+from joint_colsr.callbacks import NonFiniteLossError
+from joint_colsr.checkpointing import AtomicCheckpointIO, find_resume_checkpoint
+from joint_colsr.train import train
+
+from .conftest import REPO
+
+# Tiny, deterministic, with real worker processes: what an exact resume must survive.
+EXACT = [
+    "model.net.width_mult=0.0625",
+    "data.batch_size=2",
+    "data.num_workers=2",
+    "data.train_samples_per_epoch=8",
+    "data.val_views=1",
+    "trainer.accelerator=cpu",
+    "trainer.deterministic=true",
+    "trainer.limit_val_batches=1",
+    "callbacks.model_summary.max_depth=0",
+    "callbacks.progress_bar.refresh_rate=0",
+    "logger=none",
+    "seed=7",
+]
+
+
+def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
+
+
+def _assert_bitwise_equal(a: dict, b: dict) -> None:
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+def test_two_epochs_equal_one_epoch_resumed_to_two(compose_cfg, tmp_path):
+    straight = compose_cfg([*EXACT, "trainer.max_epochs=2"])
+    train(straight)
+    ref = _weights(Path(straight.paths.output_dir) / "checkpoints" / "last.ckpt")
+
+    first = compose_cfg([*EXACT, "trainer.max_epochs=1"])
+    first.paths.output_dir = str(tmp_path / "b")
+    train(first)
+    second = compose_cfg([*EXACT, "trainer.max_epochs=2", f"ckpt_path={tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}"])
+    second.paths.output_dir = str(tmp_path / "b2")
+    train(second)
+    _assert_bitwise_equal(ref, _weights(tmp_path / "b2" / "checkpoints" / "last.ckpt"))
+
+
+def test_mid_epoch_checkpoint_resumes_at_the_right_batch(compose_cfg, tmp_path):
+    # 4 steps per epoch; a checkpoint every step; resume from the one after step 2.
+    over = [*EXACT, "trainer.max_epochs=1", "callbacks.model_checkpoint.every_n_train_steps=1",
+            "callbacks.model_checkpoint.save_top_k=-1", "callbacks.model_checkpoint.monitor=null",
+            "callbacks.model_checkpoint.filename='step{step}'"]
+    straight = compose_cfg(over)
+    train(straight)
+    ckpts = Path(straight.paths.output_dir) / "checkpoints"
+    ref = _weights(ckpts / "last.ckpt")
+    mid = ckpts / "step2.ckpt"
+    assert torch.load(mid, map_location="cpu", weights_only=False)["global_step"] == 2
+    resumed = compose_cfg([*over, f"ckpt_path={mid}"])
+    resumed.paths.output_dir = str(tmp_path / "resumed")
+    metrics = train(resumed)
+    assert metrics["global_step"] == 4  # no batch repeated, none skipped
+    _assert_bitwise_equal(ref, _weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt"))
+
+
+def _train_cmd(run_dir: Path, *extra: str) -> list[str]:
+    return [sys.executable, "-m", "joint_colsr.train", *EXACT, f"hydra.run.dir={run_dir}",
+            "callbacks.model_checkpoint.every_n_train_steps=1", *extra]
+
+
+def test_sigkill_at_several_points_then_auto_resume(tmp_path):
+    """Kill a training process with SIGKILL at several points; rerunning the same run
+    directory continues from last.ckpt and ends with the same weights as an unbroken run."""
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
+    ref_dir = tmp_path / "ref"
+    subprocess.run(_train_cmd(ref_dir, "trainer.max_epochs=3"), cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    ref = _weights(ref_dir / "checkpoints" / "last.ckpt")
+
+    run_dir = tmp_path / "killed"
+    last = run_dir / "checkpoints" / "last.ckpt"
+    kills = 0
+    for target_step in (1, 5, 9):  # inside epochs 0, 1 and 2 (4 steps each)
+        proc = subprocess.Popen(_train_cmd(run_dir, "trainer.max_epochs=3"), cwd=REPO, env=env,
+                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        deadline = time.time() + 300
+        while time.time() < deadline and proc.poll() is None:
+            if last.exists():
+                try:
+                    step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
+                except Exception:  # being replaced right now: the rename is atomic, so retry
+                    step = -1
+                if step >= target_step:
+                    break
+            time.sleep(0.05)
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGKILL)
+            kills += 1
+        proc.wait()
+        # Whatever the moment of death, last.ckpt loads.
+        assert find_resume_checkpoint(run_dir) is not None
+    assert kills >= 2, "training finished before it could be killed: the test lost its point"
+    done = subprocess.run(_train_cmd(run_dir, "trainer.max_epochs=3"), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stderr[-2000:]
+    final = torch.load(last, map_location="cpu", weights_only=False)
+    assert final["global_step"] == 12
+    _assert_bitwise_equal(ref, final["state_dict"])
+
+
+def test_atomic_checkpoint_write_never_leaves_a_broken_file(tmp_path, monkeypatch):
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"state_dict": {"w": torch.ones(3)}, "global_step": 1}, path)
+
+    def crash(obj, f, *args, **kwargs):
+        f.write(b"half a checkpoint")
+        raise KeyboardInterrupt("killed mid-write")
+
+    monkeypatch.setattr(torch, "save", crash)
+    with pytest.raises(KeyboardInterrupt):
+        io.save_checkpoint({"state_dict": {"w": torch.zeros(3)}, "global_step": 2}, path)
+    monkeypatch.undo()
+    loaded = torch.load(path, weights_only=False)
+    assert loaded["global_step"] == 1 and torch.equal(loaded["state_dict"]["w"], torch.ones(3))
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left behind
+
+
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(compose_cfg):
+    # An enormous learning rate makes the loss explode within a few steps.
+    cfg = compose_cfg([*EXACT, "data.num_workers=0", "trainer.max_epochs=50", "model.optimizer.lr=1e8",
+                       "model.net.output_activation=none", "callbacks.model_checkpoint.every_n_train_steps=1",
+                       "callbacks.model_checkpoint.monitor=null"])
+    with pytest.raises(NonFiniteLossError, match=r"at global step \d+ \(epoch \d+, batch \d+\)") as info:
+        train(cfg)
+    last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
+    assert "last good checkpoint" in str(info.value)
+    state = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
+    assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        (["+model.net.widht_mult=2"], r"unknown key model.net.widht_mult: .*JointPaperNet takes .*width_mult"),
+        (["model.net.width_mult=abc"], r"model.net.width_mult='abc' has the wrong type"),
+        (["data.num_workers=two"], r"data.num_workers='two' has the wrong type"),
+        (["+trainer.max_epoch=3"], r"unknown key trainer.max_epoch"),
+        (["model.optimizer._target_=torch.optim.Adamm"], r"model.optimizer._target_='torch.optim.Adamm' cannot be imported"),
+    ],
+)
+def test_config_schema_errors_name_the_key(compose_cfg, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        check_config(compose_cfg(overrides))
+
+
+def test_model_output_size_mismatch_fails_before_data(compose_cfg):
+    cfg = compose_cfg(["debug=tiny"])
+    system = build_system(cfg)
+    check_model_output(system, cfg)
+    cfg.data.output_size = 200  # the net (built for 256) cannot produce it
+    with pytest.raises(ConfigError, match=r"does not match data.output_size=200"):
+        check_model_output(system, cfg)
+
+
+def test_auto_resume_ignores_a_damaged_last_checkpoint(tmp_path):
+    (tmp_path / "checkpoints").mkdir()
+    (tmp_path / "checkpoints" / "last.ckpt").write_bytes(b"garbage")
+    assert find_resume_checkpoint(tmp_path) is None
+    assert find_resume_checkpoint(tmp_path / "nothing") is None
