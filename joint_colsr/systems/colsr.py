@@ -60,7 +60,6 @@ class ColSRSystem(pl.LightningModule):
         self.val_loss = MeanMetric()
         self.val_psnr = MeanMetric()
         self.val_psnr_gray = MeanMetric()
-        self.skipped = MeanMetric()
         #: First validation batch of the epoch, kept on CPU for the image-grid callback.
         self.val_examples: dict[str, Tensor] | None = None
 
