@@ -10,6 +10,7 @@ import lightning.pytorch as pl
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
+from joint_colsr.checkpointing import checkpoint_paths
 from joint_colsr.viz import colorization_rows, make_grid, save_png
 
 log = logging.getLogger(__name__)
@@ -75,7 +76,7 @@ class StopOnNonFinite(pl.Callback):
 
     def _where(self, trainer: pl.Trainer) -> str:
         batch = trainer.fit_loop.epoch_loop.batch_progress.current.ready - 1
-        ckpt = trainer.checkpoint_callback.last_model_path if trainer.checkpoint_callback else ""
+        ckpt = checkpoint_paths(trainer)["last_ckpt"]
         last = f"; the last good checkpoint is {ckpt}" if ckpt else ""
         return f"at global step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch}){last}"
 

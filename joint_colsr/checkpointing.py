@@ -65,3 +65,14 @@ def find_resume_checkpoint(output_dir: str | os.PathLike) -> Path | None:
         log.warning("not resuming from %s: it does not load (%s)", last, err)
         return None
     return last
+
+
+def checkpoint_paths(trainer: Any) -> dict[str, str | None]:
+    """``best_ckpt`` (by the monitored metric) and ``last_ckpt`` among the trainer's ModelCheckpoints."""
+    best = last = None
+    for cb in trainer.checkpoint_callbacks:
+        if getattr(cb, "monitor", None) and cb.best_model_path and best is None:
+            best = cb.best_model_path
+        if getattr(cb, "last_model_path", "") and last is None:
+            last = cb.last_model_path
+    return {"best_ckpt": best, "last_ckpt": last}

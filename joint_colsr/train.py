@@ -18,7 +18,7 @@ import lightning.pytorch as pl
 from omegaconf import DictConfig
 
 from joint_colsr.builders import build_callbacks, build_datamodule, build_loggers, build_system, build_trainer, check_config, check_model_output, resolved_config
-from joint_colsr.checkpointing import find_resume_checkpoint
+from joint_colsr.checkpointing import checkpoint_paths, find_resume_checkpoint
 from joint_colsr.nets import count_parameters
 
 log = logging.getLogger(__name__)
@@ -67,10 +67,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         fit_seconds=round(elapsed, 2),
         params=count_parameters(system.net),
     )
-    ckpt_cb = trainer.checkpoint_callback
-    if ckpt_cb is not None and not trainer.fast_dev_run:
-        metrics["best_ckpt"] = ckpt_cb.best_model_path or None
-        metrics["last_ckpt"] = ckpt_cb.last_model_path or None
+    if not trainer.fast_dev_run:
+        metrics.update(checkpoint_paths(trainer))
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         _print_summary(metrics, output_dir)

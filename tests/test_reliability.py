@@ -63,7 +63,7 @@ def test_two_epochs_equal_one_epoch_resumed_to_two(compose_cfg, tmp_path):
 
 def test_mid_epoch_checkpoint_resumes_at_the_right_batch(compose_cfg, tmp_path):
     # 4 steps per epoch; a checkpoint every step; resume from the one after step 2.
-    over = [*EXACT, "trainer.max_epochs=1", "callbacks.model_checkpoint.every_n_train_steps=1",
+    over = [*EXACT, "trainer.max_epochs=1", "+callbacks.model_checkpoint.every_n_train_steps=1",
             "callbacks.model_checkpoint.save_top_k=-1", "callbacks.model_checkpoint.monitor=null",
             "callbacks.model_checkpoint.filename='step{step}'"]
     straight = compose_cfg(over)
@@ -81,7 +81,7 @@ def test_mid_epoch_checkpoint_resumes_at_the_right_batch(compose_cfg, tmp_path):
 
 def _train_cmd(run_dir: Path, *extra: str) -> list[str]:
     return [sys.executable, "-m", "joint_colsr.train", *EXACT, f"hydra.run.dir={run_dir}",
-            "callbacks.model_checkpoint.every_n_train_steps=1", *extra]
+            "callbacks.last_checkpoint.every_n_train_steps=1", *extra]
 
 
 def test_sigkill_at_several_points_then_auto_resume(tmp_path):
@@ -143,8 +143,7 @@ def test_atomic_checkpoint_write_never_leaves_a_broken_file(tmp_path, monkeypatc
 def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(compose_cfg):
     # An enormous learning rate makes the loss explode within a few steps.
     cfg = compose_cfg([*EXACT, "data.num_workers=0", "trainer.max_epochs=50", "model.optimizer.lr=1e8",
-                       "model.net.output_activation=none", "callbacks.model_checkpoint.every_n_train_steps=1",
-                       "callbacks.model_checkpoint.monitor=null"])
+                       "model.net.output_activation=none", "callbacks.last_checkpoint.every_n_train_steps=1"])
     with pytest.raises(NonFiniteLossError, match=r"at global step \d+ \(epoch \d+, batch \d+\)") as info:
         train(cfg)
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"

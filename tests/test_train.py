@@ -32,6 +32,8 @@ def test_tiny_run_writes_metrics_checkpoint_and_grid(compose_cfg):
     assert saved["global_step"] == metrics["global_step"] == 2
     assert saved["val/psnr_gray"] > 10 and "val/psnr" in saved
     ckpt = os.path.join(out, "checkpoints", "last.ckpt")
+    assert torch.load(ckpt, map_location="cpu", weights_only=False)["global_step"] == metrics["global_step"]
+    assert saved["last_ckpt"] == ckpt and saved["best_ckpt"].endswith(".ckpt")
     system = ColSRSystem.load_from_checkpoint(ckpt, map_location="cpu")
     assert system.net.input_size == 96
     out_ab = system.eval()(torch.zeros(1, 1, 96, 96))
@@ -50,6 +52,14 @@ def test_resume_continues_from_checkpoint(compose_cfg, tmp_path):
 
 
 def test_seed_zero_is_a_real_seed(compose_cfg):
-    a = train(compose_cfg([*TINY, "seed=0", "trainer.deterministic=true"]))
-    b = train(compose_cfg([*TINY, "seed=0", "trainer.deterministic=true"]))
+    # Same run directory twice: auto_resume=false starts the second run afresh.
+    a = train(compose_cfg([*TINY, "seed=0", "trainer.deterministic=true", "auto_resume=false"]))
+    b = train(compose_cfg([*TINY, "seed=0", "trainer.deterministic=true", "auto_resume=false"]))
     assert a["train/loss"] == pytest.approx(b["train/loss"], abs=0, rel=0)
+
+
+def test_rerunning_a_finished_run_directory_resumes_instead_of_restarting(compose_cfg):
+    first = train(compose_cfg(TINY))
+    again = train(compose_cfg(TINY))  # same directory: picks up checkpoints/last.ckpt
+    assert again["global_step"] == first["global_step"] == 2
+    assert "train/loss" not in again  # nothing left to train
