@@ -456,7 +456,8 @@ class CachedImages(Dataset):
             chw = self.split.image(photo)
             if view != (0.0, 0.0, 1.0, 1.0) or side != self.output_size:
                 chw = self._resized(chw, (view[0] * side, view[1] * side, view[2] * side, view[3] * side))
-        sample = {"rgb": torch.from_numpy(np.ascontiguousarray(chw)), "index": index, "skipped": 0}
+        # np.array copies: never hand out a view of the read-only memory map.
+        sample = {"rgb": torch.from_numpy(np.array(chw, order="C")), "index": index, "skipped": 0}
         if self.label_columns is not None:
             sample["labels"] = multi_hot(self.split.labels[photo], self.label_columns)
         return sample
