@@ -125,6 +125,11 @@ def test_flip_only_augmentation_at_the_output_size(tmp_path, image_folder):
     outs = [ds[(0, seed)]["rgb"] for seed in range(16)]
     assert all(torch.equal(o, cached) or torch.equal(o, cached.flip(-1)) for o in outs)
     assert any(torch.equal(o, cached.flip(-1)) for o in outs) and any(torch.equal(o, cached) for o in outs)
+    # The batched fetch the DataLoader uses gives the same samples, already collated.
+    keys = [(i, 100 + i) for i in range(10)]
+    batch = ds.__getitems__(keys)
+    assert torch.equal(batch["rgb"], torch.stack([ds[k]["rgb"] for k in keys]))
+    assert batch["index"].tolist() == list(range(10))
 
 
 def test_preprocess_command_then_train_from_the_cache(compose_cfg, tiny_coco, tmp_path):

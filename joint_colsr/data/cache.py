@@ -42,7 +42,7 @@ from typing import Any, Sequence
 
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 from tqdm.auto import tqdm
 
 from joint_colsr.data.datasets import VALIDATION_VIEWS, Box, multi_hot, random_resized_box, resize_box
@@ -285,7 +285,8 @@ class CacheSplit:
     def _map(self, shard: int) -> np.ndarray:
         arr = self._maps[shard]
         if arr is None:
-            arr = self._maps[shard] = np.load(self.root / self.files[shard], mmap_mode="r")
+            # A plain ndarray view of the map: np.memmap's Python-level __getitem__ costs more than the copy.
+            arr = self._maps[shard] = np.asarray(np.load(self.root / self.files[shard], mmap_mode="r"))
         return arr
 
     def image(self, i: int) -> np.ndarray:
@@ -438,29 +439,60 @@ class CachedImages(Dataset):
     def _resized(self, chw: np.ndarray, box: tuple[float, float, float, float]) -> np.ndarray:
         return resize_box(np.ascontiguousarray(chw.transpose(1, 2, 0)), box, self.output_size).transpose(2, 0, 1)
 
-    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+    def _plan(self, key: int | tuple[int, int]) -> tuple[int, int, tuple[float, float, float, float] | None, bool]:
+        """``(index, photo, box or None (use the cached image as is), flip)`` for one sample key."""
         index, seed = (key if isinstance(key, tuple) else (key, sample_seed(0, 0, key)))
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} samples")
         side = self.split.size
         if self.train:
-            photo = index % len(self.split)
             rng = np.random.default_rng(seed)
-            chw = self.split.image(photo)
-            if self.crop:
-                chw = self._resized(chw, random_resized_box(rng, side, side, self.crop_scale, self.crop_ratio))
-            if self.hflip and rng.random() < 0.5:
-                chw = chw[:, :, ::-1]
-        else:
-            photo, view = index // len(self.views), self.views[index % len(self.views)]
-            chw = self.split.image(photo)
-            if view != (0.0, 0.0, 1.0, 1.0) or side != self.output_size:
-                chw = self._resized(chw, (view[0] * side, view[1] * side, view[2] * side, view[3] * side))
-        # np.array copies: never hand out a view of the read-only memory map.
-        sample = {"rgb": torch.from_numpy(np.array(chw, order="C")), "index": index, "skipped": 0}
+            box = random_resized_box(rng, side, side, self.crop_scale, self.crop_ratio) if self.crop else None
+            return index, index % len(self.split), box, bool(self.hflip and rng.random() < 0.5)
+        photo, view = index // len(self.views), self.views[index % len(self.views)]
+        whole = view == (0.0, 0.0, 1.0, 1.0) and side == self.output_size
+        return index, photo, None if whole else (view[0] * side, view[1] * side, view[2] * side, view[3] * side), False
+
+    def _fill(self, out: np.ndarray, photo: int, box: tuple[float, float, float, float] | None, flip: bool) -> None:
+        """Write the ``(3, S, S)`` sample into ``out``: one copy out of the memory map."""
+        chw = self.split.image(photo)
+        if box is not None:
+            chw = self._resized(chw, box)
+        out[...] = chw[:, :, ::-1] if flip else chw
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, photo, box, flip = self._plan(key)
+        rgb = np.empty((3, self.output_size, self.output_size), np.uint8)
+        self._fill(rgb, photo, box, flip)
+        sample = {"rgb": torch.from_numpy(rgb), "index": index, "skipped": 0}
         if self.label_columns is not None:
             sample["labels"] = multi_hot(self.split.labels[photo], self.label_columns)
         return sample
+
+    def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> dict[str, torch.Tensor]:
+        """A whole batch, already collated (the DataLoader's batched fetch): each image is
+        copied once, from the memory map straight into the batch tensor, which a worker
+        allocates in shared memory (what ``default_collate`` does) so it crosses to the
+        main process without another copy. Same samples as ``__getitem__``, key by key."""
+        plans = [self._plan(k) for k in keys]
+        shape = (len(plans), 3, self.output_size, self.output_size)
+        rgb = torch.empty(shape, dtype=torch.uint8)
+        if torch.utils.data.get_worker_info() is not None:
+            rgb.share_memory_()
+        out = rgb.numpy()
+        for i, (_, photo, box, flip) in enumerate(plans):
+            self._fill(out[i], photo, box, flip)
+        batch = {"rgb": rgb, "index": torch.tensor([p[0] for p in plans]), "skipped": torch.zeros(len(plans), dtype=torch.long)}
+        if self.label_columns is not None:
+            batch["labels"] = torch.stack([multi_hot(self.split.labels[p[1]], self.label_columns) for p in plans])
+        return batch
+
+
+def collate_samples(data: list[dict] | dict) -> dict:
+    """``default_collate``, except for a batch a dataset's ``__getitems__`` already collated."""
+    if isinstance(data, dict):
+        return data
+    return default_collate(data)
 
 
 def summarize(index: dict[str, Any]) -> str:

@@ -12,7 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from joint_colsr.color import rgb_uint8_to_lab_batch
-from joint_colsr.data.cache import CachedImages, ImageCache
+from joint_colsr.data.cache import CachedImages, ImageCache, collate_samples
 from joint_colsr.data.datasets import VALIDATION_VIEWS, ReferenceImages
 from joint_colsr.data.sampler import EpochSeededSampler
 from joint_colsr.data.sources import ImageSource
@@ -199,6 +199,7 @@ class ColSRDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory and on_gpu,
             drop_last=shuffle and len(sampler) >= 2 * self.batch_size,
             persistent_workers=self.num_workers > 0,
+            collate_fn=collate_samples,
             # Each worker gets one torch thread: workers only resize uint8 images.
             worker_init_fn=_single_thread_worker,
         )
