@@ -137,3 +137,9 @@ def test_too_many_bad_files_stop_at_start_up_with_the_list(bad_folder):
     root, _ = bad_folder
     with pytest.raises(RuntimeError, match=r"(?s)2 of 20 image files are unreadable.*empty\.jpg.*text\.png"):
         ImageFolder(str(root), max_bad_fraction=0.05)
+
+
+def test_decompression_bomb_is_skipped_not_decoded(bad_folder, monkeypatch):
+    root, _ = bad_folder
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL's own guard, set low: 90x120 counts as a bomb
+    assert _outcome(root / "plain.jpg").startswith("too large")

@@ -141,3 +141,13 @@ def test_preprocess_command_then_train_from_the_cache(compose_cfg, tiny_coco, tm
                        "logger=none", "callbacks=none"])
     metrics = train(cfg)
     assert np.isfinite(metrics["val/psnr"]) and metrics["global_step"] == 2
+
+
+def test_resume_refuses_a_source_that_lists_other_photos(tmp_path, image_folder):
+    build_cache(ImageFolder(str(image_folder), val_fraction=0.0), tmp_path / "c", output_size=32, shard_size=2,
+                progress=False, max_shards=1)
+    for path in list(image_folder.rglob("*.*")):
+        path.rename(path.with_name("renamed_" + path.name))  # same count, other photos
+    with pytest.raises(CacheError, match="train-00000.npy was built from other train photos"):
+        build_cache(ImageFolder(str(image_folder), val_fraction=0.0), tmp_path / "c", output_size=32, shard_size=2,
+                    progress=False)

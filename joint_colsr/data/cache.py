@@ -202,6 +202,12 @@ def build_cache(
             for shard in entry["shards"]:  # resume after the longest intact prefix
                 if not _shard_intact(root, shard):
                     break
+                chunk = items[shard["first_item"] : shard["first_item"] + shard["num_items"]]
+                if shard.get("items_sha1") != _keys_digest(chunk):
+                    raise CacheError(
+                        f"cache_dir={root}: shard {shard['file']} was built from other {name} photos than the source "
+                        "lists now; choose another cache_dir or pass overwrite=true"
+                    )
                 intact.append(shard)
             if len(intact) < len(entry["shards"]):
                 entry["shards"], entry["complete"] = intact, False
@@ -231,7 +237,8 @@ def build_cache(
                     os.fsync(f.fileno())
                 os.replace(tmp, root / file_name)
                 entry["shards"].append({
-                    "file": file_name, "first_item": first, "num_items": len(chunk), "count": len(arrays),
+                    "file": file_name, "first_item": first, "num_items": len(chunk), "items_sha1": _keys_digest(chunk),
+                    "count": len(arrays),
                     "bytes": (root / file_name).stat().st_size, "sha256": _sha256(root / file_name),
                     "keys": keys, "labels": labels, "excluded": excluded,
                 })
@@ -248,6 +255,10 @@ def build_cache(
             pool.close()
             pool.join()
     return index
+
+
+def _keys_digest(items: Sequence[ImageItem]) -> str:
+    return hashlib.sha1("\n".join(item.key for item in items).encode("utf-8")).hexdigest()
 
 
 def _shard_intact(root: Path, shard: dict[str, Any]) -> bool:
