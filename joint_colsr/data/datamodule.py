@@ -12,6 +12,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from joint_colsr.color import rgb_uint8_to_lab_batch
+from joint_colsr.data.cache import CachedImages, ImageCache, collate_samples
 from joint_colsr.data.datasets import VALIDATION_VIEWS, ReferenceImages
 from joint_colsr.data.sampler import EpochSeededSampler
 from joint_colsr.data.sources import ImageSource
@@ -41,7 +42,17 @@ class ColSRDataModule(pl.LightningDataModule):
         hflip: random horizontal flips in training.
         seed: base seed of sample order and augmentation (``None``: drawn and logged).
         root: the folder a file-based source reads (informational; the source uses it).
+        categories, max_images: COCO selection keys (informational, like ``root``: the
+            config passes them on to the source, which uses them).
         pin_memory: pin host memory when training on a GPU.
+        cache: folder of a decoded-image cache built from this source
+            (``python -m joint_colsr.preprocess``); read instead of decoding files.
+        cache_verify: how the cache is checked when opened: quick, full (sha256) or none.
+        with_labels: batches carry ``labels``, a ``(B, num_classes)`` float multi-hot
+            tensor of the photo's categories (sources with categories: COCO).
+        exclude_grayscale: skip photos without colour (also those stored as RGB).
+        min_side: skip photos whose shorter side is below this.
+        max_aspect: skip photos more elongated than this (longer / shorter side).
     """
 
     def __init__(
@@ -58,7 +69,15 @@ class ColSRDataModule(pl.LightningDataModule):
         hflip: bool = True,
         seed: int | None = 0,
         root: str | None = None,
+        categories: Sequence[str] | None = None,
+        max_images: int | None = None,
         pin_memory: bool = True,
+        cache: str | None = None,
+        cache_verify: str = "quick",
+        with_labels: bool = False,
+        exclude_grayscale: bool = True,
+        min_side: int = 16,
+        max_aspect: float = 10.0,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -85,18 +104,46 @@ class ColSRDataModule(pl.LightningDataModule):
             seed = random.SystemRandom().randrange(2**31)
             log.info("data.seed is null: drew sample seed %d", seed)
         self.seed = int(seed)
+        if cache_verify not in ("quick", "full", "none"):
+            raise ValueError(f"data.cache_verify must be quick, full or none, got {cache_verify!r}")
+        if min_side < 1 or max_aspect < 1:
+            raise ValueError(f"data.min_side ({min_side}) and data.max_aspect ({max_aspect}) must be >= 1")
         self.root = root
+        self.selection = {"categories": categories, "max_images": max_images}
         self.pin_memory = pin_memory
-        self.train_set: ReferenceImages | None = None
-        self.val_set: ReferenceImages | None = None
+        self.cache = cache
+        self.cache_verify = cache_verify
+        self.with_labels = with_labels
+        self.filters = {"exclude_grayscale": bool(exclude_grayscale), "min_side": int(min_side), "max_aspect": float(max_aspect)}
+        #: Label id -> ``{"name", "supercategory"}`` (COCO), known after :meth:`setup`.
+        self.categories: dict[int, dict[str, str]] = {}
+        self.train_set: ReferenceImages | CachedImages | None = None
+        self.val_set: ReferenceImages | CachedImages | None = None
         self._samplers: dict[str, EpochSeededSampler] = {}
 
     # -- datasets ---------------------------------------------------------------------------
 
+    @property
+    def num_classes(self) -> int:
+        """Width of the ``labels`` multi-hot vector (0 for sources without categories)."""
+        return len(self.categories)
+
+    def _label_columns(self) -> dict[int, int] | None:
+        if not self.with_labels:
+            return None
+        if not self.categories:
+            raise ValueError(f"data.with_labels=true needs a source with categories (coco); '{self.source.name}' has none")
+        return {cat: col for col, cat in enumerate(sorted(self.categories))}
+
     def setup(self, stage: str | None = None) -> None:
-        if self.train_set is not None:
+        if self.train_set is not None or (stage not in (None, "fit") and self.val_set is not None):
+            return
+        if self.cache:
+            self._setup_from_cache(stage)
             return
         train_items, val_items = self.source.split()
+        self.categories = self.source.categories
+        columns = self._label_columns()
         if stage in (None, "fit") and not train_items:
             raise RuntimeError(f"data source '{self.source.name}' has no training images after the split")
         if not val_items:
@@ -104,13 +151,32 @@ class ColSRDataModule(pl.LightningDataModule):
         if train_items:
             self.train_set = ReferenceImages(
                 train_items, self.output_size, train=True, length=self.train_samples_per_epoch,
-                crop_scale=self.crop_scale, hflip=self.hflip,
+                crop_scale=self.crop_scale, hflip=self.hflip, label_columns=columns, **self.filters,
             )
-        self.val_set = ReferenceImages(val_items, self.output_size, train=False, views=VALIDATION_VIEWS[: self.val_views])
+        self.val_set = ReferenceImages(val_items, self.output_size, train=False, views=VALIDATION_VIEWS[: self.val_views],
+                                       label_columns=columns, **self.filters)
         log.info(
             "data '%s': %d training photos (%d samples/epoch), %d validation photos (%d samples)",
             self.source.name, len(train_items), len(self.train_set) if self.train_set else 0, len(val_items), len(self.val_set),
         )
+
+    def _setup_from_cache(self, stage: str | None) -> None:
+        splits = ("train", "val") if stage in (None, "fit") else ("val",)
+        cache = ImageCache.open(self.cache, verify=self.cache_verify, splits=splits)
+        cache.check_matches(self.source, self.output_size)
+        built = cache.index["filters"]
+        if built != self.filters:
+            log.warning("data.cache=%s was built with filters %s, the data config asks for %s: the cache's apply", self.cache, built, self.filters)
+        self.categories = cache.categories
+        columns = self._label_columns()
+        if "train" in cache.splits:
+            train = cache.splits["train"]
+            self.train_set = CachedImages(train, self.output_size, train=True, length=self.train_samples_per_epoch,
+                                          crop_scale=self.crop_scale, hflip=self.hflip, label_columns=columns)
+            log.info("training from cache %s: %dx%d images; augmentation: %s", cache.root, train.size, train.size,
+                     "random resized crop + flip" if self.train_set.crop else "flip only (cached at the output size)")
+        self.val_set = CachedImages(cache.splits["val"], self.output_size, train=False,
+                                    views=VALIDATION_VIEWS[: self.val_views], label_columns=columns)
 
     # -- loaders ----------------------------------------------------------------------------
 
@@ -145,6 +211,7 @@ class ColSRDataModule(pl.LightningDataModule):
             pin_memory=self.pin_memory and on_gpu,
             drop_last=shuffle and len(sampler) >= 2 * self.batch_size,
             persistent_workers=self.num_workers > 0,
+            collate_fn=collate_samples,
             # Each worker gets one torch thread: workers only resize uint8 images.
             worker_init_fn=_single_thread_worker,
             **extra,
@@ -170,6 +237,8 @@ class ColSRDataModule(pl.LightningDataModule):
             lab = rgb_uint8_to_lab_batch(batch["rgb"], self.input_size, self.lowres_interpolation)
             lab["index"] = batch["index"]
             lab["skipped"] = batch["skipped"]
+            if "labels" in batch:
+                lab["labels"] = batch["labels"].float()  # moved as uint8, used as float
             return lab
         return batch
 

@@ -15,7 +15,7 @@ import torch
 from PIL import Image
 from torch.utils.data import Dataset
 
-from joint_colsr.data.decode import ImageDecodeError
+from joint_colsr.data.decode import ImageDecodeError, unusable_reason
 from joint_colsr.data.sampler import sample_seed
 from joint_colsr.data.sources import ImageItem
 
@@ -81,11 +81,19 @@ class ReferenceImages(Dataset):
     view ``index % len(views)``: deterministic.
 
     Indexing takes ``index`` or ``(index, sample_seed)`` (what :class:`EpochSeededSampler`
-    yields). A photo that fails to decode is skipped (the next photo is used) and counted
-    in the sample's ``skipped`` field, so a bad file never ends an epoch.
+    yields). A photo that fails to decode, or that :func:`unusable_reason` rejects
+    (grayscale, tiny, extreme aspect ratio), is skipped (the next photo is used) and
+    counted in the sample's ``skipped`` field, so a bad file never ends an epoch. Each
+    skipped file is logged once per process with its reason.
+
+    Args:
+        label_columns: COCO category id -> column; when given, samples carry ``labels``,
+            a ``(num_classes,)`` uint8 multi-hot vector of the photo's categories.
+        exclude_grayscale, min_side, max_aspect: see :func:`unusable_reason`.
 
     Returns:
-        dict with ``rgb``: ``(3, S, S)`` uint8 tensor; ``index``: int; ``skipped``: int.
+        dict with ``rgb``: ``(3, S, S)`` uint8 tensor; ``index``: int; ``skipped``: int;
+        and ``labels`` when ``label_columns`` is given.
     """
 
     def __init__(
@@ -98,6 +106,10 @@ class ReferenceImages(Dataset):
         crop_scale: tuple[float, float] = (0.25, 1.0),
         crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
         hflip: bool = True,
+        label_columns: dict[int, int] | None = None,
+        exclude_grayscale: bool = True,
+        min_side: int = 16,
+        max_aspect: float = 10.0,
     ) -> None:
         if not items:
             raise ValueError("ReferenceImages needs at least one image item")
@@ -110,6 +122,11 @@ class ReferenceImages(Dataset):
         self.hflip = hflip
         default_length = len(self.items) if train else len(self.items) * len(self.views)
         self.length = int(length) if length else default_length
+        self.label_columns = label_columns
+        self.exclude_grayscale = exclude_grayscale
+        self.min_side = int(min_side)
+        self.max_aspect = float(max_aspect)
+        self._logged: set[str] = set()
 
     def __len__(self) -> int:
         return self.length
@@ -140,16 +157,33 @@ class ReferenceImages(Dataset):
             item = self.items[(item_idx + attempt) % len(self.items)]
             try:
                 rgb = item.load()
-                break
             except ImageDecodeError as err:
-                skipped += 1
-                log.warning("skipping %s", err)
+                reason = err.reason
+            else:
+                reason = unusable_reason(rgb, self.min_side, self.max_aspect, self.exclude_grayscale)
+                if reason is None:
+                    break
+            skipped += 1
+            if item.key not in self._logged:
+                self._logged.add(item.key)
+                log.warning("skipping %s: %s", item.path or item.key, reason)
         else:
-            raise RuntimeError(f"none of the {len(self.items)} images could be decoded")
+            raise RuntimeError(f"none of the {len(self.items)} images could be decoded and used")
         out = self._make(rgb, view, np.random.default_rng(seed))
-        return {
+        sample = {
             "rgb": torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))),
             "index": index,
             "skipped": skipped,
         }
+        if self.label_columns is not None:
+            sample["labels"] = multi_hot(item.labels, self.label_columns)
+        return sample
+
+
+def multi_hot(labels: Sequence[int], columns: dict[int, int]) -> torch.Tensor:
+    """``(num_classes,)`` uint8 vector with ones at the columns of ``labels`` (category ids)."""
+    out = torch.zeros(len(columns), dtype=torch.uint8)
+    for label in labels:
+        out[columns[label]] = 1
+    return out
 

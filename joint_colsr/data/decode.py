@@ -58,6 +58,14 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+def _exif_upright(img: Image.Image) -> Image.Image:
+    """Apply the EXIF orientation; a broken EXIF block leaves the pixels as stored."""
+    try:
+        return ImageOps.exif_transpose(img)
+    except Exception:  # noqa: BLE001 - malformed EXIF raises many kinds; the pixels are still fine
+        return img
+
+
 def decode_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to an ``(H, W, 3)`` uint8 sRGB array.
 
@@ -78,15 +86,17 @@ def decode_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()  # raises on truncated data (PIL's LOAD_TRUNCATED_IMAGES stays False)
-            img = ImageOps.exif_transpose(img)
+            img = _exif_upright(img)
             rgb = _to_rgb(img)
             arr = np.asarray(rgb, dtype=np.uint8)
     except UnidentifiedImageError:
         raise ImageDecodeError(path, "not an image PIL can identify") from None
-    except Image.DecompressionBombError as err:
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
         raise ImageDecodeError(path, f"too large ({err})") from None
     except (OSError, SyntaxError, ValueError) as err:
         raise ImageDecodeError(path, f"corrupt or truncated ({err})") from None
+    except Exception as err:  # noqa: BLE001 - malformed files raise anything (struct.error, IndexError, ...)
+        raise ImageDecodeError(path, f"corrupt or truncated ({type(err).__name__}: {err})") from None
     if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 1:
         raise ImageDecodeError(path, f"decoded to an unexpected shape {arr.shape}")
     return np.ascontiguousarray(arr)
@@ -102,6 +112,29 @@ def is_effectively_grayscale(rgb: np.ndarray, tolerance: int = 2) -> bool:
         raise ValueError(f"expected an (H, W, 3) array, got shape {rgb.shape}")
     x = rgb.astype(np.int16)
     return bool(np.abs(x[..., 0] - x[..., 1]).max() <= tolerance and np.abs(x[..., 1] - x[..., 2]).max() <= tolerance)
+
+
+def unusable_reason(rgb: np.ndarray, min_side: int = 16, max_aspect: float = 10.0, exclude_grayscale: bool = True) -> str | None:
+    """Why a decoded photo should not become a reference image, or ``None`` when it is fine.
+
+    Args:
+        rgb: ``(H, W, 3)`` uint8 decoded image.
+        min_side: smaller images carry too little detail to be a super-resolution target
+            (images between this and the output size are upsampled).
+        max_aspect: longer / shorter side above this (a banner, a scan strip) cannot be
+            squash-resized or cropped into a square photo sensibly.
+        exclude_grayscale: grayscale photos (also those stored as RGB) teach a colorizer nothing.
+    """
+    height, width = rgb.shape[:2]
+    if min(height, width) < min_side:
+        return f"too small ({width}x{height}, shorter side < {min_side})"
+    if max(height, width) > max_aspect * min(height, width):
+        return f"extreme aspect ratio ({width}x{height}, more than {max_aspect:g}:1)"
+    # A stride of 2 halves the cost on large photos; colour never hides on odd pixels only.
+    view = rgb[::2, ::2] if min(height, width) >= 64 else rgb
+    if exclude_grayscale and is_effectively_grayscale(view):
+        return "grayscale"
+    return None
 
 
 def probe_image(path: str | os.PathLike) -> tuple[int, int]:
@@ -120,5 +153,5 @@ def probe_image(path: str | os.PathLike) -> tuple[int, int]:
         raise
     except UnidentifiedImageError:
         raise ImageDecodeError(path, "not an image PIL can identify") from None
-    except (OSError, SyntaxError, ValueError, Image.DecompressionBombError) as err:
-        raise ImageDecodeError(path, f"unreadable header ({err})") from None
+    except Exception as err:  # noqa: BLE001 - malformed headers raise anything (struct.error, ...)
+        raise ImageDecodeError(path, f"unreadable header ({type(err).__name__}: {err})") from None

@@ -74,12 +74,25 @@ class SkipReport:
 
 
 class ImageSource:
-    """Base class: a named list of items and a split by group."""
+    """Base class: a named list of items and a split by group.
+
+    ``categories`` maps label ids to ``{"name", "supercategory"}`` for sources whose items
+    carry labels (COCO); it is empty otherwise.
+    """
 
     name = "source"
 
     def __init__(self) -> None:
         self.skip_report = SkipReport()
+
+    @property
+    def categories(self) -> dict[int, dict[str, str]]:
+        return {}
+
+    def describe(self) -> dict:
+        """What selects and splits this source's photos (not where they live): a cache
+        built from one source is only read back under the same description."""
+        return {"name": self.name}
 
     def items(self) -> list[ImageItem]:
         raise NotImplementedError
@@ -162,6 +175,7 @@ class SamplePhotos(ImageSource):
         if missing_val:
             raise ValueError(f"data.source.val_photos {missing_val} are not in data.source.photos {photos}")
         self.photos = photos
+        self.val_photos = list(val_photos)
         self.val_groups = {SAMPLE_PHOTOS[p][0] for p in val_photos}
         if not self.val_groups:
             raise ValueError("data.source.val_photos is empty: name at least one photo to validate on")
@@ -180,6 +194,9 @@ class SamplePhotos(ImageSource):
 
     def is_validation_group(self, group: str) -> bool:
         return group in self.val_groups
+
+    def describe(self) -> dict:
+        return {"name": self.name, "photos": self.photos, "val_photos": self.val_photos}
 
 
 # ---------------------------------------------------------------------------------------
@@ -268,3 +285,6 @@ class ImageFolder(ImageSource):
 
     def is_validation_group(self, group: str) -> bool:
         return group in self._val_keys
+
+    def describe(self) -> dict:
+        return {"name": self.name, "val_fraction": self.val_fraction, "extensions": list(self.extensions)}

@@ -1,0 +1,145 @@
+"""Every kind of file people really have, in one nested folder: converted correctly or skipped and counted."""
+
+import logging
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from joint_colsr.data import ColSRDataModule, ImageDecodeError, ImageFolder, decode_image
+from joint_colsr.data.decode import unusable_reason
+
+from .conftest import random_photo
+
+#: file -> what must happen: "ok" (decoded to the right pixels), or the reason it is skipped.
+EXPECTED = {
+    "plain.jpg": "ok",
+    "nested/deeper/still/plain.png": "ok",
+    "cmyk.jpg": "ok",
+    "rgba.png": "ok",
+    "la.png": "grayscale",
+    "palette.png": "ok",
+    "palette_transparent.png": "ok",
+    "sixteen_bit.png": "grayscale",
+    "exif_rotated.jpg": "ok",
+    "png_named.jpg": "ok",
+    "animated.gif": "ok",
+    "smaller_than_target.png": "ok",
+    "gray.jpg": "grayscale",
+    "gray_stored_as_rgb.jpg": "grayscale",
+    "tiny.png": "too small",
+    "banner.jpg": "extreme aspect ratio",
+    "truncated.jpg": "corrupt or truncated",
+    "garbage_after_header.jpg": "corrupt or truncated",
+    "empty.jpg": "empty file",
+    "text.png": "not an image",
+}
+
+
+@pytest.fixture
+def bad_folder(tmp_path):
+    rng = np.random.default_rng(0)
+    root = tmp_path / "mixed"
+    (root / "nested" / "deeper" / "still").mkdir(parents=True)
+    rgb = random_photo(rng, 90, 120)
+    Image.fromarray(rgb).save(root / "plain.jpg", quality=95)
+    Image.fromarray(rgb).save(root / "nested/deeper/still/plain.png")
+    Image.fromarray(rgb).convert("CMYK").save(root / "cmyk.jpg", quality=95)
+    alpha = np.full((90, 120), 255, np.uint8)
+    alpha[:10] = 0  # a transparent band: must come out white, not black
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(root / "rgba.png")
+    Image.fromarray(np.dstack([rgb[..., 0], alpha]), "LA").save(root / "la.png")
+    Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE).save(root / "palette.png")
+    pal = Image.fromarray(rgb).convert("P", palette=Image.Palette.ADAPTIVE)
+    pal.info["transparency"] = 0
+    pal.save(root / "palette_transparent.png", transparency=0)
+    Image.fromarray(rgb[..., 1].astype(np.uint16) * 257).save(root / "sixteen_bit.png")
+    marked = rgb.copy()
+    marked[:30, :40] = (255, 0, 0)  # a red top-left corner as stored
+    img = Image.fromarray(marked)
+    exif = img.getexif()
+    exif[0x0112] = 6  # display rotated 90 degrees clockwise
+    img.save(root / "exif_rotated.jpg", exif=exif, quality=95)
+    Image.fromarray(rgb).save(root / "png_named.jpg", format="PNG")
+    frames = [Image.fromarray(np.roll(rgb, k, axis=1)).convert("P") for k in (0, 30)]
+    frames[0].save(root / "animated.gif", save_all=True, append_images=frames[1:])
+    Image.fromarray(random_photo(rng, 40, 30)).save(root / "smaller_than_target.png")
+    Image.fromarray(rgb).convert("L").save(root / "gray.jpg")
+    gray3 = np.repeat(rgb[..., :1], 3, axis=2)
+    Image.fromarray(gray3).save(root / "gray_stored_as_rgb.jpg", quality=90)
+    Image.fromarray(random_photo(rng, 10, 12)).save(root / "tiny.png")
+    Image.fromarray(random_photo(rng, 20, 600)).save(root / "banner.jpg")
+    Image.fromarray(random_photo(rng, 200, 200)).save(root / "truncated.jpg", quality=95)
+    (root / "truncated.jpg").write_bytes((root / "truncated.jpg").read_bytes()[:1500])
+    good = (root / "plain.jpg").read_bytes()
+    (root / "garbage_after_header.jpg").write_bytes(good[:700] + bytes(rng.integers(0, 256, 3000, dtype=np.uint8)))
+    (root / "empty.jpg").write_bytes(b"")
+    (root / "text.png").write_text("this is not an image\n")
+    return root, rgb
+
+
+def _outcome(path) -> str:
+    try:
+        rgb = decode_image(path)
+    except ImageDecodeError as err:
+        return err.reason
+    return unusable_reason(rgb, min_side=16, max_aspect=10.0) or "ok"
+
+
+def test_every_kind_is_converted_or_skipped_with_its_reason(bad_folder):
+    root, rgb = bad_folder
+    assert sorted(p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file()) == sorted(EXPECTED)
+    for name, expected in EXPECTED.items():
+        assert _outcome(root / name).startswith(expected), (name, _outcome(root / name))
+
+
+def test_conversions_keep_what_the_pixels_mean(bad_folder):
+    root, rgb = bad_folder
+    close = lambda a, b, tol: np.abs(a.astype(int) - b.astype(int)).mean() < tol  # noqa: E731
+    assert close(decode_image(root / "cmyk.jpg"), rgb, 6)  # not inverted, not a naive colour cast
+    rgba = decode_image(root / "rgba.png")
+    assert (rgba[:10] == 255).all() and np.array_equal(rgba[10:], rgb[10:])  # transparency -> white
+    assert close(decode_image(root / "palette.png"), rgb, 12)
+    sixteen = decode_image(root / "sixteen_bit.png")
+    assert np.abs(sixteen[..., 0].astype(int) - rgb[..., 1]).max() <= 1  # rescaled, not clipped to 255
+    rotated = decode_image(root / "exif_rotated.jpg")
+    assert rotated.shape == (120, 90, 3)
+    assert rotated[:40, -30:, 0].mean() > 200 and rotated[:40, -30:, 1].mean() < 60  # red corner now top-right
+    assert np.array_equal(decode_image(root / "png_named.jpg"), rgb)
+    assert np.array_equal(decode_image(root / "animated.gif"), np.asarray(Image.open(root / "animated.gif").convert("RGB")))
+
+
+def test_a_whole_epoch_over_the_folder_never_crashes_and_counts_skips(bad_folder, caplog):
+    root, _ = bad_folder
+    with caplog.at_level(logging.WARNING):
+        source = ImageFolder(str(root), val_fraction=0.3)
+    # Header failures are found at start-up and reported ("skipped N files" with reasons).
+    assert {p.split("/")[-1] for p in source.skip_report.skipped} == {"empty.jpg", "text.png"}
+    assert "skipped 2 files" in caplog.text
+    dm = ColSRDataModule(source, batch_size=1, num_workers=2, input_size=16, output_size=48, seed=0)
+    dm.setup("fit")
+    skipped, seen = 0, 0
+    with caplog.at_level(logging.WARNING):
+        for loader in (dm.train_dataloader(), dm.val_dataloader()):
+            for batch in loader:
+                assert batch["rgb"].dtype == torch.uint8 and batch["rgb"].shape[1:] == (3, 48, 48)
+                for img in batch["rgb"]:  # no grayscale photo became a reference image
+                    chans = img.to(torch.int16)
+                    assert (chans[0] - chans[1]).abs().max() > 2 or (chans[1] - chans[2]).abs().max() > 2
+                skipped += int(batch["skipped"].sum())
+                seen += len(batch["rgb"])
+    usable = sum(v == "ok" for v in EXPECTED.values())
+    assert seen == len(dm.train_set) + len(dm.val_set) and skipped >= len(source.items()) - usable
+
+
+def test_too_many_bad_files_stop_at_start_up_with_the_list(bad_folder):
+    root, _ = bad_folder
+    with pytest.raises(RuntimeError, match=r"(?s)2 of 20 image files are unreadable.*empty\.jpg.*text\.png"):
+        ImageFolder(str(root), max_bad_fraction=0.05)
+
+
+def test_decompression_bomb_is_skipped_not_decoded(bad_folder, monkeypatch):
+    root, _ = bad_folder
+    monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL's own guard, set low: 90x120 counts as a bomb
+    assert _outcome(root / "plain.jpg").startswith("too large")

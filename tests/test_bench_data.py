@@ -1,0 +1,31 @@
+"""The data benchmark's writer: read-modify-write of results.json (only its keys) and its RESULTS.md section."""
+
+import json
+
+from joint_colsr.bench.data import REPORT_BEGIN, REPORT_END, write_results
+
+
+def _result(ratio):
+    rates = {"naive": 10.0, "jpeg": 20.0, "cache": 10.0 * ratio}
+    return {
+        "data_cache_vs_naive": ratio, "data_jpeg_vs_naive": 2.0, "images_per_s": rates,
+        "images_per_s_runs": {k: [v] for k, v in rates.items()}, "images_per_s_one_core": rates,
+        "cores_to_feed_10k_images_per_s": {k: 10_000 / v for k, v in rates.items()},
+        "cpu_lab_conversion_images_per_s": 50.0, "cache_build_images_per_s": 30.0, "lab_on": "cpu",
+        "settings": {"photos": 4, "photo_size": "640x480 JPEG q90", "batch_size": 2, "num_workers": 0, "seconds": 1.0,
+                     "repeats": 1, "output_size": 64, "input_size": 16, "quick": True},
+        "machine": "test machine", "load_average_before": [0.0, 0.0, 0.0], "date_utc": "2026-01-01 00:00",
+    }
+
+
+def test_write_results_touches_only_its_own_keys_and_section(tmp_path):
+    (tmp_path / "results.json").write_text(json.dumps({"models": {"x": 1}}))
+    (tmp_path / "RESULTS.md").write_text("# Benchmarks\n\n## Models\n\nkept\n")
+    write_results(_result(30.0), tmp_path)
+    write_results(_result(40.0), tmp_path)  # a second run replaces, never appends
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["models"] == {"x": 1} and results["data_cache_vs_naive"] == 40.0
+    assert results["data_pipeline"]["images_per_s"]["cache"] == 400.0
+    report = (tmp_path / "RESULTS.md").read_text()
+    assert "## Models\n\nkept" in report and report.count(REPORT_BEGIN) == report.count(REPORT_END) == 1
+    assert "test machine" in report and "| 400 | 40.0 |" in report
