@@ -15,9 +15,11 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
 
 from joint_colsr.builders import build_callbacks, build_datamodule, build_loggers, build_system, build_trainer, check_config, resolved_config
+from joint_colsr.hydra_callbacks import check_ddp_launch
 from joint_colsr.nets import count_parameters
 
 log = logging.getLogger(__name__)
@@ -34,6 +36,7 @@ def _jsonable(value: Any) -> Any:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the configured model on the configured data; return the final metrics."""
     check_config(cfg)
+    check_ddp_launch(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
@@ -49,7 +52,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         logger.log_hyperparams({**resolved, "model/params": count_parameters(system.net)})
 
     start = time.perf_counter()
-    trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    try:
+        trainer.fit(system, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"))
+    except BaseException:
+        _finish_wandb(trainer, {}, exit_code=1)  # mark the run failed; the next multirun job starts a fresh one
+        raise
     elapsed = time.perf_counter() - start
 
     metrics: dict[str, Any] = {k: _jsonable(v) for k, v in trainer.callback_metrics.items()}
@@ -66,7 +73,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         _print_summary(metrics, output_dir)
+    _finish_wandb(trainer, metrics, exit_code=0)
     return metrics
+
+
+def _finish_wandb(trainer: pl.Trainer, summary: dict[str, Any], exit_code: int) -> None:
+    """End this job's wandb run (each multirun job is its own run), final metrics in its summary."""
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            run = logger.experiment
+            run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+            run.finish(exit_code=exit_code)
 
 
 def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
