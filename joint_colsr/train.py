@@ -15,6 +15,7 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+import wandb
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
 
@@ -78,12 +79,17 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _finish_wandb(trainer: pl.Trainer, summary: dict[str, Any], exit_code: int) -> None:
-    """End this job's wandb run (each multirun job is its own run), final metrics in its summary."""
+    """End this job's wandb run (each multirun job is its own run), final metrics in its summary.
+
+    ``wandb.teardown()`` drops wandb's process-wide settings too, so the next job of an
+    in-process sweep reads its own ``WANDB_NAME`` / ``WANDB_RUN_GROUP`` afresh.
+    """
     for logger in trainer.loggers:
         if isinstance(logger, WandbLogger) and trainer.is_global_zero:
             run = logger.experiment
             run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
             run.finish(exit_code=exit_code)
+            wandb.teardown()
 
 
 def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:

@@ -116,6 +116,7 @@ def test_failing_job_is_reported_and_the_others_finish(tmp_path):
     assert "| 0 | FAILED |" in (sweep_dir / "sweep_summary.md").read_text()
 
 
+@pytest.mark.slow
 def test_seeds_sweep_on_submitit_local_gives_a_confidence_interval(tmp_path):
     sweep_dir = tmp_path / "sweep"
     proc = run_train(["-m", "sweep=seeds", "hydra/launcher=submitit_local", "debug=fdr", "model.net.width_mult=0.0625",
@@ -133,7 +134,7 @@ def test_seeds_sweep_on_submitit_local_gives_a_confidence_interval(tmp_path):
 
 def test_optuna_sweep_maximizes_val_psnr(tmp_path):
     sweep_dir = tmp_path / "sweep"
-    proc = run_train(["-m", "sweep=optuna", "debug=tiny", "hydra.sweeper.n_trials=2",
+    proc = run_train(["-m", "sweep=optuna", "debug=fdr", "data.batch_size=2", "hydra.sweeper.n_trials=2",
                       "model.net.width_mult=choice(0.0625,0.125)", f"hydra.sweep.dir={sweep_dir}"], tmp_path)
     assert proc.returncode == 0, output_tail(proc)
     result = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
@@ -146,6 +147,7 @@ def test_optuna_sweep_maximizes_val_psnr(tmp_path):
     assert result["best_value"] == pytest.approx(max(j["return_value"] for j in jobs))
 
 
+@pytest.mark.slow
 def test_variants_sweep_tiny_joint_vs_cascade(tmp_path):
     _needs_models("joint_paper", "cascade")
     sweep_dir = tmp_path / "sweep"
@@ -161,6 +163,7 @@ def test_variants_sweep_tiny_joint_vs_cascade(tmp_path):
     assert budgets[0] == budgets[1]
 
 
+@pytest.mark.slow
 def test_section4_sweep_tiny(tmp_path):
     _needs_models("residual_joint")
     sweep_dir = tmp_path / "sweep"
