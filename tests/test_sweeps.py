@@ -6,7 +6,6 @@ import json
 import math
 
 import pytest
-import yaml
 from omegaconf import OmegaConf
 
 from joint_colsr.builders import check_config, resolved_config
@@ -27,7 +26,7 @@ def _needs_models(*names: str) -> None:
 
 def _sweep_models(name: str) -> set[str]:
     """Models a sweep selects: its `override /model` and any `model` axis of its grid."""
-    raw = yaml.safe_load((CONF_DIR / "sweep" / f"{name}.yaml").read_text())
+    raw = OmegaConf.to_container(OmegaConf.load(CONF_DIR / "sweep" / f"{name}.yaml"))
     models = set()
     for entry in raw.get("defaults", []):
         if isinstance(entry, dict) and "override /model" in entry:
@@ -137,7 +136,7 @@ def test_optuna_sweep_maximizes_val_psnr(tmp_path):
     proc = run_train(["-m", "sweep=optuna", "debug=fdr", "data.batch_size=2", "hydra.sweeper.n_trials=2",
                       "model.net.width_mult=choice(0.0625,0.125)", f"hydra.sweep.dir={sweep_dir}"], tmp_path)
     assert proc.returncode == 0, output_tail(proc)
-    result = yaml.safe_load((sweep_dir / "optimization_results.yaml").read_text())
+    result = OmegaConf.to_container(OmegaConf.load(sweep_dir / "optimization_results.yaml"))
     assert set(result["best_params"]) == {"model.optimizer.lr", "model.net.width_mult"}
     jobs = _summary(sweep_dir)["jobs"]
     assert len(jobs) == 2
@@ -167,7 +166,7 @@ def test_variants_sweep_tiny_joint_vs_cascade(tmp_path):
 def test_section4_sweep_tiny(tmp_path):
     _needs_models("residual_joint")
     sweep_dir = tmp_path / "sweep"
-    proc = run_train(["-m", "sweep=section4", "debug=tiny", "model.net.blocks=1", "model.net.width=8",
+    proc = run_train(["-m", "sweep=section4", "debug=tiny", "model.net.blocks=1", "model.net.width=64",
                       "data.input_size=48,96", "model.net.l_source=gt", f"hydra.sweep.dir={sweep_dir}"], tmp_path)
     assert proc.returncode == 0, output_tail(proc)
     jobs = _summary(sweep_dir)["jobs"]
