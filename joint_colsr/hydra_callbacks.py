@@ -31,7 +31,7 @@ from pathlib import Path
 from typing import Any, Iterator
 
 from hydra.core.hydra_config import HydraConfig
-from hydra.core.utils import JobReturn, JobStatus
+from hydra.core.utils import JobReturn
 from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
@@ -179,11 +179,10 @@ class SweepSummary(Callback):
             "metrics": _numeric_metrics(job_dir),
             "error": None,
         }
-        if job_return.status == JobStatus.COMPLETED:
-            value = job_return.return_value
+        try:
+            value = job_return.return_value  # a failed job's exception is raised here
             record["return_value"] = value if isinstance(value, (int, float, str)) or value is None else repr(value)
-        else:
-            err = job_return._return_value  # the exception (reading .return_value would raise it)
+        except Exception as err:  # noqa: BLE001 - any job error is recorded, none is swallowed (Hydra re-raises it)
             record["error"] = f"{type(err).__name__}: {err}"
             trace = "".join(traceback.format_exception(type(err), err, err.__traceback__))
             job_dir.mkdir(parents=True, exist_ok=True)
