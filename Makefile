@@ -9,10 +9,10 @@ ARGS ?=
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast clean
+.PHONY: help install train test test-fast clean sweep-section4 sweep-variants sweep-seeds sweep-optuna
 
 help: ## show this help
-	@grep -E '^[a-zA-Z_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-12s %s\n", $$1, $$2}'
+	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-15s %s\n", $$1, $$2}'
 	@echo "  Pass Hydra overrides with ARGS, e.g. make train ARGS='trainer.max_epochs=2 data.batch_size=8'"
 
 $(STAMP): pyproject.toml requirements/constraints.txt
@@ -31,6 +31,20 @@ test: $(STAMP) ## run the whole test suite (CPU, tiny widths)
 
 test-fast: $(STAMP) ## run the suite without the slow tests
 	$(PY) -m pytest -n 2 --dist loadfile -q -m "not slow" $(ARGS)
+
+# Sweeps (Hydra multirun, conf/sweep/*.yaml; docs/sweeps.md). Tiny form: ARGS=debug=tiny.
+# Each writes outputs/<sweep>/multiruns/<date>/{N/,sweep_summary.md}.
+sweep-section4: $(STAMP) ## Section IV: residual blocks x width x input R x L* source (81 jobs)
+	$(PY) -m joint_colsr.train -m sweep=section4 $(ARGS)
+
+sweep-variants: $(STAMP) ## every model variant at an equal training budget (joint vs cascade)
+	$(PY) -m joint_colsr.train -m sweep=variants $(ARGS)
+
+sweep-seeds: $(STAMP) ## 5 seeds of one config; sweep_summary.md gives 95% confidence intervals
+	$(PY) -m joint_colsr.train -m sweep=seeds $(ARGS)
+
+sweep-optuna: $(STAMP) ## Optuna search over learning rate and width, maximizing val/psnr
+	$(PY) -m joint_colsr.train -m sweep=optuna $(ARGS)
 
 clean: ## remove outputs of runs (not the venv)
 	rm -rf outputs multirun .pytest_cache

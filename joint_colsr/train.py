@@ -15,10 +15,22 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+import wandb
+from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
 
-from joint_colsr.builders import build_callbacks, build_datamodule, build_loggers, build_system, build_trainer, check_config, check_model_output, resolved_config
+from joint_colsr.builders import (
+    build_callbacks,
+    build_datamodule,
+    build_loggers,
+    build_system,
+    build_trainer,
+    check_config,
+    check_model_output,
+    resolved_config,
+)
 from joint_colsr.checkpointing import checkpoint_paths, find_resume_checkpoint
+from joint_colsr.hydra_callbacks import check_ddp_launch
 from joint_colsr.nets import count_parameters
 
 log = logging.getLogger(__name__)
@@ -35,6 +47,7 @@ def _jsonable(value: Any) -> Any:
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the configured model on the configured data; return the final metrics."""
     check_config(cfg)
+    check_ddp_launch(cfg)
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
     output_dir = Path(cfg.paths.output_dir)
@@ -57,7 +70,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             log.info("auto_resume: continuing from %s", found)
             ckpt_path = str(found)
     start = time.perf_counter()
-    trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+    try:
+        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+    except BaseException:
+        _finish_wandb(trainer, {}, exit_code=1)  # mark the run failed; the next multirun job starts a fresh one
+        raise
     elapsed = time.perf_counter() - start
 
     metrics: dict[str, Any] = {k: _jsonable(v) for k, v in trainer.callback_metrics.items()}
@@ -72,7 +89,22 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         _print_summary(metrics, output_dir)
+    _finish_wandb(trainer, metrics, exit_code=0)
     return metrics
+
+
+def _finish_wandb(trainer: pl.Trainer, summary: dict[str, Any], exit_code: int) -> None:
+    """End this job's wandb run (each multirun job is its own run), final metrics in its summary.
+
+    ``wandb.teardown()`` drops wandb's process-wide settings too, so the next job of an
+    in-process sweep reads its own ``WANDB_NAME`` / ``WANDB_RUN_GROUP`` afresh.
+    """
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            run = logger.experiment
+            run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+            run.finish(exit_code=exit_code)
+            wandb.teardown()
 
 
 def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
