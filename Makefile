@@ -35,16 +35,16 @@ test-fast: $(STAMP) ## run the suite without the slow tests
 # Sweeps (Hydra multirun, conf/sweep/*.yaml; docs/sweeps.md). Tiny form: ARGS=debug=tiny.
 # Each writes outputs/<sweep>/multiruns/<date>/{N/,sweep_summary.md}.
 sweep-section4: $(STAMP) ## Section IV: residual blocks x width x input R x L* source (81 jobs)
-	$(PY) -m joint_colsr.train -m sweep=section4 $(ARGS)
+	PYTHON=$(PY) experiments/section4.sh $(ARGS)
 
 sweep-variants: $(STAMP) ## every model variant at an equal training budget (joint vs cascade)
-	$(PY) -m joint_colsr.train -m sweep=variants $(ARGS)
+	PYTHON=$(PY) experiments/variants.sh $(ARGS)
 
 sweep-seeds: $(STAMP) ## 5 seeds of one config; sweep_summary.md gives 95% confidence intervals
-	$(PY) -m joint_colsr.train -m sweep=seeds $(ARGS)
+	PYTHON=$(PY) experiments/seeds.sh $(ARGS)
 
 sweep-optuna: $(STAMP) ## Optuna search over learning rate and width, maximizing val/psnr
-	$(PY) -m joint_colsr.train -m sweep=optuna $(ARGS)
+	PYTHON=$(PY) experiments/optuna.sh $(ARGS)
 
 clean: ## remove outputs of runs (not the venv)
 	rm -rf outputs multirun .pytest_cache

@@ -172,3 +172,22 @@ def test_section4_sweep_tiny(tmp_path):
     jobs = _summary(sweep_dir)["jobs"]
     assert [j["status"] for j in jobs] == ["COMPLETED", "COMPLETED"]
     assert {OmegaConf.load(f"{j['output_dir']}/.hydra/config.yaml").data.input_size for j in jobs} == {48, 96}
+
+
+def test_every_sweep_has_a_one_command_script_that_runs(tmp_path):
+    import os
+    import subprocess
+    import sys
+
+    from .conftest import REPO
+
+    sweeps = sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml"))
+    scripts = sorted(p.stem for p in (REPO / "experiments").glob("*.sh"))
+    assert scripts == sweeps
+    assert all(os.access(REPO / "experiments" / f"{s}.sh", os.X_OK) for s in scripts)
+    env = {**os.environ, "PYTHON": sys.executable, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    done = subprocess.run([str(REPO / "experiments" / "seeds.sh"), "debug=tiny", "seed=0,1", f"hydra.sweep.dir={tmp_path}"],
+                          env=env, capture_output=True, text=True, timeout=300)
+    assert done.returncode == 0, done.stderr[-2000:]
+    summary = json.loads((tmp_path / "sweep_summary.json").read_text())
+    assert summary["completed"] == 2 and summary["failed"] == 0
