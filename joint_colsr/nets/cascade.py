@@ -49,15 +49,15 @@ def load_stage_weights(module: nn.Module, path: str | Path, stage: str) -> str:
         raise FileNotFoundError(f"model.net.{stage}_checkpoint={path} is not a file")
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state)
-    wanted = set(module.state_dict())
+    wanted = {k: tuple(v.shape) for k, v in module.state_dict().items()}
     for prefix in STAGE_PREFIXES:
         found = {k[len(prefix):]: v for k, v in state.items() if k.startswith(prefix)}
-        if set(found) == wanted:
+        if {k: tuple(v.shape) for k, v in found.items()} == wanted:
             module.load_state_dict(found)
             return prefix
     raise ValueError(
         f"model.net.{stage}_checkpoint={path}: no prefix in {STAGE_PREFIXES} gives exactly the {stage}'s "
-        f"{len(wanted)} weights (is it a checkpoint of a matching net with the same width and blocks?)"
+        f"{len(wanted)} tensors with their shapes (is it a checkpoint of a matching net with the same width and blocks?)"
     )
 
 
