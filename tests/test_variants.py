@@ -270,7 +270,9 @@ def test_srgan_tiny_run_with_ema_perceptual_and_schedulers(compose_cfg, tmp_path
     assert int(system.generator_steps) == 2
     assert system.eval_net is system.net_ema.module
     assert not torch.equal(next(system.net_ema.module.parameters()), next(system.net.parameters()))
-    assert system.eval()(torch.zeros(1, 1, 96, 96)).shape == (1, 2, 256, 256)
+    x = torch.rand(1, 1, 96, 96) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(system.eval()(x), system.net_ema.module(x)["ab"])  # eval mode runs the EMA
 
 
 def test_srgan_warmup_keeps_adversarial_loss_off(compose_cfg):
@@ -287,3 +289,13 @@ def test_model_table_lists_every_variant():
     assert "old" not in text and table in text and text.startswith("a\n") and text.endswith("\nb")
     with pytest.raises(ValueError, match="markers"):
         replace_between_markers("no markers", table)
+
+
+def test_srgan_trains_another_generator(compose_cfg):
+    # The override README documents for swapping the generator.
+    cfg = compose_cfg(["model=srgan", "~model.net", "+model.net={_target_: joint_colsr.nets.JointPaperNet, width_mult: 0.0625}",
+                       "model.discriminator.width_mult=0.0625",
+                       "model.discriminator_warmup_steps=0", "debug=fdr", "data.batch_size=2"])
+    metrics = train(cfg)
+    assert cfg.model.net._target_.endswith("JointPaperNet") and "train/g_adv" in metrics
+    assert "val/psnr_own_l" not in metrics  # the paper net has no L* of its own: D sees ground-truth L*

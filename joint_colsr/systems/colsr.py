@@ -80,12 +80,12 @@ class ColSRSystem(pl.LightningModule):
 
     @property
     def eval_net(self) -> nn.Module:
-        """The network validation and :meth:`forward` use (subclasses may average weights)."""
+        """The network :meth:`infer` runs in eval mode (subclasses may return averaged weights)."""
         return self.net
 
     def forward(self, l_lowres: Tensor, l_highres: Tensor | None = None) -> Tensor:
         """``(B, 1, r, r)`` normalized L* -> ``(B, 2, S, S)`` normalized a*b*."""
-        return self.infer({"l_lowres": l_lowres, "l_highres": l_highres}, net=self.eval_net)["ab"]
+        return self.infer({"l_lowres": l_lowres, "l_highres": l_highres})["ab"]
 
     def infer(self, batch: Mapping[str, Tensor], net: nn.Module | None = None) -> dict[str, Tensor]:
         """Run the network on a batch and return its outputs by name.
@@ -99,12 +99,14 @@ class ColSRSystem(pl.LightningModule):
 
         Args:
             batch: at least ``l_lowres`` (and ``l_highres`` for guided nets).
-            net: the network to run (default ``self.net``; validation passes :attr:`eval_net`).
+            net: the network to run; default: ``self.net`` in training mode, :attr:`eval_net`
+                in eval mode (validation, evaluation, prediction: EMA weights where there are any).
 
         Returns:
             dict with ``"ab"`` ``(B, 2, S, S)`` and whatever else the net returned.
         """
-        net = self.net if net is None else net
+        if net is None:
+            net = self.net if self.training else self.eval_net
         kwargs = {}
         if getattr(net, "needs_l_highres", False):
             if batch.get("l_highres") is None:
@@ -167,7 +169,7 @@ class ColSRSystem(pl.LightningModule):
         return losses["loss"]
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        out = self.infer(batch, net=self.eval_net)
+        out = self.infer(batch)
         ab_pred = out["ab"]
         self._check_sizes(ab_pred, batch["ab_target"])
         n = ab_pred.shape[0]
@@ -192,7 +194,7 @@ class ColSRSystem(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        optimizer = instantiate(hp.optimizer)(params=self.parameters())
+        optimizer = instantiate(hp.optimizer)(params=[p for p in self.parameters() if p.requires_grad])
         if not hp.scheduler:
             return optimizer
         scheduler = instantiate(hp.scheduler)(optimizer=optimizer)
