@@ -251,28 +251,38 @@ def test_vgg19_features_load_a_local_file_only(tmp_path):
         VGG19Features(tmp_path / "absent.pth")
 
 
-def test_srgan_tiny_run_with_ema_perceptual_and_schedulers(compose_cfg, tmp_path):
+def test_srgan_tiny_run_with_ema_perceptual_schedulers_and_resume(compose_cfg, tmp_path):
     vgg = tmp_path / "vgg19.pth"
     _random_vgg19_file(vgg, layers=1)
-    cfg = compose_cfg(_overrides(
+    overrides = _overrides(
         "srgan", "debug=tiny", "data.batch_size=2", "callbacks.model_summary.max_depth=1", "model.ema_decay=0.9",
         f"model.perceptual_weights_path={vgg}", "model.perceptual_layer=relu1_1",
         "~model.scheduler", "+model.scheduler={_target_: torch.optim.lr_scheduler.StepLR, _partial_: true, step_size: 1, gamma: 0.5}",
         "model.scheduler_interval=step",
-    ))
+    )
+    cfg = compose_cfg(overrides)
     metrics = train(cfg)
     assert metrics["global_step"] == 4  # 2 batches x 2 optimizers
     assert torch.isfinite(torch.tensor(metrics["train/g_perceptual"]))
     ckpt = torch.load(metrics["last_ckpt"], map_location="cpu", weights_only=False)
     assert [s["last_epoch"] for s in ckpt["lr_schedulers"]] == [2, 2]  # both schedulers stepped per batch
     assert [o["param_groups"][0]["lr"] for o in ckpt["optimizer_states"]] == pytest.approx([2.5e-5, 2.5e-5])
-    system = GANSystem.load_from_checkpoint(metrics["last_ckpt"], map_location="cpu")
+    assert not any(k.startswith("perceptual.") for k in ckpt["state_dict"])  # VGG stays in its own file
+    assert GANSystem.load_from_checkpoint(metrics["last_ckpt"], map_location="cpu").perceptual is not None
+    system = GANSystem.load_from_checkpoint(metrics["last_ckpt"], map_location="cpu", perceptual_weights_path=None)
     assert int(system.generator_steps) == 2
     assert system.eval_net is system.net_ema.module
     assert not torch.equal(next(system.net_ema.module.parameters()), next(system.net.parameters()))
     x = torch.rand(1, 1, 96, 96) * 2 - 1
     with torch.no_grad():
         assert torch.equal(system.eval()(x), system.net_ema.module(x)["ab"])  # eval mode runs the EMA
+
+    # Resume: optimizers, schedulers and the warm-up counter continue.
+    resumed = train(compose_cfg([*overrides, "trainer.max_epochs=2", f"ckpt_path={metrics['last_ckpt']}"]))
+    assert resumed["global_step"] == 8
+    ckpt = torch.load(resumed["last_ckpt"], map_location="cpu", weights_only=False)
+    assert int(ckpt["state_dict"]["generator_steps"]) == 4
+    assert [s["last_epoch"] for s in ckpt["lr_schedulers"]] == [4, 4]
 
 
 def test_srgan_warmup_keeps_adversarial_loss_off(compose_cfg):

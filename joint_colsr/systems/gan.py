@@ -154,6 +154,22 @@ class GANSystem(ColSRSystem):
         return {"d_loss": loss, "d_real": torch.sigmoid(logits_real).mean().detach(),
                 "d_fake": torch.sigmoid(logits_fake).mean().detach()}
 
+    # -- checkpoints: the fixed VGG weights stay in their own file ---------------------------
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("perceptual.")]:
+            del state[key]
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # The VGG weights come from perceptual_weights_path (or are absent: load for inference
+        # with perceptual_weights_path=None).
+        state = checkpoint["state_dict"]
+        for key in [k for k in state if k.startswith("perceptual.")]:
+            del state[key]
+        if self.perceptual is not None:
+            state.update({f"perceptual.{k}": v for k, v in self.perceptual.state_dict().items()})
+
     # -- training ---------------------------------------------------------------------------
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
