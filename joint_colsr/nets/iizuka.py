@@ -96,7 +96,8 @@ class IizukaColorizer(nn.Module):
         self.output_resize = check_resize_mode(output_resize, "output_resize")
         self.in_channels = in_channels
         self.classification = classification
-        w = lambda c: scaled_width(c, width_mult)  # noqa: E731
+        def w(channels: int) -> int:
+            return scaled_width(channels, width_mult)
 
         def convs(spec: tuple[tuple[int, int], ...], prev: int) -> tuple[nn.Sequential, int]:
             layers = []

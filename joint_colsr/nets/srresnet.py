@@ -19,7 +19,6 @@ plain output.
 
 from __future__ import annotations
 
-import torch
 from torch import Tensor, nn
 
 from joint_colsr.nets.blocks import (
@@ -78,8 +77,7 @@ class SRResNet(nn.Module):
         self.in_channels, self.out_channels = in_channels, out_channels
         self.final_resize = check_resize_mode(final_resize, "final_resize")
         self.input_residual = input_residual
-        factors, self.needs_resize = pixel_shuffle_factors(self.scale)
-        self.shuffle_scale = int(torch.tensor(factors or [1]).prod())
+        factors, _ = pixel_shuffle_factors(self.scale)  # the final resize handles the rest
         c = scaled_width(width, width_mult)
 
         self.head = nn.Sequential(nn.Conv2d(in_channels, c, 9, padding=4), nn.PReLU(c))
