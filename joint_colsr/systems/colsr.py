@@ -9,7 +9,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, OmegaConf
-from torch import Tensor
+from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from joint_colsr.metrics import colorization_psnr
@@ -32,14 +32,23 @@ class ColSRSystem(pl.LightningModule):
 
     Args:
         net: config of an ``nn.Module`` mapping ``(B, 1, r, r)`` normalized L* to
-            ``(B, 2, S, S)`` normalized a*b*.
+            ``(B, 2, S, S)`` normalized a*b* (or a dict of outputs: see :meth:`infer`).
         optimizer: config of a ``torch.optim`` optimizer with ``_partial_: true``.
         scheduler: config of an LR scheduler with ``_partial_: true``, or ``None``.
         scheduler_monitor: metric a ReduceLROnPlateau-style scheduler watches.
         scheduler_interval: ``epoch`` or ``step``.
+        l_loss_weight: weight of the MSE on the net's own L* (only for nets that return ``l``).
+        classification_loss_weight: weight of the multi-label BCE on ``logits`` against the
+            batch's ``labels`` (only for nets that return ``logits``; Iizuka et al. used 1/300).
 
-    Logged: ``train/loss``; ``val/loss``, ``val/psnr`` (protocol in :mod:`joint_colsr.metrics`)
-    and ``val/psnr_gray`` (the same images with a* = b* = 0); ``data/skipped``.
+    The training loss is ``MSE(ab) + l_loss_weight * MSE(l) + classification_loss_weight * BCE(logits)``,
+    each term present only when the net returns that output.
+
+    Logged: ``train/loss`` (and ``train/loss_ab``, ``train/loss_l``, ``train/loss_cls`` when
+    there is more than one term); ``val/loss`` (a*b* MSE, comparable across nets),
+    ``val/psnr`` (protocol in :mod:`joint_colsr.metrics`), ``val/psnr_gray`` (the same images
+    with a* = b* = 0); for nets that return ``l``: ``val/loss_l`` and ``val/psnr_own_l`` (the
+    net's own L* + its a*b*: the full joint output); ``data/skipped``.
     """
 
     def __init__(
@@ -49,25 +58,35 @@ class ColSRSystem(pl.LightningModule):
         scheduler: Mapping[str, Any] | None = None,
         scheduler_monitor: str = "val/loss",
         scheduler_interval: str = "epoch",
+        l_loss_weight: float = 1.0,
+        classification_loss_weight: float = 1.0 / 300,
     ) -> None:
         super().__init__()
         net, optimizer, scheduler = _plain(net), _plain(optimizer), _plain(scheduler)
         self.save_hyperparameters(
             {"net": net, "optimizer": optimizer, "scheduler": scheduler,
-             "scheduler_monitor": scheduler_monitor, "scheduler_interval": scheduler_interval}
+             "scheduler_monitor": scheduler_monitor, "scheduler_interval": scheduler_interval,
+             "l_loss_weight": l_loss_weight, "classification_loss_weight": classification_loss_weight}
         )
         self.net = instantiate(net)
         self.val_loss = MeanMetric()
         self.val_psnr = MeanMetric()
         self.val_psnr_gray = MeanMetric()
+        self.val_loss_l = MeanMetric()
+        self.val_psnr_own_l = MeanMetric()
         #: First validation batch of the epoch, kept on CPU for the image-grid callback.
         self.val_examples: dict[str, Tensor] | None = None
+
+    @property
+    def eval_net(self) -> nn.Module:
+        """The network :meth:`infer` runs in eval mode (subclasses may return averaged weights)."""
+        return self.net
 
     def forward(self, l_lowres: Tensor, l_highres: Tensor | None = None) -> Tensor:
         """``(B, 1, r, r)`` normalized L* -> ``(B, 2, S, S)`` normalized a*b*."""
         return self.infer({"l_lowres": l_lowres, "l_highres": l_highres})["ab"]
 
-    def infer(self, batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    def infer(self, batch: Mapping[str, Tensor], net: nn.Module | None = None) -> dict[str, Tensor]:
         """Run the network on a batch and return its outputs by name.
 
         The network contract (every net in :mod:`joint_colsr.nets`):
@@ -77,35 +96,80 @@ class ColSRSystem(pl.LightningModule):
         * output: a tensor of a*b*, or a dict with ``"ab"`` and optionally ``"l"``
           (its own high-resolution L*, normalized) and ``"logits"`` (class scores).
 
+        Args:
+            batch: at least ``l_lowres`` (and ``l_highres`` for guided nets).
+            net: the network to run; default: ``self.net`` in training mode, :attr:`eval_net`
+                in eval mode (validation, evaluation, prediction: EMA weights where there are any).
+
         Returns:
             dict with ``"ab"`` ``(B, 2, S, S)`` and whatever else the net returned.
         """
+        if net is None:
+            net = self.net if self.training else self.eval_net
         kwargs = {}
-        if getattr(self.net, "needs_l_highres", False):
+        if getattr(net, "needs_l_highres", False):
             if batch.get("l_highres") is None:
-                raise ValueError(f"{type(self.net).__name__} needs ground-truth L* (l_highres) as guidance")
+                raise ValueError(f"{type(net).__name__} needs ground-truth L* (l_highres) as guidance")
             kwargs["l_highres"] = batch["l_highres"]
-        out = self.net(batch["l_lowres"], **kwargs)
+        out = net(batch["l_lowres"], **kwargs)
         return dict(out) if isinstance(out, Mapping) else {"ab": out}
 
-    def _check_sizes(self, ab_pred: Tensor, ab_target: Tensor) -> None:
-        if ab_pred.shape != ab_target.shape:
+    def supervised_losses(self, out: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The weighted pixel (and label) losses of the net's outputs.
+
+        Returns:
+            ``{"loss": total, "loss_ab": ...}`` plus ``"loss_l"`` when the net returns ``l``
+            and ``"loss_cls"`` when it returns ``logits``.
+        """
+        hp = self.hparams
+        self._check_sizes(out["ab"], batch["ab_target"])
+        losses = {"loss_ab": F.mse_loss(out["ab"].float(), batch["ab_target"])}
+        total = losses["loss_ab"]
+        if "l" in out:
+            self._check_sizes(out["l"], batch["l_highres"], "L*")
+            losses["loss_l"] = F.mse_loss(out["l"].float(), batch["l_highres"])
+            total = total + hp.l_loss_weight * losses["loss_l"]
+        if "logits" in out:
+            labels = batch.get("labels")
+            if labels is None:
+                raise ValueError(
+                    "model.net.classification=true needs image-level labels: batches must carry 'labels' "
+                    "(B, num_classes) multi-hot floats, and this data source gives none "
+                    "(use COCO data with labels, or set model.net.classification=false)"
+                )
+            if labels.shape != out["logits"].shape:
+                raise ValueError(f"batch labels {tuple(labels.shape)} do not match the net's logits "
+                                 f"{tuple(out['logits'].shape)}: set model.net.num_classes to the data's class count")
+            losses["loss_cls"] = F.binary_cross_entropy_with_logits(out["logits"].float(), labels.float())
+            total = total + hp.classification_loss_weight * losses["loss_cls"]
+        losses["loss"] = total
+        return losses
+
+    def _check_sizes(self, pred: Tensor, target: Tensor, what: str = "a*b*") -> None:
+        if pred.shape != target.shape:
             raise ValueError(
-                f"network output {tuple(ab_pred.shape)} does not match target {tuple(ab_target.shape)}: "
+                f"network {what} output {tuple(pred.shape)} does not match target {tuple(target.shape)}: "
                 "model.net.output_size must equal data.output_size"
             )
 
-    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
-        ab_pred = self.infer(batch)["ab"]
-        self._check_sizes(ab_pred, batch["ab_target"])
-        loss = F.mse_loss(ab_pred.float(), batch["ab_target"])
-        self.log("train/loss", loss, prog_bar=True, batch_size=ab_pred.shape[0])
+    def _log_train_losses(self, losses: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> None:
+        n = batch["l_lowres"].shape[0]
+        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=n)
+        if len(losses) > 2:  # more than one term: log each
+            for name, value in losses.items():
+                if name != "loss":
+                    self.log(f"train/{name}", value, batch_size=n)
         if "skipped" in batch:
             self.log("data/skipped", batch["skipped"].sum().float(), reduce_fx="sum", batch_size=1)
-        return loss
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        losses = self.supervised_losses(self.infer(batch), batch)
+        self._log_train_losses(losses, batch)
+        return losses["loss"]
 
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
-        ab_pred = self.infer(batch)["ab"]
+        out = self.infer(batch)
+        ab_pred = out["ab"]
         self._check_sizes(ab_pred, batch["ab_target"])
         n = ab_pred.shape[0]
         per_image_mse = (ab_pred.float() - batch["ab_target"]).pow(2).mean(dim=(1, 2, 3))
@@ -115,6 +179,13 @@ class ColSRSystem(pl.LightningModule):
         self.log("val/loss", self.val_loss, prog_bar=True, batch_size=n)
         self.log("val/psnr", self.val_psnr, prog_bar=True, batch_size=n)
         self.log("val/psnr_gray", self.val_psnr_gray, batch_size=n)
+        if "l" in out:
+            l_pred = out["l"].float()
+            self._check_sizes(l_pred, batch["l_highres"], "L*")
+            self.val_loss_l.update((l_pred - batch["l_highres"]).pow(2).mean(dim=(1, 2, 3)))
+            self.val_psnr_own_l.update(colorization_psnr(l_pred, ab_pred, batch["rgb_target"]))
+            self.log("val/loss_l", self.val_loss_l, batch_size=n)
+            self.log("val/psnr_own_l", self.val_psnr_own_l, batch_size=n)
         if batch_idx == 0:
             keep = ("l_lowres", "l_highres", "rgb_target")
             self.val_examples = {k: batch[k][:16].detach().cpu() for k in keep}
@@ -122,7 +193,7 @@ class ColSRSystem(pl.LightningModule):
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
-        optimizer = instantiate(hp.optimizer)(params=self.parameters())
+        optimizer = instantiate(hp.optimizer)(params=[p for p in self.parameters() if p.requires_grad])
         if not hp.scheduler:
             return optimizer
         scheduler = instantiate(hp.scheduler)(optimizer=optimizer)

@@ -1,0 +1,311 @@
+"""The ablation variants (ic_only, sr_only, cascade, residual_joint, srgan): shapes, gradients, training."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from joint_colsr.builders import build_system
+from joint_colsr.model_table import BEGIN, END, markdown, model_names, replace_between_markers
+from joint_colsr.nets import (
+    CascadeNet,
+    IizukaColorizer,
+    ResidualJointNet,
+    SRResNet,
+    VGG19Features,
+    load_stage_weights,
+    pixel_shuffle_factors,
+)
+from joint_colsr.nets.vgg import VGG19_LAYOUT
+from joint_colsr.systems import ColSRSystem, GANSystem
+from joint_colsr.train import train
+
+VARIANTS = ["ic_only", "sr_only", "cascade", "cascade_upscale_first", "residual_joint", "residual_joint_gt",
+            "residual_joint_interpolated", "srgan"]
+#: Overrides that make each variant tiny (widths 1/16, one residual block).
+TINY = {
+    "ic_only": ["model=ic_only"],
+    "sr_only": ["model=sr_only", "model.net.blocks=1"],
+    "cascade": ["model=cascade", "model.net.upscaler.blocks=1"],
+    "cascade_upscale_first": ["model=cascade", "model.net.upscaler.blocks=1", "model.net.order=upscale_first"],
+    "residual_joint": ["model=residual_joint", "model.net.blocks=1"],
+    "residual_joint_gt": ["model=residual_joint", "model.net.blocks=1", "model.net.l_source=gt"],
+    "residual_joint_interpolated": ["model=residual_joint", "model.net.blocks=1", "model.net.l_source=interpolated"],
+    "srgan": ["model=srgan", "model.net.blocks=1", "model.discriminator.width_mult=0.0625",
+              "model.discriminator_warmup_steps=0"],
+}
+PREDICTS_L = {"sr_only", "cascade", "cascade_upscale_first", "residual_joint", "srgan"}
+
+
+def _overrides(variant: str, *extra: str) -> list[str]:
+    return [*TINY[variant], "model.net.width_mult=0.0625", *extra]
+
+
+def _batch(r: int, s: int, n: int = 2, labels: int | None = None) -> dict[str, torch.Tensor]:
+    g = torch.Generator().manual_seed(0)
+    batch = {
+        "l_lowres": torch.rand(n, 1, r, r, generator=g) * 2 - 1,
+        "l_highres": torch.rand(n, 1, s, s, generator=g) * 2 - 1,
+        "ab_target": (torch.rand(n, 2, s, s, generator=g) - 0.5) * 0.8,
+        "rgb_target": torch.randint(0, 256, (n, 3, s, s), generator=g, dtype=torch.uint8),
+    }
+    if labels:
+        batch["labels"] = (torch.rand(n, labels, generator=g) > 0.8).float()
+    return batch
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+@pytest.mark.parametrize("sizes", [(96, 256), (64, 128)])
+def test_output_shapes(variant, sizes, compose_cfg):
+    r, s = sizes
+    system = build_system(compose_cfg(_overrides(variant, f"data.input_size={r}", f"data.output_size={s}")))
+    out = system.eval().infer(_batch(r, s))
+    assert out["ab"].shape == (2, 2, s, s)
+    assert ("l" in out) == (variant in PREDICTS_L)
+    if "l" in out:
+        assert out["l"].shape == (2, 1, s, s)
+
+
+def _trainable_without_gradient(module: nn.Module) -> list[str]:
+    return [n for n, p in module.named_parameters() if p.requires_grad and (p.grad is None or p.grad.abs().sum() == 0)]
+
+
+@pytest.mark.parametrize("variant", [*VARIANTS, "ic_only_classification"])
+def test_gradients_reach_every_trainable_parameter(variant, compose_cfg):
+    extra = ["model.net.classification=true", "model.net.num_classes=5"] if variant == "ic_only_classification" else []
+    batch = _batch(64, 128, labels=5 if extra else None)
+    system = build_system(compose_cfg(_overrides(variant.replace("_classification", ""), *extra,
+                                                 "data.input_size=64", "data.output_size=128")))
+    params = [p for p in system.parameters() if p.requires_grad]
+    opt = torch.optim.SGD(params, lr=0.1)
+    # Zero-initialized heads pass no gradient back on the first step; after one update all do.
+    for _ in range(2):
+        opt.zero_grad()
+        out = system.infer(batch)
+        if isinstance(system, GANSystem):
+            loss = system.generator_losses(out, batch)["loss"]
+            real = system.lab_image(batch["l_highres"], batch["ab_target"])
+            fake = system.lab_image(out.get("l", batch["l_highres"]), out["ab"]).detach()
+            loss = loss + system.discriminator_losses(real, fake)["d_loss"]
+        else:
+            loss = system.supervised_losses(out, batch)["loss"]
+        loss.backward()
+        opt.step()
+    assert not _trainable_without_gradient(system)
+    if extra:
+        assert "logits" in out and out["logits"].shape == (2, 5)
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_fast_dev_run(variant, compose_cfg):
+    metrics = train(compose_cfg(_overrides(variant, "debug=fdr", "data.batch_size=2")))
+    assert torch.isfinite(torch.tensor(metrics["val/psnr"]))
+    if variant in PREDICTS_L:
+        assert torch.isfinite(torch.tensor(metrics["val/psnr_own_l"]))
+        assert metrics["train/loss_l" if variant != "srgan" else "train/g_pixel_l"] >= 0
+    if variant == "srgan":
+        # Two optimizers step per batch under manual optimization.
+        assert metrics["global_step"] == 2
+        for key in ("train/g_adv", "train/d_loss", "train/d_real", "train/d_fake"):
+            assert torch.isfinite(torch.tensor(metrics[key])), key
+        assert 0 < metrics["train/d_real"] < 1 and 0 < metrics["train/d_fake"] < 1
+    else:
+        assert metrics["global_step"] == 1
+
+
+def test_sr_only_predicts_gray_colour_and_scores_the_gray_baseline(compose_cfg):
+    metrics = train(compose_cfg(_overrides("sr_only", "debug=fdr", "data.batch_size=2")))
+    assert metrics["val/psnr"] == pytest.approx(metrics["val/psnr_gray"])
+
+
+def test_classification_without_labels_fails_clearly(compose_cfg):
+    cfg = compose_cfg(_overrides("ic_only", "debug=fdr", "data.batch_size=2", "model.net.classification=true"))
+    with pytest.raises(ValueError, match="labels"):
+        train(cfg)
+
+
+def test_classification_labels_must_match_num_classes():
+    system = ColSRSystem(
+        net={"_target_": "joint_colsr.nets.IizukaColorizer", "input_size": 64, "output_size": 128,
+             "width_mult": 0.0625, "classification": True, "num_classes": 5},
+        optimizer={"_target_": "torch.optim.Adam", "_partial_": True},
+    )
+    batch = _batch(64, 128, labels=7)
+    with pytest.raises(ValueError, match="num_classes"):
+        system.supervised_losses(system.infer(batch), batch)
+
+
+def test_classification_loss_has_its_own_weight():
+    net_cfg = {"_target_": "joint_colsr.nets.IizukaColorizer", "input_size": 64, "output_size": 128,
+               "width_mult": 0.0625, "classification": True, "num_classes": 5}
+    opt = {"_target_": "torch.optim.Adam", "_partial_": True}
+    batch = _batch(64, 128, labels=5)
+    torch.manual_seed(0)
+    a = ColSRSystem(net_cfg, opt, classification_loss_weight=0.0).eval()
+    b = ColSRSystem(net_cfg, opt, classification_loss_weight=2.0).eval()
+    b.load_state_dict(a.state_dict())
+    la, lb = a.supervised_losses(a.infer(batch), batch), b.supervised_losses(b.infer(batch), batch)
+    assert la["loss"].item() == pytest.approx(la["loss_ab"].item())
+    assert lb["loss"].item() == pytest.approx(lb["loss_ab"].item() + 2.0 * lb["loss_cls"].item())
+
+
+def test_pixel_shuffle_plan():
+    assert pixel_shuffle_factors(4) == ([2, 2], False)
+    assert pixel_shuffle_factors(3) == ([3], False)
+    assert pixel_shuffle_factors(6) == ([2, 3], False)
+    assert pixel_shuffle_factors(256 / 96) == ([2, 2], True)  # x8/3: to x4, then resize
+    assert pixel_shuffle_factors(5) == ([2, 2, 2], True)
+
+
+def test_srresnet_starts_at_bicubic_and_scales_any_input():
+    net = SRResNet(96, 256, width=8, blocks=1).eval()
+    x = torch.rand(1, 1, 48, 72) * 2 - 1
+    out = net(x)
+    assert out.shape == (1, 1, 128, 192)
+    bicubic = nn.functional.interpolate(x, size=(128, 192), mode="bicubic", align_corners=False)
+    assert torch.allclose(out, bicubic)
+    with pytest.raises(ValueError, match="input_residual"):
+        SRResNet(in_channels=1, out_channels=3)
+
+
+def test_iizuka_global_path_fixed_size_and_bad_args():
+    net = IizukaColorizer(96, 256, width_mult=0.0625).eval()
+    assert net(torch.randn(1, 1, 128, 80)).shape == (1, 2, 341, 213)  # any size: global path sees 96x96
+    with pytest.raises(ValueError, match="output_resize"):
+        IizukaColorizer(output_resize="lanczos")
+    with pytest.raises(ValueError, match="global_input_size"):
+        IizukaColorizer(global_input_size=16)
+
+
+def test_residual_joint_checks_its_guide():
+    with pytest.raises(ValueError, match="l_source"):
+        ResidualJointNet(l_source="oracle")
+    net = ResidualJointNet(64, 128, l_source="gt", blocks=1, width_mult=0.0625)
+    assert net.needs_l_highres
+    with pytest.raises(ValueError, match="l_highres"):
+        net(torch.randn(1, 1, 64, 64))
+    with pytest.raises(ValueError, match="l_highres"):
+        net(torch.randn(1, 1, 64, 64), l_highres=torch.randn(1, 1, 100, 100))
+    # The predicted L* starts as the bicubic input.
+    pred = ResidualJointNet(64, 128, l_source="predicted", blocks=1, width_mult=0.0625).eval()
+    x = torch.rand(1, 1, 64, 64) * 2 - 1
+    assert torch.allclose(pred(x)["l"], nn.functional.interpolate(x, size=(128, 128), mode="bicubic", align_corners=False))
+
+
+def test_cascade_loads_and_freezes_a_stage(tmp_path):
+    sr_only = ColSRSystem(
+        net={"_target_": "joint_colsr.nets.SROnlyNet", "input_size": 64, "output_size": 128, "blocks": 1, "width_mult": 0.0625},
+        optimizer={"_target_": "torch.optim.Adam", "_partial_": True},
+    )
+    for p in sr_only.parameters():
+        nn.init.normal_(p) if p.dim() > 1 else None
+    path = tmp_path / "sr_only.ckpt"
+    torch.save({"state_dict": sr_only.state_dict()}, path)
+
+    net = CascadeNet(64, 128, order="upscale_first", width_mult=0.0625, upscaler={"blocks": 1},
+                     upscaler_checkpoint=str(path), freeze_upscaler=True)
+    frozen = {k: v.clone() for k, v in net.upscaler.state_dict().items()}
+    assert all(torch.equal(frozen[k], v) for k, v in sr_only.net.sr.state_dict().items())
+    assert not any(p.requires_grad for p in net.upscaler.parameters())
+    net.train()
+    assert not net.upscaler.training and net.colorizer.training
+    opt = torch.optim.SGD([p for p in net.parameters() if p.requires_grad], lr=0.1)
+    for _ in range(2):
+        opt.zero_grad()
+        out = net(torch.randn(2, 1, 64, 64))
+        (out["ab"].pow(2).mean() + out["l"].pow(2).mean()).backward()
+        opt.step()
+    assert all(torch.equal(frozen[k], v) for k, v in net.upscaler.state_dict().items())  # BN statistics too
+    # A 3-channel upscaler (colorize_first) cannot take sr_only weights: the error says why.
+    with pytest.raises(ValueError, match="upscaler_checkpoint"):
+        CascadeNet(64, 128, width_mult=0.0625, upscaler={"blocks": 1}, upscaler_checkpoint=str(path))
+    with pytest.raises(FileNotFoundError, match="colorizer_checkpoint"):
+        load_stage_weights(net.colorizer, tmp_path / "missing.ckpt", "colorizer")
+
+
+def _random_vgg19_file(path, layers: int = 2) -> None:
+    """A torchvision-layout VGG19 state dict with random weights for the first ``layers`` convs."""
+    state, index, prev, done = {}, 0, 3, 0
+    for item in VGG19_LAYOUT:
+        if done == layers:
+            break
+        if item == "M":
+            index += 1
+            continue
+        state[f"features.{index}.weight"] = torch.randn(item, prev, 3, 3) * 0.1
+        state[f"features.{index}.bias"] = torch.zeros(item)
+        prev, index, done = item, index + 2, done + 1
+    torch.save(state, path)
+
+
+def test_vgg19_features_load_a_local_file_only(tmp_path):
+    path = tmp_path / "vgg19.pth"
+    _random_vgg19_file(path, layers=2)
+    vgg = VGG19Features(path, layer="relu1_2")
+    assert vgg(torch.rand(1, 3, 32, 32)).shape == (1, 64, 32, 32)
+    assert not any(p.requires_grad for p in vgg.parameters())
+    with pytest.raises(ValueError, match="features"):
+        VGG19Features(path, layer="relu2_2")  # the file lacks conv2_*
+    with pytest.raises(FileNotFoundError, match="nothing is downloaded"):
+        VGG19Features(tmp_path / "absent.pth")
+
+
+def test_srgan_tiny_run_with_ema_perceptual_schedulers_and_resume(compose_cfg, tmp_path):
+    vgg = tmp_path / "vgg19.pth"
+    _random_vgg19_file(vgg, layers=1)
+    overrides = _overrides(
+        "srgan", "debug=tiny", "data.batch_size=2", "callbacks.model_summary.max_depth=1", "model.ema_decay=0.9",
+        f"model.perceptual_weights_path={vgg}", "model.perceptual_layer=relu1_1",
+        "~model.scheduler", "+model.scheduler={_target_: torch.optim.lr_scheduler.StepLR, _partial_: true, step_size: 1, gamma: 0.5}",
+        "model.scheduler_interval=step",
+    )
+    cfg = compose_cfg(overrides)
+    metrics = train(cfg)
+    assert metrics["global_step"] == 4  # 2 batches x 2 optimizers
+    assert torch.isfinite(torch.tensor(metrics["train/g_perceptual"]))
+    ckpt = torch.load(metrics["last_ckpt"], map_location="cpu", weights_only=False)
+    assert [s["last_epoch"] for s in ckpt["lr_schedulers"]] == [2, 2]  # both schedulers stepped per batch
+    assert [o["param_groups"][0]["lr"] for o in ckpt["optimizer_states"]] == pytest.approx([2.5e-5, 2.5e-5])
+    assert not any(k.startswith("perceptual.") for k in ckpt["state_dict"])  # VGG stays in its own file
+    assert GANSystem.load_from_checkpoint(metrics["last_ckpt"], map_location="cpu").perceptual is not None
+    system = GANSystem.load_from_checkpoint(metrics["last_ckpt"], map_location="cpu", perceptual_weights_path=None)
+    assert int(system.generator_steps) == 2
+    assert system.eval_net is system.net_ema.module
+    assert not torch.equal(next(system.net_ema.module.parameters()), next(system.net.parameters()))
+    x = torch.rand(1, 1, 96, 96) * 2 - 1
+    with torch.no_grad():
+        assert torch.equal(system.eval()(x), system.net_ema.module(x)["ab"])  # eval mode runs the EMA
+
+    # Resume: optimizers, schedulers and the warm-up counter continue.
+    resumed = train(compose_cfg([*overrides, "trainer.max_epochs=2", f"ckpt_path={metrics['last_ckpt']}"]))
+    assert resumed["global_step"] == 8
+    ckpt = torch.load(resumed["last_ckpt"], map_location="cpu", weights_only=False)
+    assert int(ckpt["state_dict"]["generator_steps"]) == 4
+    assert [s["last_epoch"] for s in ckpt["lr_schedulers"]] == [4, 4]
+
+
+def test_srgan_warmup_keeps_adversarial_loss_off(compose_cfg):
+    metrics = train(compose_cfg(_overrides("srgan", "debug=fdr", "data.batch_size=2", "model.discriminator_warmup_steps=5")))
+    assert "train/g_adv" not in metrics and "train/d_loss" in metrics
+
+
+def test_model_table_lists_every_variant():
+    names = model_names()
+    assert names[:6] == ["joint_paper", "ic_only", "sr_only", "cascade", "residual_joint", "srgan"]
+    table = markdown([{"model": "x", "network": "Net", "params": 1_500_000, "gflops": 2.5, "notes": ""}])
+    assert "| `x` | Net | 1.50 | 2.50 |" in table
+    text = replace_between_markers(f"a\n{BEGIN}\nold\n{END}\nb", table)
+    assert "old" not in text and table in text and text.startswith("a\n") and text.endswith("\nb")
+    with pytest.raises(ValueError, match="markers"):
+        replace_between_markers("no markers", table)
+
+
+def test_srgan_trains_another_generator(compose_cfg):
+    # The override README documents for swapping the generator.
+    cfg = compose_cfg(["model=srgan", "~model.net", "+model.net={_target_: joint_colsr.nets.JointPaperNet, width_mult: 0.0625}",
+                       "model.discriminator.width_mult=0.0625",
+                       "model.discriminator_warmup_steps=0", "debug=fdr", "data.batch_size=2"])
+    metrics = train(cfg)
+    assert cfg.model.net._target_.endswith("JointPaperNet") and "train/g_adv" in metrics
+    assert "val/psnr_own_l" not in metrics  # the paper net has no L* of its own: D sees ground-truth L*
