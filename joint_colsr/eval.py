@@ -32,7 +32,7 @@ from typing import Any, Mapping
 import hydra
 import lightning.pytorch as pl
 import torch
-from omegaconf import DictConfig, OmegaConf, open_dict
+from omegaconf import DictConfig, open_dict
 from torch import Tensor
 
 from joint_colsr.builders import (

@@ -24,7 +24,7 @@ from typing import Any
 
 import hydra
 import yaml
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from joint_colsr.builders import ConfigError
 from joint_colsr.eval import markdown_table
