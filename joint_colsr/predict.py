@@ -176,9 +176,12 @@ class TiledColorizer:
         y1 = min(y0 + lab_norm.shape[1], out_h)
         if y1 <= y0:
             return
-        lab = lab_norm[None, :, : y1 - y0, :out_w].float()
-        rgb = quantize_uint8(merge_l_ab_to_rgb(lab[:, :1].clamp(-1, 1), lab[:, 1:]))
-        result[y0:y1] = rgb[0].permute(1, 2, 0).byte().numpy()
+        # A few rows at a time: the L*a*b* -> sRGB conversion allocates several float copies.
+        for start in range(0, y1 - y0, 64):
+            stop = min(start + 64, y1 - y0)
+            lab = lab_norm[None, :, start:stop, :out_w].float()
+            rgb = quantize_uint8(merge_l_ab_to_rgb(lab[:, :1].clamp(-1, 1), lab[:, 1:]))
+            result[y0 + start: y0 + stop] = rgb[0].permute(1, 2, 0).byte().numpy()
 
 
 def reference_prediction(net: torch.nn.Module, rgb: np.ndarray, input_size: int, output_size: int,
@@ -192,6 +195,16 @@ def reference_prediction(net: torch.nn.Module, rgb: np.ndarray, input_size: int,
     with torch.no_grad():
         ab = _net_outputs(net, batch["l_lowres"], batch["l_highres"])["ab"].float()
     return quantize_uint8(merge_l_ab_to_rgb(batch["l_highres"], ab))[0].permute(1, 2, 0).byte().cpu().numpy()
+
+
+def photo_l_star(rgb: np.ndarray, rows: int = 256) -> Tensor:
+    """``(H, W, 3)`` uint8 sRGB -> ``(H, W)`` L* in [0, 100], converted a band of rows at a
+    time (the full float L*a*b* of a 12-megapixel photo would take several copies of 144 MB)."""
+    out = torch.empty(rgb.shape[:2], dtype=torch.float32)
+    for y0 in range(0, rgb.shape[0], rows):
+        band = torch.from_numpy(np.ascontiguousarray(rgb[y0: y0 + rows])).permute(2, 0, 1)[None].float() / 255.0
+        out[y0: y0 + rows] = rgb_to_lab(band)[0, 0]
+    return out
 
 
 def list_images(input_dir: Path) -> list[Path]:
@@ -237,8 +250,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         if mode == "reference":
             out = reference_prediction(net, rgb, input_size, output_size, str(cfg.get("lowres_interpolation", "bicubic")), device)
         else:
-            l_star = rgb_to_lab(torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].float() / 255.0)[0, 0]
-            out = tiler(l_star)
+            out = tiler(photo_l_star(rgb))
         target = output_dir / path.relative_to(input_dir).with_suffix(".png")
         target.parent.mkdir(parents=True, exist_ok=True)
         Image.fromarray(out).save(target)

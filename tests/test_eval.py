@@ -75,6 +75,10 @@ def test_checkpoint_eval_on_samples(tmp_path, tiny_ckpt):
     for key in ("ssim", "ssim_joint", "psnr_ab", "psnr_y", "auc_ab", "colorfulness_gap"):
         assert isinstance(metrics[key], float)
     assert (run / "best_worst.png").exists() and not (run / "category.png").exists()
+    # Protocol 1 is the training validation metric: same photos, same weights, same number.
+    trained = json.loads((tiny_ckpt.parent.parent / "metrics.json").read_text())
+    assert metrics["psnr"] == pytest.approx(trained["val/psnr"], abs=1e-4)
+    assert metrics["psnr_gray"] == pytest.approx(trained["val/psnr_gray"], abs=1e-4)
 
 
 def test_labelled_source_gives_supercategory_breakdown(tmp_path, image_folder):
