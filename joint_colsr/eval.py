@@ -27,7 +27,7 @@ import logging
 import math
 from collections import defaultdict
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Callable, Mapping
 
 import hydra
 import lightning.pytorch as pl
@@ -81,6 +81,20 @@ def resolve_crop_border(value: Any, input_size: int, output_size: int) -> int:
     return value
 
 
+def photo_lookup(dataset: Any) -> Callable[[int], tuple[str, tuple[int, ...]]]:
+    """Sample index -> (photo key, label ids) for the evaluation datasets: decoded files
+    (``items``) or a decoded-image cache (``split.keys`` / ``split.labels``); otherwise ``#index``."""
+    views = len(getattr(dataset, "views", (None,)))
+    items = getattr(dataset, "items", None)
+    if items:
+        return lambda index: (items[index // views].key, tuple(items[index // views].labels or ()))
+    split = getattr(dataset, "split", None)
+    keys, labels = getattr(split, "keys", None), getattr(split, "labels", None)
+    if isinstance(keys, (list, tuple)):
+        return lambda index: (str(keys[index // views]), tuple(labels[index // views]) if labels else ())
+    return lambda index: (f"#{index}", ())
+
+
 class Evaluator(pl.LightningModule):
     """Runs a system over the evaluation images and keeps per-image metrics and example images.
 
@@ -108,17 +122,13 @@ class Evaluator(pl.LightningModule):
         self.system.eval()
         datamodule = self.trainer.datamodule
         self.categories = dict(getattr(datamodule, "categories", None) or getattr(datamodule.source, "categories", None) or {})
-        dataset = datamodule.val_set
-        items, views = getattr(dataset, "items", None), len(getattr(dataset, "views", (None,)))
-        # Keys and labels of the photo behind each sample index (datasets of decoded files).
-        self._lookup = (lambda index: items[index // views]) if items else (lambda index: None)
+        self._lookup = photo_lookup(datamodule.val_set)
 
     def _describe(self, index: int) -> dict[str, Any]:
-        item = self._lookup(index) if self._lookup else None
-        labels = tuple(getattr(item, "labels", ()) or ())
+        key, labels = self._lookup(index) if self._lookup else (f"#{index}", ())
         names = sorted({self.categories[c]["name"] for c in labels if c in self.categories})
         supers = sorted({self.categories[c]["supercategory"] for c in labels if c in self.categories})
-        return {"key": getattr(item, "key", f"#{index}"), "categories": names, "supercategories": supers}
+        return {"key": key, "categories": names, "supercategories": supers}
 
     def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         out = run_system(self.system, batch)
