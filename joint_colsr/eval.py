@@ -11,8 +11,9 @@ The run directory receives:
 * ``metrics.json``: ``psnr`` (protocol 1: ground-truth L* + predicted a*b*), ``psnr_joint``
   (protocol 2: the model's own L* + predicted a*b*), ``ssim``, ``ssim_joint``, ``psnr_ab``,
   ``psnr_y``, ``auc_ab``, ``colorfulness``, ``colorfulness_gt``, ``colorfulness_gap``,
-  ``psnr_gray`` (the same images with a* = b* = 0), ``num_images``, what was evaluated, and
-  ``by_supercategory`` for sources with categories (COCO);
+  ``psnr_gray`` (the same images with a* = b* = 0), ``num_images``, what was evaluated,
+  ``skipped`` / ``skipped_photos`` (photos that could not be decoded or used: not scored),
+  and ``by_supercategory`` for sources with categories (COCO);
 * ``metrics.md``: the same as a markdown table (plus the per-supercategory table);
 * ``per_image.csv``: one row per image;
 * ``best_worst.png``: the ``num_examples`` best and worst images by ``psnr`` (the paper's Fig. 1);
@@ -115,6 +116,8 @@ class Evaluator(pl.LightningModule):
         self.best: list[tuple[float, int, list[Tensor]]] = []
         self.worst: list[tuple[float, int, list[Tensor]]] = []
         self.category_examples: list[list[Tensor]] = []
+        #: Photos that could not be used (corrupt, grayscale, ...): not scored, listed in metrics.json.
+        self.skipped_keys: list[str] = []
         self.categories: dict[int, dict[str, str]] = {}
         self._lookup = None
 
@@ -139,9 +142,14 @@ class Evaluator(pl.LightningModule):
         l_own = out["l"] if out.get("l") is not None else upscale_l(batch["l_lowres"], size)
         m = image_metrics(batch["l_highres"], l_own, ab, batch["ab_target"], batch["rgb_target"], self.crop_border)
         m["psnr_gray"] = colorization_psnr(batch["l_highres"], torch.zeros_like(ab), batch["rgb_target"])
-        skipped = batch.get("skipped", torch.zeros_like(batch["index"]))
+        skipped = batch.get("skipped", torch.zeros_like(batch["index"])).tolist()
         for i, index in enumerate(batch["index"].tolist()):
-            row = {"index": index, **self._describe(index), "skipped": int(skipped[i])}
+            if skipped[i]:
+                # The dataset put the next usable photo in place of an unusable one: that photo
+                # is scored at its own index, so this sample would count it twice.
+                self.skipped_keys.append(self._describe(index)["key"])
+                continue
+            row = {"index": index, **self._describe(index)}
             row.update({k: float(m[k][i]) for k in (*PER_IMAGE_METRICS, "psnr_gray")})
             self.rows.append(row)
             self._keep_examples(row, batch["l_lowres"][i], m["rgb"][i], m["rgb_joint"][i], batch["rgb_target"][i])
@@ -235,10 +243,13 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         return {}
 
     rows = evaluator.rows
+    if not rows:
+        raise RuntimeError(f"no usable image to evaluate: every photo was skipped ({evaluator.skipped_keys[:10]})")
     per_image = {k: torch.tensor([r[k] for r in rows], dtype=torch.float64) for k in (*PER_IMAGE_METRICS, "psnr_gray")}
     metrics: dict[str, Any] = summarize(per_image)
     metrics["psnr_gray"] = float(per_image["psnr_gray"].mean())
-    metrics["skipped"] = sum(r["skipped"] for r in rows)
+    metrics["skipped"] = len(evaluator.skipped_keys)
+    metrics["skipped_photos"] = evaluator.skipped_keys
     metrics.update(
         model=describe_model(cfg, system),
         ckpt_path=str(cfg.ckpt_path) if cfg.get("ckpt_path") else None,
@@ -271,7 +282,7 @@ def write_outputs(output_dir: Path, metrics: dict[str, Any], rows: list[dict[str
                                  [[name, s["num_images"], *(s[c] for c in cols)] for name, s in metrics["by_supercategory"].items()]))
     (output_dir / "metrics.md").write_text("\n".join(md))
 
-    fields = ["index", "key", "skipped", "categories", "supercategories", *PER_IMAGE_METRICS, "psnr_gray"]
+    fields = ["index", "key", "categories", "supercategories", *PER_IMAGE_METRICS, "psnr_gray"]
     with open(output_dir / "per_image.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()

@@ -59,6 +59,18 @@ def test_baselines_on_a_folder_score_every_image(tmp_path, image_folder):
     assert (gray_dir / "best_worst.png").read_bytes()[:4] == b"\x89PNG"
 
 
+def test_unreadable_photo_is_skipped_counted_and_not_scored_twice(tmp_path, image_folder):
+    broken = image_folder / "b" / "truncated.png"
+    good = next(image_folder.rglob("*.png")).read_bytes()
+    broken.write_bytes(good[: len(good) // 3])  # the header reads, the pixels do not
+    metrics, run = _run(tmp_path, ["baseline=gray", "data=folder", f"data.root={image_folder}"])
+    assert metrics["num_images"] == 8 and metrics["skipped"] == 1
+    assert metrics["skipped_photos"] == ["b/truncated.png"]
+    with open(run / "per_image.csv") as f:
+        keys = [r["key"] for r in csv.DictReader(f)]
+    assert len(keys) == len(set(keys)) == 8
+
+
 @pytest.fixture(scope="module")
 def tiny_ckpt(tmp_path_factory):
     out = tmp_path_factory.mktemp("tiny_run")
