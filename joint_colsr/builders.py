@@ -11,6 +11,7 @@ import inspect
 import logging
 import types
 import typing
+from pathlib import Path
 from typing import Any, Union
 
 import torch
@@ -18,7 +19,7 @@ import torch
 import lightning.pytorch as pl
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as _hydra_instantiate
-from omegaconf import DictConfig, ListConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
 log = logging.getLogger(__name__)
 
@@ -224,3 +225,88 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback] | None = None, l
 
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+
+
+# -- trained models and baselines for eval / predict ------------------------------------------
+
+#: The system every checkpoint of this suite loads into unless its run says otherwise.
+DEFAULT_SYSTEM = "joint_colsr.systems.ColSRSystem"
+
+
+def _system_target(ckpt_path: Path, cfg: DictConfig | None) -> str:
+    """Class of the system that wrote ``ckpt_path``: the training run's own config
+    (``<run>/.hydra/config.yaml`` next to ``<run>/checkpoints/``) decides, then ``model._target_``."""
+    for run_dir in (ckpt_path.parent.parent, ckpt_path.parent):
+        saved = run_dir / ".hydra" / "config.yaml"
+        if saved.is_file():
+            target = OmegaConf.select(OmegaConf.load(saved), "model._target_", default=None)
+            if target:
+                return str(target)
+    target = _get(cfg, "model._target_") if cfg is not None else None
+    return str(target) if target else DEFAULT_SYSTEM
+
+
+def build_eval_system(cfg: DictConfig) -> pl.LightningModule:
+    """The model ``eval`` and ``predict`` run: ``ckpt_path=CKPT`` (any checkpoint of the suite;
+    it rebuilds its own network from its hyper-parameters) or ``baseline=gray|bicubic``.
+
+    The data sizes follow the model: ``data.input_size`` / ``data.output_size`` are set from
+    the checkpoint's network (a warning names any value that changes).
+    """
+    from hydra.utils import get_class
+
+    from joint_colsr.nets.baselines import BASELINES, baseline_net_config
+
+    ckpt_path, baseline = _get(cfg, "ckpt_path"), _get(cfg, "baseline")
+    if (ckpt_path is None) == (baseline is None):
+        raise ConfigError(f"set exactly one of ckpt_path=CKPT or baseline={'|'.join(BASELINES)} "
+                          f"(got ckpt_path={ckpt_path!r}, baseline={baseline!r})")
+    in_size, out_size = _get(cfg, "data.input_size"), _get(cfg, "data.output_size")
+    if baseline is not None:
+        if baseline not in BASELINES:
+            raise ConfigError(f"baseline must be one of {', '.join(BASELINES)}, got {baseline!r}")
+        from joint_colsr.systems import ColSRSystem
+
+        # The optimizer is never used: a baseline has no weights.
+        return ColSRSystem(net=baseline_net_config(baseline, in_size or 96, out_size or 256),
+                           optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.0}, scheduler=None)
+    path = Path(str(ckpt_path)).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path} is not a file")
+    target = _system_target(path, cfg)
+    try:
+        system_class = get_class(target)
+    except Exception as err:  # noqa: BLE001 - Hydra raises several kinds for an unknown target
+        raise ConfigError(f"model._target_={target} (the system of {path}) cannot be imported: {err}") from None
+    system = system_class.load_from_checkpoint(str(path), map_location="cpu")
+    for key, current in (("input_size", in_size), ("output_size", out_size)):
+        trained = model_size(system, key)
+        if trained is None or _get(cfg, "data") is None:
+            continue
+        if current is not None and trained != int(current):
+            log.warning("data.%s=%s -> %s: the checkpoint's network was trained at %s", key, current, trained, trained)
+        with open_dict(cfg):
+            cfg.data[key] = trained
+    return system
+
+
+def model_size(system: pl.LightningModule, key: str) -> int | None:
+    """``input_size`` or ``output_size`` of a system's network (hyper-parameters, then the net)."""
+    net_hparams = getattr(system, "hparams", {}).get("net") or {}
+    value = net_hparams.get(key) if isinstance(net_hparams, dict) else None
+    if value is None:
+        value = getattr(getattr(system, "net", None), key, None)
+    return int(value) if value is not None else None
+
+
+def eval_network(system: pl.LightningModule) -> Any:
+    """The network inference uses: a system's averaged weights where it keeps them (``eval_net``)."""
+    return getattr(system, "eval_net", None) or system.net
+
+
+def run_system(system: pl.LightningModule, batch: Any) -> dict[str, Any]:
+    """``system.infer`` on the inference network: ``{"ab", "l"?, "logits"?}``."""
+    net = eval_network(system)
+    if net is system.net:
+        return system.infer(batch)
+    return system.infer(batch, net=net)

@@ -55,3 +55,31 @@ def save_png(image: np.ndarray, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     Image.fromarray(image).save(path)
     return path
+
+
+def caption(image: Tensor, text: str, height: int = 14) -> Tensor:
+    """A copy of ``image`` (``(3, h, w)``, [0, 255]) with ``text`` on a dark strip at its top."""
+    from PIL import ImageDraw
+
+    arr = image.detach().cpu().float().clamp(0, 255).round().byte().permute(1, 2, 0).numpy().copy()
+    pil = Image.fromarray(arr)
+    draw = ImageDraw.Draw(pil)
+    draw.rectangle((0, 0, pil.width, min(height, pil.height)), fill=(0, 0, 0))
+    draw.text((2, 1), text, fill=(255, 255, 255))
+    return torch.from_numpy(np.asarray(pil).copy()).permute(2, 0, 1)
+
+
+def evaluation_row(l_lowres: Tensor, rgb: Tensor, rgb_joint: Tensor, rgb_target: Tensor, text: str = "") -> list[Tensor]:
+    """One row of an evaluation figure: ``[input L* (bicubic, gray) | GT L* + predicted a*b* |
+    the model's own L* + predicted a*b* | ground truth]``, ``text`` written on the first.
+
+    Args:
+        l_lowres: ``(1, r, r)`` normalized input L*.
+        rgb, rgb_joint, rgb_target: ``(3, S, S)`` in [0, 255].
+    """
+    from joint_colsr.metrics import upscale_l
+
+    l_up = upscale_l(l_lowres[None].float(), tuple(rgb_target.shape[-2:]))
+    gray = quantize_uint8(merge_l_ab_to_rgb(l_up, torch.zeros_like(l_up).repeat(1, 2, 1, 1)))[0]
+    first = caption(gray, text) if text else gray
+    return [first, rgb.float(), rgb_joint.float(), rgb_target.float()]

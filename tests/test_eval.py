@@ -1,0 +1,122 @@
+"""eval: baselines and checkpoints through one code path; every file of the contract; COCO-style breakdown."""
+
+import csv
+import dataclasses
+import json
+
+import pytest
+
+from joint_colsr.builders import ConfigError
+from joint_colsr.data import ImageFolder
+from joint_colsr.eval import evaluate
+from joint_colsr.train import train
+
+from .conftest import compose_config
+
+FAST = ["num_examples=2", "data.batch_size=4", "data.num_workers=0", "trainer.accelerator=cpu"]
+
+
+class LabelledFolder(ImageFolder):
+    """A folder whose images carry COCO-style labels (what the COCO source gives): even files
+    show a person, odd files a dog, every third one also a car."""
+
+    CATEGORIES = {1: {"name": "person", "supercategory": "person"}, 3: {"name": "car", "supercategory": "vehicle"},
+                  18: {"name": "dog", "supercategory": "animal"}}
+
+    def __init__(self, root: str, val_fraction: float = 0.1, **kwargs) -> None:
+        super().__init__(root, val_fraction=val_fraction, **kwargs)
+        self._items = [dataclasses.replace(item, labels=(1 if i % 2 == 0 else 18,) + ((3,) if i % 3 == 0 else ()))
+                       for i, item in enumerate(self._items)]
+
+    @property
+    def categories(self):
+        return self.CATEGORIES
+
+
+def _run(tmp_path, overrides, name="run"):
+    cfg = compose_config("eval", [*FAST, *overrides], output_dir=tmp_path / name)
+    return evaluate(cfg), tmp_path / name
+
+
+def test_baselines_on_a_folder_score_every_image(tmp_path, image_folder):
+    gray, gray_dir = _run(tmp_path, ["baseline=gray", "data=folder", f"data.root={image_folder}"], "gray")
+    bicubic, _ = _run(tmp_path, ["baseline=bicubic", "data=folder", f"data.root={image_folder}"], "bicubic")
+    assert gray["num_images"] == bicubic["num_images"] == 8  # no train/validation split at evaluation
+    # Same a*b* (zero): protocol 1 agrees; the bicubic L* costs in protocol 2 and Y-PSNR.
+    assert gray["psnr"] == pytest.approx(gray["psnr_gray"]) == pytest.approx(bicubic["psnr"])
+    assert gray["psnr_joint"] == pytest.approx(gray["psnr"])
+    assert bicubic["psnr_joint"] < gray["psnr_joint"]
+    assert gray["psnr_y"] > 60  # ground-truth L* (exact after 8-bit rounding: inf)
+    assert bicubic["psnr_y"] < 60 and bicubic["ssim_joint"] < gray["ssim_joint"]
+    assert gray["colorfulness"] < 1.0 and gray["colorfulness_gap"] > 5
+    saved = json.loads((gray_dir / "metrics.json").read_text())
+    assert saved["psnr"] == pytest.approx(gray["psnr"]) and saved["baseline"] == "gray"
+    with open(gray_dir / "per_image.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 8 and len({r["key"] for r in rows}) == 8
+    assert sum(float(r["psnr"]) for r in rows) / 8 == pytest.approx(gray["psnr"], abs=1e-4)
+    assert "| baseline=gray | 8 |" in (gray_dir / "metrics.md").read_text()
+    assert (gray_dir / "best_worst.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_unreadable_photo_is_skipped_counted_and_not_scored_twice(tmp_path, image_folder):
+    broken = image_folder / "b" / "truncated.png"
+    good = next(image_folder.rglob("*.png")).read_bytes()
+    broken.write_bytes(good[: len(good) // 3])  # the header reads, the pixels do not
+    metrics, run = _run(tmp_path, ["baseline=gray", "data=folder", f"data.root={image_folder}"])
+    assert metrics["num_images"] == 8 and metrics["skipped"] == 1
+    assert metrics["skipped_photos"] == ["b/truncated.png"]
+    with open(run / "per_image.csv") as f:
+        keys = [r["key"] for r in csv.DictReader(f)]
+    assert len(keys) == len(set(keys)) == 8
+
+
+@pytest.fixture(scope="module")
+def tiny_ckpt(tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_run")
+    train(compose_config("train", ["debug=tiny", "callbacks.model_summary.max_depth=1"], output_dir=out))
+    return out / "checkpoints" / "last.ckpt"
+
+
+def test_checkpoint_eval_on_samples(tmp_path, tiny_ckpt):
+    metrics, run = _run(tmp_path, [f"ckpt_path={tiny_ckpt}", "data.input_size=64"])
+    assert metrics["input_size"] == 96  # the checkpoint's network decides the sizes
+    assert metrics["num_images"] == 2 and metrics["model"].startswith("JointPaperNet")
+    # The paper's net predicts no L*: its own L* is the bicubic upscaling of its input.
+    assert metrics["psnr_joint"] < metrics["psnr"]
+    for key in ("ssim", "ssim_joint", "psnr_ab", "psnr_y", "auc_ab", "colorfulness_gap"):
+        assert isinstance(metrics[key], float)
+    assert (run / "best_worst.png").exists() and not (run / "category.png").exists()
+    # Protocol 1 is the training validation metric: same photos, same weights, same number.
+    trained = json.loads((tiny_ckpt.parent.parent / "metrics.json").read_text())
+    assert metrics["psnr"] == pytest.approx(trained["val/psnr"], abs=1e-4)
+    assert metrics["psnr_gray"] == pytest.approx(trained["val/psnr_gray"], abs=1e-4)
+
+
+def test_labelled_source_gives_supercategory_breakdown(tmp_path, image_folder):
+    metrics, run = _run(tmp_path, ["baseline=bicubic", "data=folder", f"data.root={image_folder}",
+                                   "data.source._target_=tests.test_eval.LabelledFolder"])
+    groups = metrics["by_supercategory"]
+    assert set(groups) == {"person", "animal", "vehicle"}
+    assert groups["person"]["num_images"] == 4 and groups["vehicle"]["num_images"] == 3
+    psnrs = [g["psnr"] for g in groups.values()]
+    assert psnrs == sorted(psnrs)  # worst first
+    assert "By COCO supercategory" in (run / "metrics.md").read_text()
+    assert (run / "category.png").exists()
+    with open(run / "per_image.csv") as f:
+        assert {r["supercategories"] for r in csv.DictReader(f)} >= {"person", "animal"}
+
+
+@pytest.mark.parametrize(
+    "overrides,match",
+    [
+        ([], "set exactly one of ckpt_path"),
+        (["baseline=gray", "ckpt_path=x.ckpt"], "set exactly one of ckpt_path"),
+        (["baseline=sepia"], "baseline must be one of gray, bicubic"),
+        (["ckpt_path=/nowhere/last.ckpt"], "ckpt_path=/nowhere/last.ckpt is not a file"),
+        (["baseline=gray", "crop_border=-1"], "crop_border must be"),
+    ],
+)
+def test_bad_eval_configs_fail_at_startup(tmp_path, overrides, match):
+    with pytest.raises(ConfigError, match=match):
+        _run(tmp_path, overrides)

@@ -1,0 +1,70 @@
+"""report: a multirun directory -> one markdown table of differing overrides and metrics, and a plot."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+from joint_colsr.builders import ConfigError
+from joint_colsr.report import load_runs, report, varying_keys
+
+from .conftest import REPO, compose_config
+
+
+def _multirun(root, runs):
+    """Write runs as Hydra's --multirun lays them out: DIR/<n>/.hydra/overrides.yaml + metrics.json."""
+    for n, (overrides, metrics) in enumerate(runs):
+        run = root / str(n)
+        (run / ".hydra").mkdir(parents=True)
+        (run / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in overrides))
+        if metrics is not None:
+            (run / "metrics.json").write_text(json.dumps(metrics))
+    return root
+
+
+@pytest.fixture
+def sweep(tmp_path):
+    runs = []
+    for i, width in enumerate(["0.25", "0.5", "1.0"]):
+        for j, lr in enumerate(["1e-4", "3e-4"]):
+            runs.append(([f"model.net.width_mult={width}", f"model.optimizer.lr={lr}", "debug=tiny"],
+                         {"psnr": 20.0 + i + 0.1 * j, "psnr_joint": 19.0 + i, "ssim": 0.9, "params": 1000 * (i + 1), "model": "x"}))
+    runs.append((["model.net.width_mult=2.0", "model.optimizer.lr=1e-4", "debug=tiny"], None))  # crashed run
+    return _multirun(tmp_path / "multirun", runs)
+
+
+def test_table_lists_only_differing_overrides_in_run_order(sweep, tmp_path):
+    runs = load_runs(sweep)
+    assert [r["name"] for r in runs] == ["0", "1", "2", "3", "4", "5"]  # the crashed run 6 is left out
+    assert varying_keys(runs) == ["model.net.width_mult", "model.optimizer.lr"]
+    written = report(compose_config("report", [f"dir={sweep}", "x=model.net.width_mult"], output_dir=tmp_path / "r"))
+    table = (sweep / "report.md").read_text()
+    assert "Common to every run: `debug=tiny`" in table
+    header = next(line for line in table.splitlines() if line.startswith("| run"))
+    assert header.split(" | ")[1:3] == ["model.net.width_mult", "model.optimizer.lr"]
+    assert "| 5 | 1.0 | 3e-4 | 22.10 |" in table
+    assert written["metrics"][:3] == ["psnr", "psnr_joint", "ssim"] and "model" not in written["metrics"]
+    png = sweep / "report_psnr.png"
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_cli_takes_the_directory_positionally(sweep, tmp_path):
+    out = tmp_path / "out"
+    proc = subprocess.run(
+        [sys.executable, "-m", "joint_colsr.report", str(sweep), f"out_dir={out}", "metric=psnr_joint",
+         f"hydra.run.dir={tmp_path / 'hydra'}"],
+        cwd=REPO, capture_output=True, text=True, timeout=300,
+    )
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    assert (out / "report.md").exists() and (out / "report_psnr_joint.png").exists()
+
+
+def test_errors_name_the_problem(tmp_path, sweep):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(ConfigError, match="holds no runs"):
+        report(compose_config("report", [f"dir={tmp_path / 'empty'}"], output_dir=tmp_path / "r"))
+    with pytest.raises(ConfigError, match=r"metrics \['nope'\] are in no run"):
+        report(compose_config("report", [f"dir={sweep}", "metrics=[nope]"], output_dir=tmp_path / "r"))
+    with pytest.raises(ConfigError, match="x=seed is not an override"):
+        report(compose_config("report", [f"dir={sweep}", "x=seed"], output_dir=tmp_path / "r"))
