@@ -181,6 +181,15 @@ def check_model_output(system: pl.LightningModule, cfg: DictConfig) -> None:
         )
 
 
+def start_run(cfg: DictConfig) -> Path:
+    """Seed everything (``seed: null`` leaves it to chance) and create the run directory."""
+    if cfg.get("seed") is not None:
+        pl.seed_everything(cfg.seed, workers=True)
+    output_dir = Path(cfg.paths.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    return output_dir
+
+
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     """The run's config as plain data, interpolations resolved (Hydra's own node left out)."""
     return {str(k): OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v

@@ -43,6 +43,7 @@ from joint_colsr.builders import (
     build_trainer,
     check_config,
     run_system,
+    start_run,
 )
 from joint_colsr.metrics import PER_IMAGE_METRICS, colorization_psnr, image_metrics, summarize, upscale_l
 from joint_colsr.viz import evaluation_row, make_grid, save_png
@@ -229,10 +230,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     system = build_eval_system(cfg)
     _prepare_data_config(cfg)
     check_config(cfg)
-    if cfg.get("seed") is not None:
-        pl.seed_everything(cfg.seed, workers=True)
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = start_run(cfg)
     crop = resolve_crop_border(cfg.get("crop_border"), cfg.data.input_size, cfg.data.output_size)
     num_examples = int(cfg.get("num_examples", 6))
     datamodule = build_datamodule(cfg)

@@ -28,6 +28,7 @@ from joint_colsr.builders import (
     check_config,
     check_model_output,
     resolved_config,
+    start_run,
 )
 from joint_colsr.checkpointing import checkpoint_paths, find_resume_checkpoint
 from joint_colsr.hydra_callbacks import check_ddp_launch
@@ -48,10 +49,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     """Fit the configured model on the configured data; return the final metrics."""
     check_config(cfg)
     check_ddp_launch(cfg)
-    if cfg.get("seed") is not None:
-        pl.seed_everything(cfg.seed, workers=True)
-    output_dir = Path(cfg.paths.output_dir)
-    output_dir.mkdir(parents=True, exist_ok=True)
+    output_dir = start_run(cfg)
 
     system = build_system(cfg)
     check_model_output(system, cfg)  # before any data is read
