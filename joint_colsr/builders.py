@@ -218,8 +218,18 @@ def _instantiate_group(group: DictConfig | None, kind: str) -> list[Any]:
     return objects
 
 
-def build_callbacks(cfg: DictConfig) -> list[pl.Callback]:
-    return _instantiate_group(_get(cfg, "callbacks"), "callbacks")
+def build_callbacks(cfg: DictConfig, system: pl.LightningModule | None = None) -> list[pl.Callback]:
+    """The ``callbacks`` group; given the system, leaves out weight averaging where the system
+    averages its own weights (``averages_own_weights = True``, e.g. the GAN's generator EMA)."""
+    callbacks = _instantiate_group(_get(cfg, "callbacks"), "callbacks")
+    if system is not None and getattr(system, "averages_own_weights", False):
+        from lightning.pytorch.callbacks import WeightAveraging
+
+        dropped = [type(c).__name__ for c in callbacks if isinstance(c, WeightAveraging)]
+        if dropped:
+            log.info("%s averages its own weights: leaving out %s", type(system).__name__, ", ".join(dropped))
+        callbacks = [c for c in callbacks if not isinstance(c, WeightAveraging)]
+    return callbacks
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:

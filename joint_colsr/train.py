@@ -54,7 +54,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     system = build_system(cfg)
     check_model_output(system, cfg)  # before any data is read
     datamodule = build_datamodule(cfg)
-    callbacks = build_callbacks(cfg)
+    callbacks = build_callbacks(cfg, system)
     loggers = build_loggers(cfg)
     trainer = build_trainer(cfg, callbacks, loggers)
     resolved = resolved_config(cfg)

@@ -309,3 +309,15 @@ def test_srgan_trains_another_generator(compose_cfg):
     metrics = train(cfg)
     assert cfg.model.net._target_.endswith("JointPaperNet") and "train/g_adv" in metrics
     assert "val/psnr_own_l" not in metrics  # the paper net has no L* of its own: D sees ground-truth L*
+
+
+def test_srgan_leaves_out_the_ema_callback_and_keeps_its_own(compose_cfg):
+    from lightning.pytorch.callbacks import WeightAveraging
+
+    from joint_colsr.builders import build_callbacks, build_system
+
+    cfg = compose_cfg(_overrides("srgan", "debug=tiny", "callbacks=ema"))
+    assert any(isinstance(c, WeightAveraging) for c in build_callbacks(cfg))
+    assert not any(isinstance(c, WeightAveraging) for c in build_callbacks(cfg, build_system(cfg)))
+    plain = compose_cfg(["debug=tiny", "callbacks=ema"])
+    assert any(isinstance(c, WeightAveraging) for c in build_callbacks(plain, build_system(plain)))

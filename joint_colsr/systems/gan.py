@@ -62,6 +62,10 @@ class GANSystem(ColSRSystem):
     D probability on real and fake images), plus ColSRSystem's validation metrics.
     """
 
+    #: The generator EMA lives here (``model.ema_decay``): the EMA callback would average
+    #: the discriminator too, so the builder leaves it out for this system.
+    averages_own_weights = True
+
     def __init__(
         self,
         net: Mapping[str, Any],
