@@ -1,0 +1,1 @@
+"""Benchmarks: ``python -m joint_colsr.bench`` (``make bench``) writes benchmarks/results.json and RESULTS.md."""
