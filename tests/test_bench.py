@@ -3,6 +3,7 @@
 No timing is asserted anywhere: numbers belong to ``make bench`` and benchmarks/RESULTS.md.
 """
 
+import importlib.util
 import json
 import math
 
@@ -10,7 +11,15 @@ import pytest
 import torch
 
 from joint_colsr.bench.__main__ import OWN_KEYS, main
-from joint_colsr.bench.loop import CycledBatches, block_seconds, cycled_loader, make_uint8_batches, raw_loop_timed, summarize
+from joint_colsr.bench.loop import (
+    CycledBatches,
+    block_seconds,
+    cycled_loader,
+    ema_callback_config,
+    make_uint8_batches,
+    raw_loop_timed,
+    summarize,
+)
 from joint_colsr.bench.models import FAST_PATHS, compose_train_config, model_names
 from joint_colsr.builders import build_datamodule, build_system
 
@@ -62,6 +71,7 @@ def test_quick_bench_writes_results_and_keeps_other_writers_keys(tmp_path):
     out = tmp_path / "benchmarks"
     out.mkdir()
     (out / "results.json").write_text(json.dumps({"written_by_someone_else": {"x": 1}}))
+    (out / "RESULTS.md").write_text("# Benchmarks\n\n<!-- BEGIN other -->\nkept\n<!-- END other -->\n")
     main(["--quick", "--out", str(out)])
     results = json.loads((out / "results.json").read_text())
     assert results["written_by_someone_else"] == {"x": 1}
@@ -87,9 +97,28 @@ def test_quick_bench_writes_results_and_keeps_other_writers_keys(tmp_path):
 
     assert _positive(results["paper_schedule"]["projected_hours"])
     assert results["paper_schedule"]["images"] * results["paper_schedule"]["epochs"] == 118_287 * 148
-    assert isinstance(results["data_cache_vs_naive"], dict) and results["data_cache_vs_naive"]
+    if importlib.util.find_spec("joint_colsr.bench.data") is None:
+        assert results["bench_settings"]["data_benchmark"].startswith("not available")
+    else:  # the data benchmark wrote its own key and section
+        assert results["bench_settings"]["data_benchmark"].startswith("ran")
+        assert _positive(results["data_cache_vs_naive"])
 
+    main(["--quick", "--out", str(out), "--sections", "projection"])  # a rerun replaces our part only
+    rerun = json.loads((out / "results.json").read_text())
+    assert rerun["models"] == results["models"] and rerun["written_by_someone_else"] == {"x": 1}
     md = (out / "RESULTS.md").read_text()
+    assert md.startswith("# Benchmarks") and md.count("<!-- BEGIN model benchmark") == 1
     for heading in ("## The paper's schedule", "## Lightning training step vs a raw PyTorch loop", "## Fast paths", "## Model variants"):
         assert heading in md
     assert results["machine"]["cpu_model"] in md
+    assert "<!-- BEGIN other -->\nkept\n<!-- END other -->" in md
+
+
+def test_raw_loop_mirrors_the_configured_weight_averaging():
+    cfg = compose_train_config(["trainer=cpu", "callbacks=ema", "callbacks.ema.decay=0.5"], width_mult=0.0625)
+    ema = ema_callback_config(cfg)
+    assert ema is not None and ema.decay == 0.5
+    assert ema_callback_config(compose_train_config(["trainer=cpu", "callbacks=default"])) is None
+    batches = make_uint8_batches(cfg, batch_size=2, count=1)
+    wall, _ = raw_loop_timed(cfg, build_system(cfg).net, batches, warmup=0, steps=2, convert=build_datamodule(cfg).on_after_batch_transfer)
+    assert len(wall) == 2

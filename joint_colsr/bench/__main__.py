@@ -34,7 +34,8 @@ from typing import Any
 import lightning
 import torch
 
-from joint_colsr.bench.loop import compare_lightning_raw, make_uint8_batches
+from joint_colsr.bench.loop import compare_lightning_raw, make_uint8_batches, self_log_cost
+from joint_colsr.builders import build_system
 from joint_colsr.bench.models import (
     FAST_PATHS,
     PAPER_EPOCHS,
@@ -49,11 +50,15 @@ from joint_colsr.bench.models import (
 log = logging.getLogger("joint_colsr.bench")
 
 SECTIONS = ("models", "lightning", "fast_paths", "projection", "data")
-#: The keys of results.json this suite writes (others belong to other writers).
+#: The keys of results.json this suite writes. The data benchmark writes its own
+#: (``data_cache_vs_naive``, ``data_pipeline``) and its own section of RESULTS.md.
 OWN_KEYS = (
     "machine", "bench_settings", "models", "lightning_vs_raw_loop", "lightning_vs_raw_loop_detail",
-    "fast_paths", "paper_schedule", "data_cache_vs_naive",
+    "lightning_self_log_call_ms", "fast_paths", "paper_schedule",
 )
+#: Markers of this suite's part of RESULTS.md (other writers keep theirs).
+REPORT_BEGIN = "<!-- BEGIN model benchmark (python -m joint_colsr.bench) -->"
+REPORT_END = "<!-- END model benchmark -->"
 
 #: Settings per device. CPU ones keep `make bench` near 10 minutes on a 2-core VM.
 SETTINGS: dict[str, dict[str, Any]] = {
@@ -68,7 +73,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "width_mult": 0.25, "batch_sizes": [2, 8], "warmup": 1, "steps": 3, "max_seconds": 10.0,
         "lightning": {"width_mult": 0.25, "batch_size": 8, "warmup": 2, "steps": 10, "repeats": 5},
         "lightning_small_steps": {"width_mult": 0.0625, "batch_size": 2, "warmup": 2, "steps": 20, "repeats": 5},
-        "fast_paths": {"width_mult": 0.25, "batch_size": 8, "warmup": 2, "steps": 3, "repeats": 3, "skip": {"all": "CPU run: a second compilation costs minutes here; measured on a GPU"}},
+        "fast_paths": {"width_mult": 0.25, "batch_size": 8, "warmup": 2, "steps": 3, "repeats": 3},
         "projection": {"width_mult": 1.0, "batch_size": 8, "warmup": 1, "steps": 2},
     },
     "quick": {
@@ -85,16 +90,20 @@ SETTINGS: dict[str, dict[str, Any]] = {
 def machine_info() -> dict[str, Any]:
     """What the numbers were measured on."""
     cpu_model = platform.processor() or platform.machine()
+    vector_flags: list[str] = []
     try:
         for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
+            if line.startswith("model name") and cpu_model == (platform.processor() or platform.machine()):
                 cpu_model = line.split(":", 1)[1].strip()
-                break
+            elif line.startswith("flags") and not vector_flags:
+                # What decides CPU bf16 speed: without avx512_bf16 / amx_bf16 it is emulated.
+                vector_flags = [f for f in ("avx2", "avx512f", "avx512_bf16", "amx_bf16") if f in line.split()]
     except OSError:
         pass
     info: dict[str, Any] = {
         "cpu_model": cpu_model,
         "cpu_cores": os.cpu_count(),
+        "cpu_vector_flags": vector_flags,
         "torch_threads": torch.get_num_threads(),
         "torch": torch.__version__,
         "lightning": lightning.__version__,
@@ -108,20 +117,22 @@ def machine_info() -> dict[str, Any]:
     return info
 
 
-def run_data_section(quick: bool, device: str) -> dict[str, Any]:
-    """The data helper's benchmark, if it is installed: ``run_data_benchmark(...) -> dict``."""
+def run_data_section(quick: bool, device: str, out_dir: Path) -> str:
+    """Run the data benchmark (``joint_colsr.bench.data``) if it is installed; it writes its
+    own keys and RESULTS.md section into ``out_dir``. Returns what happened, in words."""
     try:
-        from joint_colsr.bench.data import run_data_benchmark
+        from joint_colsr.bench import data as data_bench
     except ImportError as err:
-        return {"status": "not available", "reason": f"joint_colsr.bench.data could not be imported ({err})"}
+        return f"not available: joint_colsr.bench.data could not be imported ({err})"
     offered = {"quick": quick, "device": device}
-    params = inspect.signature(run_data_benchmark).parameters
-    kwargs = {k: v for k, v in offered.items() if k in params}
+    params = inspect.signature(data_bench.run_data_benchmark).parameters
     try:
-        return run_data_benchmark(**kwargs)
+        result = data_bench.run_data_benchmark(**{k: v for k, v in offered.items() if k in params})
+        data_bench.write_results(result, out_dir)
     except Exception as err:  # the other sections' numbers must still be written
         log.exception("data benchmark failed")
-        return {"status": "failed", "reason": f"{type(err).__name__}: {err}"}
+        return f"failed: {type(err).__name__}: {err}"
+    return f"ran: data_cache_vs_naive = {result.get('data_cache_vs_naive')}"
 
 
 def _timed(name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
@@ -165,6 +176,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             batches = make_uint8_batches(cfg, s["batch_size"], 2)
             detail[label] = _timed(label, compare_lightning_raw, cfg, batches, s["warmup"], s["steps"], s["repeats"])
             detail[label]["width_mult"] = s["width_mult"]
+        # What one self.log call costs: the training step logs train/loss and data/skipped every step.
+        results["lightning_self_log_call_ms"] = 1000 * self_log_cost(cfg, build_system(cfg), batches)
         results["lightning_vs_raw_loop"] = detail["lightning"]["ratio"]
         results["lightning_vs_raw_loop_detail"] = detail
     if "fast_paths" in sections:
@@ -184,7 +197,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         )
         results["paper_schedule"].update(images=PAPER_TRAIN_IMAGES, epochs=PAPER_EPOCHS)
     if "data" in sections:
-        results["data_cache_vs_naive"] = _timed("data", run_data_section, args.quick, device)
+        results["bench_settings"]["data_benchmark"] = _timed("data", run_data_section, args.quick, device, args.out)
     results["bench_settings"]["wall_seconds"] = time.perf_counter() - started
     if hasattr(os, "getloadavg"):
         results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -192,7 +205,9 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
 
 
 def write_results(results: dict[str, Any], out_dir: Path) -> Path:
-    """Merge this run's keys into ``out_dir/results.json`` and re-render ``RESULTS.md``."""
+    """Merge this run's keys into ``out_dir/results.json`` (a section not run this time keeps
+    its previous numbers; other writers' keys stay) and replace this suite's part of
+    ``RESULTS.md``, leaving other writers' parts as they are."""
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "results.json"
     merged: dict[str, Any] = {}
@@ -203,7 +218,16 @@ def write_results(results: dict[str, Any], out_dir: Path) -> Path:
             log.warning("%s is not valid JSON; starting a new one", path)
     merged.update(results)
     path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
-    (out_dir / "RESULTS.md").write_text(render_markdown(merged))
+    report = out_dir / "RESULTS.md"
+    text = report.read_text() if report.exists() else "# Benchmarks\n"
+    block = f"{REPORT_BEGIN}\n{render_markdown(merged)}\n{REPORT_END}"
+    if REPORT_BEGIN in text and REPORT_END in text:
+        head, rest = text.split(REPORT_BEGIN, 1)
+        text = head + block + rest.split(REPORT_END, 1)[1]
+    else:  # right under the title, above other writers' sections
+        title, sep, rest = text.partition("\n")
+        text = f"{title}\n\n{block}\n{sep}{rest.lstrip(chr(10))}" if title.startswith("# ") else f"# Benchmarks\n\n{block}\n\n{text}"
+    report.write_text(text if text.endswith("\n") else text + "\n")
     return path
 
 
@@ -220,9 +244,10 @@ def render_markdown(results: dict[str, Any]) -> str:
     """``RESULTS.md``: the numbers of ``results.json`` in tables, with the machine named."""
     m, st = results.get("machine", {}), results.get("bench_settings", {})
     device = st.get("device", "?")
-    out = ["# Benchmarks", "", "Written by `make bench` (`python -m joint_colsr.bench`) from `benchmarks/results.json`; "
-           "every number below is in that file.", ""]
-    where = m.get("gpu") or f"CPU only: {m.get('cpu_model')}, {m.get('cpu_cores')} cores"
+    out = ["Written by `make bench` (`python -m joint_colsr.bench`) from `benchmarks/results.json`; "
+           "every number in this part is in that file.", ""]
+    cpu = f"{m.get('cpu_model')}, {m.get('cpu_cores')} cores (flags: {', '.join(m.get('cpu_vector_flags') or []) or '-'})"
+    where = f"GPU {m['gpu']}; CPU {cpu}" if m.get("gpu") else f"CPU only: {cpu}"
     out += [f"- Machine: {where}; torch {m.get('torch')}, Lightning {m.get('lightning')}, Python {m.get('python')}; {m.get('date_utc')} UTC.",
             f"- Device measured: **{device}** ({st.get('torch_threads')} torch thread(s)){' (quick mode: tiny widths, 1-2 steps; the numbers mean nothing)' if st.get('quick') else ''}; "
             f"overrides `{' '.join(st.get('overrides', []))}`; the whole run took {_num(st.get('wall_seconds'), 0)} s."]
@@ -261,6 +286,10 @@ def render_markdown(results: dict[str, Any]) -> str:
                        f"{_num(d.get('ratio_wall'), 3)} | {_num(d.get('ratio_cpu'), 3)} | {', '.join(_num(r, 2) for r in d['ratio_per_repeat'])} | "
                        f"{_num(d['lightning']['seconds_per_step'], 4)} | {_num(d['raw_loop']['seconds_per_step'], 4)} | {_num(overhead, 1)} |")
         out.append("")
+        if "lightning_self_log_call_ms" in results:
+            out += [f"One `self.log(name, tensor)` call inside a training step costs {_num(results['lightning_self_log_call_ms'], 2)} ms of CPU "
+                    "here (`lightning_self_log_call_ms`: Lightning moves the logged metric's state to the device on every call); "
+                    "`ColSRSystem.training_step` makes two per step (`train/loss`, `data/skipped`).", ""]
 
     fp = results.get("fast_paths")
     if fp:
@@ -300,9 +329,8 @@ def render_markdown(results: dict[str, Any]) -> str:
                            f"{_num(b['inference']['images_per_s'], 1)} | {_num(b['inference']['achieved_flop_per_s'] / 1e9, 1)} |")
         out.append("")
 
-    data = results.get("data_cache_vs_naive")
-    if data is not None:
-        out += ["## Data paths (`data_cache_vs_naive`)", "", "```json", json.dumps(data, indent=2, sort_keys=True), "```", ""]
+    if st.get("data_benchmark"):
+        out += [f"Data benchmark in this run: {st['data_benchmark']} (its own section, when it ran, is below).", ""]
 
     out += ["## Reproduce", "", "```bash", "make bench                                   # everything; GPU if there is one",
             "python -m joint_colsr.bench --sections lightning fast_paths   # a part", "python -m joint_colsr.bench --quick --out /tmp/b   # does it run? (seconds)",

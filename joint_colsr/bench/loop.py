@@ -12,6 +12,7 @@ the progress bar.
 from __future__ import annotations
 
 import copy
+import inspect
 import statistics
 import tempfile
 import time
@@ -23,6 +24,7 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
+from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -239,11 +241,18 @@ def lightning_fit_timed(
             datamodule = PremadeTrainBatches(build_datamodule(cfg), batches, length=length)
         device = accelerator_device(str(cfg.trainer.accelerator))
         timer = StepTimer(warmup, steps, device, max_seconds=max_seconds, count_flops=count_flops)
-        trainer = build_trainer(cfg, [*build_callbacks(cfg), timer], build_loggers(cfg))
+        trainer = build_trainer(cfg, [*_callbacks_for(cfg, system), timer], build_loggers(cfg))
         trainer.fit(system, datamodule=datamodule)
     if len(timer.stamps) < 2:
         raise RuntimeError("the benchmark fit ended before two timed batches; is trainer.max_steps limiting it?")
     return timer
+
+
+def _callbacks_for(cfg: DictConfig, system: pl.LightningModule) -> list[pl.Callback]:
+    """The run's callbacks as ``train`` builds them (builders that take the system get it)."""
+    if "system" in inspect.signature(build_callbacks).parameters:
+        return build_callbacks(cfg, system=system)
+    return build_callbacks(cfg)
 
 
 def raw_loop_timed(
@@ -257,15 +266,25 @@ def raw_loop_timed(
     """The same training as a plain PyTorch loop: seconds of each of ``steps`` steps.
 
     ``net`` is trained on MSE(net(l_lowres), ab_target) with the optimizer of
-    ``cfg.model.optimizer``, under the autocast ``cfg.trainer.precision`` asks for. No
-    hooks, no logging, no progress bar; the loss is not read back to the host.
+    ``cfg.model.optimizer``, under the autocast ``cfg.trainer.precision`` asks for, and,
+    when the config's callbacks average the weights (``EMAWeightAveraging``), with the
+    same EMA update: that is training work, not framework overhead. No hooks, no
+    logging, no progress bar; the loss is not read back to the host.
 
     Returns:
         ``(wall_seconds, cpu_seconds)``: one entry per step in each.
     """
     device = accelerator_device(str(cfg.trainer.accelerator))
+    # What the Trainer sets from trainer.benchmark (None leaves torch's setting alone).
+    if cfg.trainer.get("benchmark") is not None:
+        torch.backends.cudnn.benchmark = bool(cfg.trainer.benchmark)
     net.to(device).train()
     optimizer = instantiate(cfg.model.optimizer)(params=net.parameters())
+    ema_cfg = ema_callback_config(cfg)
+    ema = None
+    if ema_cfg is not None:
+        ema = AveragedModel(net, avg_fn=get_ema_avg_fn(decay=float(ema_cfg.get("decay", 0.999))), use_buffers=bool(ema_cfg.get("use_buffers", True)))
+        every = int(ema_cfg.get("update_every_n_steps", 1))
     autocast = _autocast(str(cfg.trainer.precision), device)
     stamps: list[float] = []
     cpu_stamps: list[float] = []
@@ -281,7 +300,17 @@ def raw_loop_timed(
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
+        if ema is not None and every > 0 and index % every == 0:
+            ema.update_parameters(net)
     return _diffs(stamps), _diffs(cpu_stamps)
+
+
+def ema_callback_config(cfg: DictConfig) -> DictConfig | None:
+    """The config of an ``EMAWeightAveraging`` callback among ``cfg.callbacks``, if any."""
+    for conf in (cfg.get("callbacks") or {}).values():
+        if isinstance(conf, DictConfig) and str(conf.get("_target_", "")).endswith("EMAWeightAveraging"):
+            return conf
+    return None
 
 
 def _autocast(precision: str, device: torch.device) -> Any:
@@ -350,3 +379,40 @@ def compare_lightning_raw(cfg: DictConfig, batches: Sequence[Any], warmup: int, 
         "repeats": repeats,
         "block_steps": block,
     }
+
+
+class _LogCallCost(pl.Callback):
+    """Times ``pl_module.log`` inside a running fit (at the third batch), the way a training step calls it."""
+
+    def __init__(self, calls: int) -> None:
+        self.calls = calls
+        self.cpu_seconds_per_call: float | None = None
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if batch_idx != 2:
+            return
+        value = torch.zeros((), device=pl_module.device)
+        start = time.process_time()
+        for _ in range(self.calls):
+            pl_module.log("bench/log_call", value, prog_bar=True, batch_size=1)
+        self.cpu_seconds_per_call = (time.process_time() - start) / self.calls
+
+
+def self_log_cost(cfg: DictConfig, system: pl.LightningModule, batches: Sequence[Any], calls: int = 1000) -> float:
+    """CPU seconds of one ``self.log(name, tensor)`` call in a training step of our fit.
+
+    Lightning's ``_ResultCollection.log`` moves the logged metric's state to the value's
+    device on every call; a training step pays this once per logged value.
+    """
+    timer = _LogCallCost(calls)
+    cfg = copy.deepcopy(cfg)
+    with tempfile.TemporaryDirectory(prefix="joint_colsr_bench_") as tmp, open_dict(cfg):
+        cfg.paths.output_dir = tmp
+        for key, value in FIT_OVERRIDES.items():
+            cfg.trainer[key] = value
+        cfg.trainer.max_steps = 4
+        trainer = build_trainer(cfg, [*_callbacks_for(cfg, system), timer], build_loggers(cfg))
+        trainer.fit(system, datamodule=PremadeTrainBatches(build_datamodule(cfg), batches, length=4))
+    if timer.cpu_seconds_per_call is None:
+        raise RuntimeError("the fit ended before the log calls were timed")
+    return timer.cpu_seconds_per_call
