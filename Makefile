@@ -9,7 +9,7 @@ ARGS ?=
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast clean sweep-section4 sweep-variants sweep-seeds sweep-optuna
+.PHONY: help install train test test-fast bench clean sweep-section4 sweep-variants sweep-seeds sweep-optuna
 
 help: ## show this help
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-15s %s\n", $$1, $$2}'
@@ -45,6 +45,9 @@ sweep-seeds: $(STAMP) ## 5 seeds of one config; sweep_summary.md gives 95% confi
 
 sweep-optuna: $(STAMP) ## Optuna search over learning rate and width, maximizing val/psnr
 	PYTHON=$(PY) experiments/optuna.sh $(ARGS)
+
+bench: $(STAMP) ## measure speed (models, Lightning vs raw loop, fast paths, data); writes benchmarks/results.json and RESULTS.md
+	$(PY) -m joint_colsr.bench $(ARGS)
 
 clean: ## remove outputs of runs (not the venv)
 	rm -rf outputs multirun .pytest_cache

@@ -14,14 +14,19 @@ import typing
 from pathlib import Path
 from typing import Any, Union
 
-import torch
-
 import lightning.pytorch as pl
+import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as _hydra_instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
 
+from joint_colsr.callbacks import ChannelsLast
+
 log = logging.getLogger(__name__)
+
+
+#: ``speed.compile_mode`` values (``torch.compile``'s modes; null = its default).
+COMPILE_MODES = (None, "default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
 
 
 class ConfigError(ValueError):
@@ -71,6 +76,12 @@ def check_config(cfg: DictConfig) -> None:
     seed = _get(cfg, "seed")
     if seed is not None and not isinstance(seed, int):
         raise ConfigError(f"seed must be an integer or null, got {seed!r}")
+    for key in ("speed.channels_last", "speed.compile"):
+        if not isinstance(_get(cfg, key), (bool, type(None))):
+            raise ConfigError(f"{key} must be true or false, got {_get(cfg, key)!r}")
+    mode = _get(cfg, "speed.compile_mode")
+    if mode not in COMPILE_MODES:
+        raise ConfigError(f"speed.compile_mode must be one of {list(COMPILE_MODES)}, got {mode!r}")
     if _get(cfg, "trainer.use_distributed_sampler"):
         raise ConfigError("trainer.use_distributed_sampler must stay false: the data module shards each epoch itself")
     for group in ("data", "model", "trainer", "callbacks", "logger"):
@@ -202,7 +213,15 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
 
 def build_system(cfg: DictConfig) -> pl.LightningModule:
     # Not recursive: the system receives the net/optimizer *configs* and builds them itself.
-    return instantiate(cfg.model, _recursive_=False)
+    system = instantiate(cfg.model, _recursive_=False)
+    if _get(cfg, "speed.channels_last"):
+        # Also done by the ChannelsLast callback (which converts the batches) at setup; here it
+        # covers systems used without a Trainer.
+        system.to(memory_format=torch.channels_last)
+    if _get(cfg, "speed.compile"):
+        # In place (nn.Module.compile): parameter names and checkpoints stay those of the plain net.
+        system.net.compile(mode=_get(cfg, "speed.compile_mode"))
+    return system
 
 
 def _instantiate_group(group: DictConfig | None, kind: str) -> list[Any]:
@@ -229,6 +248,8 @@ def build_callbacks(cfg: DictConfig, system: pl.LightningModule | None = None) -
         if dropped:
             log.info("%s averages its own weights: leaving out %s", type(system).__name__, ", ".join(dropped))
         callbacks = [c for c in callbacks if not isinstance(c, WeightAveraging)]
+    if _get(cfg, "speed.channels_last"):
+        callbacks.append(ChannelsLast())
     return callbacks
 
 

@@ -1,0 +1,101 @@
+"""The fast paths are training options: speed.channels_last, speed.compile, trainer.precision=bf16-mixed.
+
+Each one trains (fast_dev_run, tiny width) and gives the plain model's outputs within
+tolerance. Their speed is measured by ``make bench``, never here.
+"""
+
+import copy
+
+import lightning.pytorch as pl
+import pytest
+import torch
+
+from joint_colsr.builders import ConfigError, build_callbacks, build_datamodule, build_loggers, build_system, build_trainer, check_config
+from joint_colsr.callbacks import ChannelsLast, images_to_channels_last
+from joint_colsr.nets import JointPaperNet
+from joint_colsr.train import train
+
+FDR = ["debug=fdr", "model.net.width_mult=0.0625", "data.batch_size=2"]
+
+
+def test_speed_options_default_off_and_are_checked(compose_cfg):
+    cfg = compose_cfg()
+    assert cfg.speed.channels_last is False and cfg.speed.compile is False and cfg.speed.compile_mode is None
+    with pytest.raises(ConfigError, match="speed.compile_mode"):
+        check_config(compose_cfg(["speed.compile_mode=fastest"]))
+    with pytest.raises(ConfigError, match="speed.channels_last"):
+        check_config(compose_cfg(["speed.channels_last=yes"]))
+
+
+class _RecordLayouts(pl.Callback):
+    """Placed after ChannelsLast: sees the batch the training step will see."""
+
+    def __init__(self):
+        self.seen = []
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx):
+        conv = next(m for m in pl_module.net.modules() if isinstance(m, torch.nn.Conv2d) and m.in_channels > 1)
+        self.seen.append({
+            "weight": conv.weight.is_contiguous(memory_format=torch.channels_last),
+            "ab_target": batch["ab_target"].is_contiguous(memory_format=torch.channels_last),
+            "ab_target_plain": batch["ab_target"].is_contiguous(),
+            "rgb_target_untouched": batch["rgb_target"].is_contiguous(),
+        })
+
+
+def test_channels_last_trains_with_nhwc_weights_and_batches(compose_cfg):
+    cfg = compose_cfg([*FDR, "speed.channels_last=true"])
+    callbacks = build_callbacks(cfg)
+    assert any(isinstance(c, ChannelsLast) for c in callbacks)
+    recorder = _RecordLayouts()
+    trainer = build_trainer(cfg, [*callbacks, recorder], build_loggers(cfg))
+    trainer.fit(build_system(cfg), datamodule=build_datamodule(cfg))
+    assert trainer.global_step == 1
+    assert recorder.seen == [{"weight": True, "ab_target": True, "ab_target_plain": False, "rgb_target_untouched": True}]
+
+
+def test_channels_last_is_not_added_by_default(compose_cfg):
+    assert not any(isinstance(c, ChannelsLast) for c in build_callbacks(compose_cfg(FDR)))
+
+
+def test_bf16_mixed_trains(compose_cfg):
+    metrics = train(compose_cfg([*FDR, "trainer.precision=bf16-mixed"]))
+    assert metrics["global_step"] == 1
+    assert torch.isfinite(torch.tensor(metrics["train/loss"]))
+
+
+def test_channels_last_gives_the_same_outputs():
+    torch.manual_seed(0)
+    plain = JointPaperNet(width_mult=0.125).eval()
+    for p in plain.head.parameters():  # the head starts at zero: make the output depend on everything
+        torch.nn.init.normal_(p, std=0.1)
+    nhwc = copy.deepcopy(plain).to(memory_format=torch.channels_last)
+    x = torch.randn(2, 1, 96, 96)
+    batch = images_to_channels_last({"l_lowres": x.clone(), "rgb": torch.zeros(2, 3, 4, 4, dtype=torch.uint8)})
+    assert batch["l_lowres"].is_contiguous(memory_format=torch.channels_last)
+    with torch.no_grad():
+        torch.testing.assert_close(nhwc(batch["l_lowres"]), plain(x), atol=1e-5, rtol=1e-4)
+
+
+def test_compile_option_compiles_in_place_and_keeps_checkpoint_keys(compose_cfg):
+    plain = build_system(compose_cfg(["debug=tiny"]))
+    compiled = build_system(compose_cfg(["debug=tiny", "speed.compile=true"]))
+    assert compiled.net._compiled_call_impl is not None and plain.net._compiled_call_impl is None
+    assert list(compiled.state_dict()) == list(plain.state_dict())  # no "_orig_mod." prefixes
+
+
+@pytest.mark.slow
+def test_compiled_net_gives_the_same_outputs_and_gradients():
+    """Runs inductor once on the tiniest net (about 20-60 s on a CPU: C++ code generation)."""
+    torch.manual_seed(0)
+    plain = JointPaperNet(width_mult=0.0625, input_size=32, output_size=64).eval()
+    for p in plain.head.parameters():
+        torch.nn.init.normal_(p, std=0.1)
+    compiled = copy.deepcopy(plain)
+    compiled.compile()
+    x = torch.randn(2, 1, 32, 32)
+    out_plain, out_compiled = plain(x), compiled(x)
+    torch.testing.assert_close(out_compiled, out_plain, atol=1e-5, rtol=1e-4)
+    out_plain.square().mean().backward()
+    out_compiled.square().mean().backward()
+    torch.testing.assert_close(compiled.head.weight.grad, plain.head.weight.grad, atol=1e-5, rtol=1e-4)
