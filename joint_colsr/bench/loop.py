@@ -12,7 +12,6 @@ the progress bar.
 from __future__ import annotations
 
 import copy
-import inspect
 import statistics
 import tempfile
 import time
