@@ -21,7 +21,6 @@ from __future__ import annotations
 import argparse
 import datetime as dt
 import inspect
-import json
 import logging
 import os
 import platform
@@ -34,6 +33,7 @@ from typing import Any
 import lightning
 import torch
 
+from joint_colsr.bench import merge_results, replace_report_section
 from joint_colsr.bench.loop import compare_lightning_raw, make_uint8_batches, self_log_cost
 from joint_colsr.builders import build_system
 from joint_colsr.bench.models import (
@@ -208,27 +208,9 @@ def write_results(results: dict[str, Any], out_dir: Path) -> Path:
     """Merge this run's keys into ``out_dir/results.json`` (a section not run this time keeps
     its previous numbers; other writers' keys stay) and replace this suite's part of
     ``RESULTS.md``, leaving other writers' parts as they are."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "results.json"
-    merged: dict[str, Any] = {}
-    if path.exists():
-        try:
-            merged = json.loads(path.read_text())
-        except json.JSONDecodeError:
-            log.warning("%s is not valid JSON; starting a new one", path)
-    merged.update(results)
-    path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
-    report = out_dir / "RESULTS.md"
-    text = report.read_text() if report.exists() else "# Benchmarks\n"
-    block = f"{REPORT_BEGIN}\n{render_markdown(merged)}\n{REPORT_END}"
-    if REPORT_BEGIN in text and REPORT_END in text:
-        head, rest = text.split(REPORT_BEGIN, 1)
-        text = head + block + rest.split(REPORT_END, 1)[1]
-    else:  # right under the title, above other writers' sections
-        title, sep, rest = text.partition("\n")
-        text = f"{title}\n\n{block}\n{sep}{rest.lstrip(chr(10))}" if title.startswith("# ") else f"# Benchmarks\n\n{block}\n\n{text}"
-    report.write_text(text if text.endswith("\n") else text + "\n")
-    return path
+    merged = merge_results(out_dir, results)
+    replace_report_section(out_dir, REPORT_BEGIN, REPORT_END, render_markdown(merged), at_top=True)
+    return out_dir / "results.json"
 
 
 # -- RESULTS.md ----------------------------------------------------------------------------

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import logging
 import os
 import platform
@@ -37,6 +36,7 @@ import torch
 from PIL import Image
 from torch.utils.data import DataLoader, Dataset
 
+from joint_colsr.bench import merge_results, replace_report_section
 from joint_colsr.color import rgb_uint8_to_lab_batch
 from joint_colsr.data import ColSRDataModule, ImageFolder, SamplePhotos, build_cache
 
@@ -249,21 +249,11 @@ def _cpu_lab_rate(batch_size: int, output_size: int, input_size: int, seconds: f
 
 def write_results(result: dict[str, Any], out_dir: Path) -> None:
     """Read-modify-write ``results.json`` (only this benchmark's keys) and this section of ``RESULTS.md``."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    path = out_dir / "results.json"
-    results = json.loads(path.read_text()) if path.exists() else {}
-    results["data_cache_vs_naive"] = result["data_cache_vs_naive"]
-    results["data_pipeline"] = {k: v for k, v in result.items() if k != "data_cache_vs_naive"}
-    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
-    report = out_dir / "RESULTS.md"
-    text = report.read_text() if report.exists() else "# Benchmarks\n"
-    section = f"{REPORT_BEGIN}\n{render_markdown(result)}\n{REPORT_END}"
-    if REPORT_BEGIN in text and REPORT_END in text:
-        head, rest = text.split(REPORT_BEGIN, 1)
-        text = head + section + rest.split(REPORT_END, 1)[1]
-    else:
-        text = text.rstrip("\n") + "\n\n" + section + "\n"
-    report.write_text(text)
+    merge_results(out_dir, {
+        "data_cache_vs_naive": result["data_cache_vs_naive"],
+        "data_pipeline": {k: v for k, v in result.items() if k != "data_cache_vs_naive"},
+    })
+    replace_report_section(out_dir, REPORT_BEGIN, REPORT_END, render_markdown(result))
 
 
 def render_markdown(r: dict[str, Any]) -> str:
