@@ -64,3 +64,14 @@ def image_folder(tmp_path) -> Path:
         ext = ".jpg" if i % 2 else ".png"
         Image.fromarray(random_photo(rng, 120 + 10 * i, 160)).save(sub / f"img{i}{ext}")
     return root
+
+
+@pytest.fixture(scope="session")
+def tiny_ckpt(tmp_path_factory) -> Path:
+    """``last.ckpt`` of one tiny training run (``debug=tiny``), shared by the tests that read checkpoints."""
+    from joint_colsr.train import train
+
+    out = tmp_path_factory.mktemp("tiny_run")
+    train(compose_config("train", ["debug=tiny", "callbacks.model_summary.max_depth=1"], output_dir=out))
+    GlobalHydra.instance().clear()
+    return out / "checkpoints" / "last.ckpt"

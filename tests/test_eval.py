@@ -9,7 +9,6 @@ import pytest
 from joint_colsr.builders import ConfigError
 from joint_colsr.data import ImageFolder
 from joint_colsr.eval import evaluate
-from joint_colsr.train import train
 
 from .conftest import compose_config
 
@@ -69,13 +68,6 @@ def test_unreadable_photo_is_skipped_counted_and_not_scored_twice(tmp_path, imag
     with open(run / "per_image.csv") as f:
         keys = [r["key"] for r in csv.DictReader(f)]
     assert len(keys) == len(set(keys)) == 8
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny_run")
-    train(compose_config("train", ["debug=tiny", "callbacks.model_summary.max_depth=1"], output_dir=out))
-    return out / "checkpoints" / "last.ckpt"
 
 
 def test_checkpoint_eval_on_samples(tmp_path, tiny_ckpt):

@@ -15,7 +15,6 @@ from joint_colsr.metrics import psnr_uint8, rgb_from_prediction
 from joint_colsr.nets import JointPaperNet
 from joint_colsr.predict import TiledColorizer, predict
 from joint_colsr.systems import ColSRSystem
-from joint_colsr.train import train
 
 from .conftest import random_photo
 
@@ -64,15 +63,6 @@ def test_large_image_runs_in_bounded_tiles():
     assert max(max(s) for s in seen) <= 96 and len(seen) > 10
     # The untrained net predicts gray: the output is the upscaled L*, so R = G = B everywhere.
     assert np.abs(out[..., 0].astype(int) - out[..., 2].astype(int)).max() <= 1
-
-
-@pytest.fixture(scope="module")
-def tiny_ckpt(tmp_path_factory):
-    from .conftest import compose_config
-
-    out = tmp_path_factory.mktemp("tiny_run")
-    train(compose_config("train", ["debug=tiny", "callbacks.model_summary.max_depth=1"], output_dir=out))
-    return out / "checkpoints" / "last.ckpt"
 
 
 def test_predict_photo_and_reference_modes(tiny_ckpt, tmp_path):
