@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import functools
 import logging
 from pathlib import Path
 from typing import Any
@@ -12,6 +11,7 @@ import torch
 from lightning.pytorch.callbacks import EMAWeightAveraging
 from lightning.pytorch.utilities import rank_zero_only
 
+from joint_colsr.averaging import EMAModel
 from joint_colsr.checkpointing import checkpoint_paths
 from joint_colsr.viz import colorization_rows, make_grid, save_png
 
@@ -117,23 +117,26 @@ class StopOnNonFinite(pl.Callback):
 
 
 class EMA(EMAWeightAveraging):
-    """Lightning's :class:`EMAWeightAveraging` with a picklable averaging function.
+    """Lightning's :class:`EMAWeightAveraging` (when to update, validation on the averaged
+    weights, checkpoints holding both) with :class:`~joint_colsr.averaging.EMAModel` as the average.
 
-    Lightning's version keeps a closure from ``torch.optim.swa_utils.get_ema_avg_fn``,
-    which cannot be pickled, so ``trainer.strategy=ddp_spawn`` fails to start with it.
-    Same update: ``ema = decay * ema + (1 - decay) * current``, per optimizer step.
+    Same update, ``ema = decay * ema + (1 - decay) * current`` per optimizer step, but fused
+    into one ``foreach`` op per dtype and with no device-to-host read per step (torch's
+    ``AveragedModel`` makes one, which stalls a GPU loop). Also picklable: Lightning's version
+    keeps a closure, so ``trainer.strategy=ddp_spawn`` could not start with it.
     """
 
     def __init__(self, decay: float = 0.999, **kwargs: Any) -> None:
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"callbacks.ema.decay must be in [0, 1], got {decay}")
         super().__init__(decay=decay, **kwargs)
-        self._kwargs["avg_fn"] = functools.partial(_ema_update, decay=decay)
+        self.decay = float(decay)
+        self._kwargs.pop("avg_fn", None)  # unpicklable, and EMAModel does the averaging
 
-
-@torch.no_grad()
-def _ema_update(ema_param: torch.Tensor, current_param: torch.Tensor, num_averaged: Any, decay: float) -> torch.Tensor:
-    return decay * ema_param + (1 - decay) * current_param
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        if stage == "fit":
+            device = self._device or pl_module.device
+            self._average_model = EMAModel(pl_module, decay=self.decay, device=device, use_buffers=self._use_buffers)
 
 
 def images_to_channels_last(batch: Any) -> Any:

@@ -143,3 +143,23 @@ def test_decompression_bomb_is_skipped_not_decoded(bad_folder, monkeypatch):
     root, _ = bad_folder
     monkeypatch.setattr(Image, "MAX_IMAGE_PIXELS", 1000)  # PIL's own guard, set low: 90x120 counts as a bomb
     assert _outcome(root / "plain.jpg").startswith("too large")
+
+
+def test_training_logs_the_epochs_skip_count(bad_folder, compose_cfg):
+    import csv
+
+    from joint_colsr.builders import build_datamodule
+    from joint_colsr.train import train
+
+    root, _ = bad_folder
+    overrides = ["data=folder", f"data.root={root}", "debug=tiny", "data.train_samples_per_epoch=null", "data.batch_size=2",
+                 "trainer.limit_train_batches=null", "data.source.val_fraction=0.3", "callbacks.model_summary.max_depth=1"]
+    cfg = compose_cfg(overrides)
+    dm = build_datamodule(cfg)
+    dm.setup("fit")
+    expected = sum(int(batch["skipped"].sum()) for batch in dm.train_dataloader())  # epoch 0, same seed
+    assert expected > 0  # the folder has unusable photos in its training split
+    train(cfg)
+    with open(f"{cfg.paths.output_dir}/csv/metrics.csv") as f:
+        logged = [float(row["data/skipped"]) for row in csv.DictReader(f) if row.get("data/skipped")]
+    assert logged == [expected]  # once per epoch, the whole epoch's count

@@ -23,10 +23,10 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from omegaconf import DictConfig, open_dict
-from torch.optim.swa_utils import AveragedModel, get_ema_avg_fn
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
+from joint_colsr.averaging import EMAModel
 from joint_colsr.builders import build_callbacks, build_datamodule, build_loggers, build_system, build_trainer
 
 
@@ -280,7 +280,7 @@ def raw_loop_timed(
     ema_cfg = ema_callback_config(cfg)
     ema = None
     if ema_cfg is not None:
-        ema = AveragedModel(net, avg_fn=get_ema_avg_fn(decay=float(ema_cfg.get("decay", 0.999))), use_buffers=bool(ema_cfg.get("use_buffers", True)))
+        ema = EMAModel(net, decay=float(ema_cfg.get("decay", 0.999)), use_buffers=bool(ema_cfg.get("use_buffers", True)))
         every = int(ema_cfg.get("update_every_n_steps", 1))
     autocast = _autocast(str(cfg.trainer.precision), device)
     stamps: list[float] = []

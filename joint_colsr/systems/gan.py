@@ -17,8 +17,8 @@ import torch
 import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import Tensor, nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
+from joint_colsr.averaging import EMAModel
 from joint_colsr.color import merge_l_ab_to_rgb
 from joint_colsr.nets.vgg import VGG19Features
 from joint_colsr.systems.colsr import ColSRSystem, _plain
@@ -108,7 +108,7 @@ class GANSystem(ColSRSystem):
         self.discriminator = instantiate(discriminator)
         self.net_ema = None
         if ema_decay is not None:
-            self.net_ema = AveragedModel(self.net, multi_avg_fn=get_ema_multi_avg_fn(ema_decay), use_buffers=True)
+            self.net_ema = EMAModel(self.net, decay=ema_decay, use_buffers=True)
             self.net_ema.requires_grad_(False)
         self.perceptual = VGG19Features(perceptual_weights_path, perceptual_layer) if perceptual_weights_path else None
         # Generator steps taken, saved with the weights: warm-up survives a resume.
@@ -206,10 +206,10 @@ class GANSystem(ColSRSystem):
         for name, value in {**g, **d}.items():
             if name != "loss":
                 self.log(f"train/{name}", value, prog_bar=name in ("d_real", "d_fake"), batch_size=n)
-        if "skipped" in batch:
-            self.log("data/skipped", batch["skipped"].sum().float(), reduce_fx="sum", batch_size=1)
+        self._count_skipped(batch)
 
     def on_train_epoch_end(self) -> None:
+        super().on_train_epoch_end()
         if self.hparams.scheduler_interval == "epoch":
             self._step_schedulers()
 
