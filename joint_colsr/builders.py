@@ -79,6 +79,9 @@ def check_config(cfg: DictConfig) -> None:
     for key in ("speed.channels_last", "speed.compile"):
         if not isinstance(_get(cfg, key), (bool, type(None))):
             raise ConfigError(f"{key} must be true or false, got {_get(cfg, key)!r}")
+    matmul = _get(cfg, "speed.float32_matmul_precision")
+    if matmul not in (None, "highest", "high", "medium"):
+        raise ConfigError(f"speed.float32_matmul_precision must be null, highest, high or medium, got {matmul!r}")
     mode = _get(cfg, "speed.compile_mode")
     if mode not in COMPILE_MODES:
         raise ConfigError(f"speed.compile_mode must be one of {list(COMPILE_MODES)}, got {mode!r}")
@@ -193,9 +196,12 @@ def check_model_output(system: pl.LightningModule, cfg: DictConfig) -> None:
 
 
 def start_run(cfg: DictConfig) -> Path:
-    """Seed everything (``seed: null`` leaves it to chance) and create the run directory."""
+    """Seed everything (``seed: null`` leaves it to chance), apply process-wide speed settings,
+    and create the run directory."""
     if cfg.get("seed") is not None:
         pl.seed_everything(cfg.seed, workers=True)
+    if _get(cfg, "speed.float32_matmul_precision"):
+        torch.set_float32_matmul_precision(_get(cfg, "speed.float32_matmul_precision"))
     output_dir = Path(cfg.paths.output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     return output_dir
@@ -208,7 +214,10 @@ def resolved_config(cfg: DictConfig) -> dict[str, Any]:
 
 
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
-    return instantiate(cfg.data, _convert_="partial")
+    datamodule = instantiate(cfg.data, _convert_="partial")
+    if _get(cfg, "speed.compile") and hasattr(datamodule, "compile_lab_conversion"):
+        datamodule.compile_lab_conversion = True  # the LAB conversion on the device fuses too
+    return datamodule
 
 
 def build_system(cfg: DictConfig) -> pl.LightningModule:

@@ -88,6 +88,17 @@ def test_conversion_ignores_autocast():
     assert torch.allclose(batch["ab_target"], rgb_uint8_to_lab_batch(rgb, 16)["ab_target"])
 
 
+def test_compiled_conversion_gives_the_same_batch():
+    """speed.compile=true runs the conversion through torch.compile (a few seconds of inductor on a CPU)."""
+    rgb = torch.randint(0, 256, (2, 3, 64, 64), dtype=torch.uint8)
+    for interpolation in ("bicubic", "area"):
+        eager = rgb_uint8_to_lab_batch(rgb, 24, interpolation)
+        compiled = rgb_uint8_to_lab_batch(rgb, 24, interpolation, compiled=True)
+        for key in ("l_lowres", "l_highres", "ab_target"):
+            torch.testing.assert_close(compiled[key], eager[key], atol=1e-5, rtol=1e-5)
+        assert compiled["rgb_target"] is rgb
+
+
 def test_gradcheck_merge():
     l = (torch.rand(1, 1, 4, 4, dtype=torch.float64) * 1.6 - 0.8).requires_grad_()
     ab = (torch.rand(1, 2, 4, 4, dtype=torch.float64) * 0.2 - 0.1).requires_grad_()

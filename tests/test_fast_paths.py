@@ -10,7 +10,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from joint_colsr.builders import ConfigError, build_callbacks, build_datamodule, build_loggers, build_system, build_trainer, check_config
+from joint_colsr.builders import ConfigError, build_callbacks, build_datamodule, build_loggers, build_system, build_trainer, check_config, start_run
 from joint_colsr.callbacks import ChannelsLast, images_to_channels_last
 from joint_colsr.nets import JointPaperNet
 from joint_colsr.train import train
@@ -25,6 +25,18 @@ def test_speed_options_default_off_and_are_checked(compose_cfg):
         check_config(compose_cfg(["speed.compile_mode=fastest"]))
     with pytest.raises(ConfigError, match="speed.channels_last"):
         check_config(compose_cfg(["speed.channels_last=yes"]))
+    with pytest.raises(ConfigError, match="speed.float32_matmul_precision"):
+        check_config(compose_cfg(["speed.float32_matmul_precision=fast"]))
+
+
+def test_float32_matmul_precision_is_applied_at_start(compose_cfg):
+    assert compose_cfg().speed.float32_matmul_precision is None  # torch's default stays
+    before = torch.get_float32_matmul_precision()
+    try:
+        start_run(compose_cfg(["speed.float32_matmul_precision=high"]))
+        assert torch.get_float32_matmul_precision() == "high"
+    finally:
+        torch.set_float32_matmul_precision(before)
 
 
 class _RecordLayouts(pl.Callback):
@@ -82,6 +94,9 @@ def test_compile_option_compiles_in_place_and_keeps_checkpoint_keys(compose_cfg)
     compiled = build_system(compose_cfg(["debug=tiny", "speed.compile=true"]))
     assert compiled.net._compiled_call_impl is not None and plain.net._compiled_call_impl is None
     assert list(compiled.state_dict()) == list(plain.state_dict())  # no "_orig_mod." prefixes
+    # The device-side LAB conversion is compiled with it (and only with it).
+    assert build_datamodule(compose_cfg(["debug=tiny", "speed.compile=true"])).compile_lab_conversion is True
+    assert build_datamodule(compose_cfg(["debug=tiny"])).compile_lab_conversion is False
 
 
 @pytest.mark.slow

@@ -4,6 +4,7 @@ NaN guards, and config checks that fail at start-up naming the key."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import sys
@@ -14,7 +15,7 @@ import pytest
 import torch
 
 from joint_colsr.builders import ConfigError, check_config, check_model_output, build_system
-from joint_colsr.callbacks import NonFiniteLossError
+from joint_colsr.callbacks import NonFiniteLossError, StopOnNonFinite
 from joint_colsr.checkpointing import AtomicCheckpointIO, find_resume_checkpoint
 from joint_colsr.train import train
 
@@ -140,16 +141,40 @@ def test_atomic_checkpoint_write_never_leaves_a_broken_file(tmp_path, monkeypatc
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]  # no temporary left behind
 
 
-def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(compose_cfg):
-    # An enormous learning rate makes the loss explode within a few steps.
+@pytest.mark.parametrize("every", [1, 4])
+def test_nan_loss_stops_with_step_and_keeps_last_good_checkpoint(compose_cfg, every):
+    # An enormous learning rate makes the loss explode within a few steps. A checkpoint is
+    # due after every step: with a deferred check (every > 1) the read before each write
+    # must still keep the bad weights off the disk.
     cfg = compose_cfg([*EXACT, "data.num_workers=0", "trainer.max_epochs=50", "model.optimizer.lr=1e8",
-                       "model.net.output_activation=none", "callbacks.last_checkpoint.every_n_train_steps=1"])
+                       "model.net.output_activation=none", "callbacks.last_checkpoint.every_n_train_steps=1",
+                       f"callbacks.stop_on_non_finite.check_every_n_steps={every}"])
     with pytest.raises(NonFiniteLossError, match=r"at global step \d+ \(epoch \d+, batch \d+\)") as info:
         train(cfg)
     last = Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt"
     assert "last good checkpoint" in str(info.value)
-    state = torch.load(last, map_location="cpu", weights_only=False)["state_dict"]
+    ckpt = torch.load(last, map_location="cpu", weights_only=False)
+    state = ckpt["state_dict"]
     assert all(torch.isfinite(v).all() for v in state.values() if v.is_floating_point())
+    if every > 1:  # the first bad step is named, and it is the one right after the last good checkpoint
+        first_bad = int(re.search(r"first at global step (\d+)", str(info.value)).group(1))
+        assert first_bad == ckpt["global_step"]
+
+
+def test_deferred_nan_check_reads_the_device_only_every_n_steps():
+    # On the meta device any host read raises: recording steps must not read, the Nth must.
+    from types import SimpleNamespace
+
+    guard = StopOnNonFinite(check_gradients=False, check_every_n_steps=3)
+    trainer = SimpleNamespace(global_step=0)
+    for step in (0, 1):
+        trainer.global_step = step
+        guard._record(trainer, torch.zeros((), device="meta"))
+    trainer.global_step = 2
+    with pytest.raises(RuntimeError, match="meta"):
+        guard._record(trainer, torch.zeros((), device="meta"))
+    with pytest.raises(ValueError, match="check_every_n_steps"):
+        StopOnNonFinite(check_every_n_steps=0)
 
 
 @pytest.mark.parametrize(

@@ -120,6 +120,8 @@ class ColSRDataModule(pl.LightningDataModule):
         self.train_set: ReferenceImages | CachedImages | None = None
         self.val_set: ReferenceImages | CachedImages | None = None
         self._samplers: dict[str, EpochSeededSampler] = {}
+        #: Run the device-side LAB conversion through torch.compile (set by ``speed.compile``).
+        self.compile_lab_conversion = False
 
     # -- datasets ---------------------------------------------------------------------------
 
@@ -234,7 +236,7 @@ class ColSRDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, dict) and "rgb" in batch:
-            lab = rgb_uint8_to_lab_batch(batch["rgb"], self.input_size, self.lowres_interpolation)
+            lab = rgb_uint8_to_lab_batch(batch["rgb"], self.input_size, self.lowres_interpolation, compiled=self.compile_lab_conversion)
             lab["index"] = batch["index"]
             lab["skipped"] = batch["skipped"]
             if "labels" in batch:
