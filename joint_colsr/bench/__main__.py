@@ -73,8 +73,8 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "width_mult": 0.25, "batch_sizes": [2, 8], "warmup": 1, "steps": 3, "max_seconds": 10.0,
         "lightning": {"width_mult": 0.25, "batch_size": 8, "warmup": 2, "steps": 10, "repeats": 5},
         "lightning_small_steps": {"width_mult": 0.0625, "batch_size": 2, "warmup": 2, "steps": 20, "repeats": 5},
-        "fast_paths": {"width_mult": 0.25, "batch_size": 8, "warmup": 2, "steps": 3, "repeats": 3},
-        "projection": {"width_mult": 1.0, "batch_size": 8, "warmup": 1, "steps": 2},
+        "fast_paths": {"width_mult": 0.25, "batch_size": 8, "warmup": 2, "steps": 6, "repeats": 3},
+        "projection": {"width_mult": 1.0, "batch_size": 8, "warmup": 1, "steps": 4},
     },
     "quick": {
         "width_mult": 0.0625, "batch_sizes": [2], "warmup": 1, "steps": 1, "max_seconds": 5.0,
