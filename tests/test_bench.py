@@ -111,6 +111,12 @@ def test_quick_bench_writes_results_and_keeps_other_writers_keys(tmp_path):
     for heading in ("## The paper's schedule", "## Lightning training step vs a raw PyTorch loop", "## Fast paths", "## Model variants"):
         assert heading in md
     assert results["machine"]["cpu_model"] in md
+    # The header says which sections this run measured and which numbers are older.
+    assert set(rerun["section_runs"]) == {"models", "lightning", "fast_paths", "projection", "data"}
+    assert rerun["section_runs"]["projection"]["run"] != rerun["section_runs"]["models"]["run"]
+    older = next(line for line in md.splitlines() if line.startswith("- The last run measured: projection."))
+    assert "fast_paths (" in older and "models (" in older and "projection (" not in older
+    assert md.index("| baseline |") < md.index("| all |")  # fast paths in FAST_PATHS order, not alphabetical
     assert "<!-- BEGIN other -->\nkept\n<!-- END other -->" in md
 
 
@@ -122,3 +128,21 @@ def test_raw_loop_mirrors_the_configured_weight_averaging():
     batches = make_uint8_batches(cfg, batch_size=2, count=1)
     wall, _ = raw_loop_timed(cfg, build_system(cfg).net, batches, warmup=0, steps=2, convert=build_datamodule(cfg).on_after_batch_transfer)
     assert len(wall) == 2
+
+
+def test_out_of_memory_keeps_smaller_batches_and_skips_larger(monkeypatch):
+    from joint_colsr.bench import models as bench_models
+
+    real_fit = bench_models.lightning_fit_timed
+
+    def fit_that_runs_out_of_memory_above_two(cfg, system, warmup, steps, batches, **kwargs):
+        if batches[0]["rgb"].shape[0] > 2:
+            raise torch.OutOfMemoryError("CUDA out of memory. Tried to allocate 20.00 GiB")
+        return real_fit(cfg, system, warmup, steps, batches=batches, **kwargs)
+
+    monkeypatch.setattr(bench_models, "lightning_fit_timed", fit_that_runs_out_of_memory_above_two)
+    result = bench_models.benchmark_variant("joint_paper", ["trainer=cpu", "data.num_workers=0", "data.val_views=1"], 0.0625,
+                                            [2, 4, 8], warmup=1, steps=1, max_seconds=5.0)
+    assert list(result["batch_sizes"]) == ["2", "4"]  # 8 is not tried after 4 ran out of memory
+    assert _positive(result["batch_sizes"]["2"]["train"]["images_per_s"])
+    assert result["batch_sizes"]["4"] == {"error": "out of memory at batch 4"}

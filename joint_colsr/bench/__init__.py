@@ -10,8 +10,12 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 
-def merge_results(out_dir: Path, keys: dict[str, Any]) -> dict[str, Any]:
-    """Read-modify-write ``out_dir/results.json``: ``keys`` replace theirs, every other writer's stay."""
+def merge_results(out_dir: Path, keys: dict[str, Any], nested: tuple[str, ...] = ("section_runs",)) -> dict[str, Any]:
+    """Read-modify-write ``out_dir/results.json``: ``keys`` replace theirs, every other writer's stay.
+
+    The dicts under ``nested`` keys are merged one level down instead (``section_runs``:
+    when and where each section was last measured).
+    """
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / "results.json"
     merged: dict[str, Any] = {}
@@ -20,7 +24,11 @@ def merge_results(out_dir: Path, keys: dict[str, Any]) -> dict[str, Any]:
             merged = json.loads(path.read_text())
         except json.JSONDecodeError:
             log.warning("%s is not valid JSON; starting a new one", path)
-    merged.update(keys)
+    for key, value in keys.items():
+        if key in nested and isinstance(value, dict) and isinstance(merged.get(key), dict):
+            merged[key] = {**merged[key], **value}
+        else:
+            merged[key] = value
     path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
     return merged
 

@@ -160,6 +160,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "bench_settings": {"device": device, "torch_threads": torch.get_num_threads(), "quick": args.quick, "overrides": overrides, "sections": sections, **settings},
     }
     started = time.perf_counter()
+    results["bench_settings"]["run_started_utc"] = dt.datetime.now(dt.timezone.utc).isoformat(timespec="microseconds")
     if "models" in sections:
         names = args.models or model_names()
         results["models"] = _timed(
@@ -198,6 +199,12 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["paper_schedule"].update(images=PAPER_TRAIN_IMAGES, epochs=PAPER_EPOCHS)
     if "data" in sections:
         results["bench_settings"]["data_benchmark"] = _timed("data", run_data_section, args.quick, device, args.out)
+    # When and where each section was measured: a later partial run (--sections) replaces
+    # only its own sections, and RESULTS.md says which numbers are older.
+    where = results["machine"].get("gpu") or f"cpu ({results['machine'].get('cpu_model')})"
+    stamp = {"date_utc": results["machine"]["date_utc"], "run": results["bench_settings"]["run_started_utc"],
+             "device": device, "machine": where, "quick": args.quick}
+    results["section_runs"] = {section: stamp for section in sections}
     results["bench_settings"]["wall_seconds"] = time.perf_counter() - started
     if hasattr(os, "getloadavg"):
         results["machine"]["load_average_at_end"] = [round(x, 2) for x in os.getloadavg()]
@@ -236,6 +243,13 @@ def render_markdown(results: dict[str, Any]) -> str:
     if device == "cpu":
         out.append("- **No GPU was available for this run.** The same command measures on CUDA when one is present "
                    "(`trainer=gpu`: bf16-mixed, cuDNN autotuning; full width, batch sizes 32/160/256).")
+    runs = results.get("section_runs") or {}
+    older = {name: r for name, r in runs.items() if r.get("run") != st.get("run_started_utc")}
+    if older:
+        this = ", ".join(sorted(set(runs) - set(older))) or "-"
+        out.append(f"- The last run measured: {this}. From earlier runs: "
+                   + "; ".join(f"{name} ({r.get('date_utc')} UTC, {r.get('machine')}{', quick' if r.get('quick') else ''})" for name, r in sorted(older.items()))
+                   + " (machine line above: the last run).")
     if "load_average_at_start" in m:
         out.append(f"- Load average at start / end: {m.get('load_average_at_start')} / {m.get('load_average_at_end')} "
                    "(a shared VM: other jobs ran alongside; `spread` = (max - min) / median of the repeats says how much the numbers moved).")
@@ -244,8 +258,9 @@ def render_markdown(results: dict[str, Any]) -> str:
     ps = results.get("paper_schedule")
     if ps:
         out += ["## The paper's schedule", "",
-                f"`joint_paper` (width {ps.get('width_mult')}), batch {ps.get('batch_size')}, {ps.get('precision')}, trained by Lightning on the "
-                f"`{ps.get('data')}` data module with {ps.get('num_workers')} loader workers (photo decoding included): "
+                f"`joint_paper` (width {ps.get('width_mult')}), batch {ps.get('batch_size')}, {ps.get('precision')}, trained by Lightning on the " +
+                (f"`{ps.get('data')}` photos through the decoded-image cache (`data.cache`, the paper recipe's data path) with {ps.get('num_workers')} loader workers (loading included): "
+                 if ps.get("data_cache") else f"`{ps.get('data')}` data module with {ps.get('num_workers')} loader workers (photo decoding included): ") +
                 f"**{_num(ps['train']['images_per_s'], 1)} images/s** (spread {_num(ps['train']['spread'])}). "
                 f"{PAPER_TRAIN_IMAGES:,} images x {PAPER_EPOCHS} epochs at that rate: **{_num(ps.get('projected_hours'), 1)} hours** "
                 f"(target: 0.5 hours = {_num(ps.get('target_images_per_s'), 0)} images/s on one H100).", ""]
@@ -281,7 +296,8 @@ def render_markdown(results: dict[str, Any]) -> str:
                 "(CPU time on a CPU, as above); s/step and images/s are wall clock.", "",
                 "| option | overrides | s/step | images/s | speed-up vs baseline | spread | first fit s (incl. compiling) |",
                 "| --- | --- | --- | --- | --- | --- | --- |"]
-        for name, e in fp.get("options", {}).items():
+        order = list(FAST_PATHS)
+        for name, e in sorted(fp.get("options", {}).items(), key=lambda item: order.index(item[0]) if item[0] in order else len(order)):
             over = " ".join(f"`{o}`" for o in e.get("overrides", []))
             if "seconds_per_step" in e:
                 out.append(f"| {name} | {over} | {_num(e['seconds_per_step'], 4)} | {_num(e['images_per_s'], 1)} | "
@@ -306,6 +322,10 @@ def render_markdown(results: dict[str, Any]) -> str:
                 continue
             fwd, trn = r.get("forward_flops_per_image"), r.get("train_step_flops_per_image")
             for bs, b in r.get("batch_sizes", {}).items():
+                if "error" in b:
+                    out.append(f"| {name} | {r['params']:,} | {_num(fwd / 1e9 if fwd else None, 3)} | {_num(trn / 1e9 if trn else None, 3)} | {bs} | "
+                               f"{b['error']} | | | |")
+                    continue
                 out.append(f"| {name} | {r['params']:,} | {_num(fwd / 1e9 if fwd else None, 3)} | {_num(trn / 1e9 if trn else None, 3)} | {bs} | "
                            f"{_num(b['train']['images_per_s'], 1)} | {_num(b['train']['achieved_flop_per_s'] / 1e9, 1)} | "
                            f"{_num(b['inference']['images_per_s'], 1)} | {_num(b['inference']['achieved_flop_per_s'] / 1e9, 1)} |")

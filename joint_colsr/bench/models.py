@@ -8,8 +8,10 @@ every switch measured here is a config key they can set.
 
 from __future__ import annotations
 
+import gc
 import logging
 import statistics
+import tempfile
 import time
 import traceback
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any, Sequence
 import torch
 from hydra import compose, initialize_config_dir
 from hydra.core.global_hydra import GlobalHydra
+from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, open_dict
 from torch.utils.flop_counter import FlopCounterMode
 
@@ -31,6 +34,7 @@ from joint_colsr.bench.loop import (
     synchronize,
 )
 from joint_colsr.builders import build_datamodule, build_system, check_config
+from joint_colsr.data import build_cache
 from joint_colsr.nets import count_parameters
 
 log = logging.getLogger(__name__)
@@ -134,19 +138,41 @@ def benchmark_variant(name: str, overrides: Sequence[str], width_mult: float | N
         "batch_sizes": {},
     }
     for batch_size in batch_sizes:
-        uint8 = make_uint8_batches(cfg, batch_size, 2)
-        timer = lightning_fit_timed(cfg, system, warmup, steps, batches=uint8, max_seconds=max_seconds, count_flops=True)
-        train = summarize(timer.step_seconds, batch_size)
-        train_flops = timer.flops_per_image
-        lab = lab_batches(cfg, uint8, device)
-        if "forward_flops_per_image" not in result:
-            result["forward_flops_per_image"] = inference_flops_per_image(system, lab[0])
-            result["train_step_flops_per_image"] = train_flops
-        infer = summarize(inference_timed(system, lab, precision, warmup, steps, max_seconds), batch_size)
-        train["achieved_flop_per_s"] = (train_flops or 0.0) * train["images_per_s"]
-        infer["achieved_flop_per_s"] = result["forward_flops_per_image"] * infer["images_per_s"]
-        result["batch_sizes"][str(batch_size)] = {"train": train, "inference": infer}
+        out_of_memory = False
+        try:
+            result["batch_sizes"][str(batch_size)] = _measure_batch_size(cfg, system, result, device, precision, batch_size, warmup, steps, max_seconds)
+        except torch.OutOfMemoryError:
+            # Keep the smaller batch sizes' numbers; larger ones would not fit either.
+            log.warning("model=%s: out of device memory at batch %d; larger batch sizes skipped", name, batch_size)
+            result["batch_sizes"][str(batch_size)] = {"error": f"out of memory at batch {batch_size}"}
+            out_of_memory = True
+        if out_of_memory:  # outside the except block: the traceback no longer holds the tensors
+            free_device_memory()
+            break
     return result
+
+
+def _measure_batch_size(cfg: DictConfig, system: torch.nn.Module, result: dict[str, Any], device: torch.device, precision: str,
+                        batch_size: int, warmup: int, steps: int, max_seconds: float) -> dict[str, Any]:
+    uint8 = make_uint8_batches(cfg, batch_size, 2)
+    timer = lightning_fit_timed(cfg, system, warmup, steps, batches=uint8, max_seconds=max_seconds, count_flops=True)
+    train = summarize(timer.step_seconds, batch_size)
+    train_flops = timer.flops_per_image
+    lab = lab_batches(cfg, uint8, device)
+    if "forward_flops_per_image" not in result:
+        result["forward_flops_per_image"] = inference_flops_per_image(system, lab[0])
+        result["train_step_flops_per_image"] = train_flops
+    infer = summarize(inference_timed(system, lab, precision, warmup, steps, max_seconds), batch_size)
+    train["achieved_flop_per_s"] = (train_flops or 0.0) * train["images_per_s"]
+    infer["achieved_flop_per_s"] = result["forward_flops_per_image"] * infer["images_per_s"]
+    return {"train": train, "inference": infer}
+
+
+def free_device_memory() -> None:
+    """Drop what a failed measurement left on the GPU, so the next one starts clean."""
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
 
 
 def benchmark_variants(names: Sequence[str], overrides: Sequence[str], width_mult: float | None, batch_sizes: Sequence[int], warmup: int, steps: int, max_seconds: float) -> dict[str, Any]:
@@ -159,6 +185,7 @@ def benchmark_variants(names: Sequence[str], overrides: Sequence[str], width_mul
         except Exception as err:  # one broken variant must not lose the others' numbers
             log.error("model=%s failed: %s", name, err)
             results[name] = {"error": f"{type(err).__name__}: {err}", "traceback": traceback.format_exc(limit=3)}
+        free_device_memory()  # each variant starts with the device's memory free
     return results
 
 
@@ -212,14 +239,27 @@ def benchmark_fast_paths(overrides: Sequence[str], width_mult: float | None, bat
     return result
 
 
-def project_paper_schedule(overrides: Sequence[str], batch_size: int, warmup: int, steps: int, width_mult: float = 1.0) -> dict[str, Any]:
-    """``joint_paper`` (full width unless ``width_mult`` says otherwise) trained on the configured data module, data loading
-    included (``data.num_workers`` workers decoding photos), and the wall time the paper's
-    schedule would take at that rate."""
+def project_paper_schedule(
+    overrides: Sequence[str], batch_size: int, warmup: int, steps: int, width_mult: float = 1.0, use_cache: bool = True,
+) -> dict[str, Any]:
+    """``joint_paper`` (full width unless ``width_mult`` says otherwise) trained on the
+    configured data module, data loading included, and the wall time the paper's schedule
+    would take at that rate.
+
+    With ``use_cache`` (the default) the photos are first decoded into a decoded-image cache
+    (``data.cache``), the data path the paper recipe uses on COCO (``experiment=paper
+    data.cache=DIR``); otherwise ``data.num_workers`` workers decode and crop photos.
+    """
     cfg = compose_train_config(["model=joint_paper", *overrides, f"data.batch_size={batch_size}"], width_mult)
     torch.manual_seed(0)
     system = build_system(cfg)
-    timer = lightning_fit_timed(cfg, system, warmup, steps)
+    with tempfile.TemporaryDirectory(prefix="joint_colsr_bench_cache_") as tmp:
+        if use_cache:
+            cache_dir = Path(tmp) / "cache"
+            build_cache(instantiate(cfg.data.source), cache_dir, output_size=int(cfg.data.output_size), progress=False)
+            with open_dict(cfg):
+                cfg.data.cache = str(cache_dir)
+        timer = lightning_fit_timed(cfg, system, warmup, steps)
     rate = summarize(timer.step_seconds, batch_size)
     total_images = PAPER_TRAIN_IMAGES * PAPER_EPOCHS
     seconds = total_images / rate["images_per_s"]
@@ -228,6 +268,7 @@ def project_paper_schedule(overrides: Sequence[str], batch_size: int, warmup: in
         "batch_size": batch_size,
         "precision": str(cfg.trainer.precision),
         "data": str(cfg.data.source._target_).rsplit(".", 1)[-1],
+        "data_cache": use_cache,
         "num_workers": cfg.data.num_workers,
         "train": rate,
         "paper_images": total_images,
