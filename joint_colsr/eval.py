@@ -36,6 +36,7 @@ import torch
 from omegaconf import DictConfig, open_dict
 from torch import Tensor
 
+from joint_colsr import CONFIG_DIR
 from joint_colsr.builders import (
     ConfigError,
     build_datamodule,
@@ -304,7 +305,7 @@ def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
     )
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="eval")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
 def main(cfg: DictConfig) -> float | None:
     metrics = evaluate(cfg)
     return metrics.get("psnr")

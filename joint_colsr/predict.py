@@ -33,6 +33,7 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
+from joint_colsr import CONFIG_DIR
 from joint_colsr.builders import ConfigError, build_eval_system, eval_network, model_size
 from joint_colsr.color import merge_l_ab_to_rgb, normalize_l, quantize_uint8, rgb_to_lab, rgb_uint8_to_lab_batch
 from joint_colsr.data.datasets import resize_box
@@ -259,7 +260,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     return {"written": written, "skipped": failed}
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="predict")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
 def main(cfg: DictConfig) -> None:
     predict(cfg)
 

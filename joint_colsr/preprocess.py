@@ -15,6 +15,7 @@ from typing import Any
 import hydra
 from omegaconf import DictConfig, OmegaConf
 
+from joint_colsr import CONFIG_DIR
 from joint_colsr.builders import ConfigError, build_datamodule
 from joint_colsr.data.cache import ImageCache, build_cache, summarize
 
@@ -50,7 +51,7 @@ def preprocess(cfg: DictConfig) -> dict[str, Any]:
     return index
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="preprocess")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="preprocess")
 def main(cfg: DictConfig) -> None:
     preprocess(cfg)
 

@@ -26,6 +26,7 @@ import hydra
 import yaml
 from omegaconf import DictConfig
 
+from joint_colsr import CONFIG_DIR
 from joint_colsr.builders import ConfigError
 from joint_colsr.eval import markdown_table
 
@@ -206,7 +207,7 @@ def _positional_dir(argv: list[str]) -> list[str]:
     return out
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="report")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="report")
 def main(cfg: DictConfig) -> None:
     report(cfg)
 

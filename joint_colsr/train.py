@@ -15,10 +15,12 @@ from typing import Any
 
 import hydra
 import lightning.pytorch as pl
+import torch
 import wandb
 from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
 
+from joint_colsr import CONFIG_DIR
 from joint_colsr.builders import (
     build_callbacks,
     build_datamodule,
@@ -84,11 +86,29 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     )
     if not trainer.fast_dev_run:
         metrics.update(checkpoint_paths(trainer))
+        _steps_from_spawned_ranks(metrics, output_dir)
     if trainer.is_global_zero:
         (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
         _print_summary(metrics, output_dir)
     _finish_wandb(trainer, metrics, exit_code=0)
     return metrics
+
+
+def _steps_from_spawned_ranks(metrics: dict[str, Any], output_dir: Path) -> None:
+    """With ``trainer.strategy=ddp_spawn`` the ranks trained in child processes; Lightning
+    sends back their metrics and weights but neither the loop counters nor the last
+    checkpoint's path, so this process's trainer still says step 0. The last checkpoint the
+    ranks wrote has them."""
+    if metrics.get("global_step"):
+        return
+    last = metrics.get("last_ckpt") or find_resume_checkpoint(output_dir)
+    if not last or not Path(last).is_file():
+        return
+    metrics["last_ckpt"] = str(last)
+    state = torch.load(last, map_location="cpu", mmap=True, weights_only=False)  # mmap: no tensor is read
+    if state.get("global_step"):
+        metrics["global_step"] = int(state["global_step"])
+        metrics["epochs"] = int(state.get("epoch", -1)) + 1
 
 
 def _finish_wandb(trainer: pl.Trainer, summary: dict[str, Any], exit_code: int) -> None:
@@ -120,7 +140,7 @@ def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
         print(line)
 
 
-@hydra.main(version_base="1.3", config_path="../conf", config_name="train")
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     key = cfg.get("optimized_metric")

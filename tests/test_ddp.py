@@ -53,7 +53,10 @@ def test_ddp_spawn_runs_inside_a_multirun(tmp_path):
     sweep_dir = tmp_path / "sweep"
     proc = run_train(["-m", *DDP_CPU, "trainer.strategy=ddp_spawn", "seed=0", f"hydra.sweep.dir={sweep_dir}"], tmp_path)
     assert proc.returncode == 0, output_tail(proc)
-    assert "val/psnr" in json.loads((sweep_dir / "0" / "metrics.json").read_text())
-    # The spawned ranks trained; the checkpoint holds their step count (1 each: the epoch was sharded).
+    metrics = json.loads((sweep_dir / "0" / "metrics.json").read_text())
+    assert "val/psnr" in metrics
+    # The spawned ranks trained; the checkpoint holds their step count (1 each: the epoch was
+    # sharded), and metrics.json reports it although this process's trainer never stepped.
     ckpt = torch.load(sweep_dir / "0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 1
+    assert metrics["global_step"] == 1 and metrics["epochs"] == ckpt["epoch"] + 1

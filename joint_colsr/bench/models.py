@@ -24,6 +24,7 @@ from hydra.utils import instantiate
 from omegaconf import DictConfig, ListConfig, open_dict
 from torch.utils.flop_counter import FlopCounterMode
 
+from joint_colsr import CONFIG_DIR
 from joint_colsr.bench.loop import (
     _autocast,
     accelerator_device,
@@ -39,7 +40,7 @@ from joint_colsr.nets import count_parameters
 
 log = logging.getLogger(__name__)
 
-CONF_DIR = Path(__file__).resolve().parents[2] / "conf"
+CONF_DIR = Path(CONFIG_DIR)
 
 #: The paper's schedule (Section III): COCO train2017 images x epochs.
 PAPER_TRAIN_IMAGES = 118_287
