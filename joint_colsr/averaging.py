@@ -64,7 +64,7 @@ class EMAModel(AveragedModel):
             raise ValueError(f"the model has {len(current)} tensors to average, the EMA copy {len(averaged)}: not the same architecture")
         groups: dict[tuple[torch.device, torch.dtype], tuple[list[Tensor], list[Tensor]]] = {}
         for avg, cur in zip(averaged, current):
-            cur = cur.to(avg.device, non_blocking=True)
+            cur = cur.to(avg.device)  # a no-op on the same device; blocking otherwise (a device-to-host copy must land first)
             if self._updates_on_host == 0 or not avg.is_floating_point():
                 avg.copy_(cur)
             else:
@@ -75,6 +75,6 @@ class EMAModel(AveragedModel):
             torch._foreach_lerp_(avgs, curs, 1.0 - self.decay)
         if not self.use_buffers:
             for avg, cur in zip(self.module.buffers(), model.buffers()):
-                avg.detach().copy_(cur.detach().to(avg.device, non_blocking=True))
+                avg.detach().copy_(cur.detach())
         self.n_averaged += 1  # on the device: no wait
         self._updates_on_host += 1
