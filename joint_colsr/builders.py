@@ -7,6 +7,7 @@ caught before any data is read.
 
 from __future__ import annotations
 
+import copy
 import inspect
 import logging
 import types
@@ -19,6 +20,7 @@ import torch
 from hydra.errors import InstantiationException
 from hydra.utils import instantiate as _hydra_instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf, open_dict
+from omegaconf.errors import InterpolationResolutionError
 
 from joint_colsr.callbacks import ChannelsLast
 
@@ -60,6 +62,8 @@ def check_config(cfg: DictConfig) -> None:
         if _get(cfg, group) is None:
             raise ConfigError(f"config has no '{group}' group; pick one with {group}=NAME")
     missing = sorted(str(k) for k in cfg.data if OmegaConf.is_missing(cfg.data, k))
+    if missing == ["root"] and _cache_only(cfg):
+        missing = []  # a decoded-image cache holds everything training reads
     if missing:
         keys = ", ".join(f"data.{k}" for k in missing)
         raise ConfigError(f"{keys} must be set for this data source (e.g. data.root=DIR)")
@@ -155,7 +159,10 @@ def check_targets(node: Any, key: str = "") -> None:
                     choices = ", ".join(p for p in params if p not in ("self", "args", "kwargs"))
                     raise ConfigError(f"unknown key {full}: {target_name} takes {choices}")
                 if name in params and not OmegaConf.is_missing(node, name):
-                    value = OmegaConf.select(node, name, throw_on_missing=False)
+                    try:
+                        value = OmegaConf.select(node, name, throw_on_missing=False)
+                    except InterpolationResolutionError:  # points at a ??? key: nothing to type-check
+                        continue
                     if not OmegaConf.is_config(value) and _accepts(hints.get(name, params[name].annotation), value) is False:
                         raise ConfigError(
                             f"{full}={value!r} has the wrong type: {target_name} expects {hints.get(name, params[name].annotation)}"
@@ -209,12 +216,28 @@ def start_run(cfg: DictConfig) -> Path:
 
 def resolved_config(cfg: DictConfig) -> dict[str, Any]:
     """The run's config as plain data, interpolations resolved (Hydra's own node left out)."""
+    if _cache_only(cfg):  # data.root is ??? and unused: record it as null
+        cfg = copy.deepcopy(cfg)
+        with open_dict(cfg):
+            cfg.data.root = None
     return {str(k): OmegaConf.to_container(v, resolve=True) if OmegaConf.is_config(v) else v
             for k, v in cfg.items() if k != "hydra"}
 
 
+def _cache_only(cfg: DictConfig) -> bool:
+    """``data.cache`` is set and ``data.root`` is not: train from the cache alone."""
+    data = cfg.get("data")
+    # (`"root" in data` is False for a ??? value: OmegaConf hides missing keys from `in`.)
+    return bool(data is not None and "root" in data.keys() and OmegaConf.is_missing(data, "root") and data.get("cache"))
+
+
 def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
-    datamodule = instantiate(cfg.data, _convert_="partial")
+    if _cache_only(cfg):
+        # No photo folder: the source (which would list it) is not built; the cache's own
+        # index describes the photos, their split and their labels.
+        datamodule = instantiate(cfg.data, source=None, root=None, _convert_="partial")
+    else:
+        datamodule = instantiate(cfg.data, _convert_="partial")
     if _get(cfg, "speed.compile") and hasattr(datamodule, "compile_lab_conversion"):
         datamodule.compile_lab_conversion = True  # the LAB conversion on the device fuses too
     return datamodule

@@ -151,3 +151,20 @@ def test_resume_refuses_a_source_that_lists_other_photos(tmp_path, image_folder)
     with pytest.raises(CacheError, match="train-00000.npy was built from other train photos"):
         build_cache(ImageFolder(str(image_folder), val_fraction=0.0), tmp_path / "c", output_size=32, shard_size=2,
                     progress=False)
+
+
+def test_train_from_the_cache_alone_without_data_root(compose_cfg, tiny_coco, tmp_path):
+    # Copy a cache to a machine without COCO: data.root stays unset and nothing under it is needed.
+    data = ["data=coco", "data.num_workers=0", "data.output_size=64", "data.input_size=32"]
+    preprocess(compose_cfg([*data, f"data.root={tiny_coco}", f"cache_dir={tmp_path / 'c'}", "progress=false"], config_name="preprocess"))
+    moved = tmp_path / "coco_gone"
+    tiny_coco.rename(moved)  # the photos and annotations are gone from where the cache was built
+    cfg = compose_cfg([*data, f"data.cache={tmp_path / 'c'}", "data.with_labels=true", "model=ic_only", "model.net.classification=true",
+                       "model.net.num_classes=3", "debug=tiny", "logger=none", "callbacks=none"])
+    metrics = train(cfg)
+    assert np.isfinite(metrics["val/psnr"]) and metrics["global_step"] == 2
+    # Without a cache, data.root is still required, by name, at start-up.
+    from joint_colsr.builders import ConfigError, check_config
+
+    with pytest.raises(ConfigError, match="data.root must be set"):
+        check_config(compose_cfg([*data, "debug=tiny"]))

@@ -375,11 +375,16 @@ class ImageCache:
                      len(split.excluded), ", ".join(f"{n} {r}" for r, n in reasons.most_common()) or "none")
         return cache
 
-    def check_matches(self, source: ImageSource, output_size: int) -> None:
-        """Fail unless this cache was built from ``source`` (same description) at ``output_size``."""
+    def check_matches(self, source: ImageSource | None, output_size: int) -> None:
+        """Fail unless this cache was built from ``source`` (same description) at ``output_size``.
+
+        ``source=None`` (training from the cache alone, no ``data.root``) checks the size only.
+        """
         if self.output_size != output_size:
             raise CacheError(f"data.cache={self.root} holds {self.output_size}x{self.output_size} images, "
                              f"data.output_size={output_size}; rebuild the cache or set data.output_size={self.output_size}")
+        if source is None:
+            return
         built, now = self.index["source"], source.describe()
         if built != now:
             raise CacheError(f"data.cache={self.root} was built from source {built}, the data config describes {now}; "

@@ -57,7 +57,7 @@ class ColSRDataModule(pl.LightningDataModule):
 
     def __init__(
         self,
-        source: ImageSource,
+        source: ImageSource | None,
         batch_size: int = 16,
         num_workers: int = 2,
         input_size: int = 96,
@@ -90,6 +90,8 @@ class ColSRDataModule(pl.LightningDataModule):
             raise ValueError(f"data.val_views must be in [1, {len(VALIDATION_VIEWS)}], got {val_views}")
         if lowres_interpolation not in ("bicubic", "bilinear", "area"):
             raise ValueError(f"data.lowres_interpolation must be bicubic, bilinear or area, got {lowres_interpolation!r}")
+        if source is None and not cache:
+            raise ValueError("data.source is missing: set data.root, or data.cache=DIR to train from a decoded-image cache alone")
         self.source = source
         self.batch_size = batch_size
         self.num_workers = num_workers
@@ -126,6 +128,11 @@ class ColSRDataModule(pl.LightningDataModule):
     # -- datasets ---------------------------------------------------------------------------
 
     @property
+    def source_name(self) -> str:
+        """The source's name, or the cache's folder when training from a cache alone."""
+        return self.source.name if self.source is not None else f"cache {self.cache}"
+
+    @property
     def num_classes(self) -> int:
         """Width of the ``labels`` multi-hot vector (0 for sources without categories)."""
         return len(self.categories)
@@ -134,7 +141,7 @@ class ColSRDataModule(pl.LightningDataModule):
         if not self.with_labels:
             return None
         if not self.categories:
-            raise ValueError(f"data.with_labels=true needs a source with categories (coco); '{self.source.name}' has none")
+            raise ValueError(f"data.with_labels=true needs a source with categories (coco); '{self.source_name}' has none")
         return {cat: col for col, cat in enumerate(sorted(self.categories))}
 
     def setup(self, stage: str | None = None) -> None:
@@ -166,6 +173,8 @@ class ColSRDataModule(pl.LightningDataModule):
         splits = ("train", "val") if stage in (None, "fit") else ("val",)
         cache = ImageCache.open(self.cache, verify=self.cache_verify, splits=splits)
         cache.check_matches(self.source, self.output_size)
+        if self.source is None:
+            log.info("data.root not set: training from cache %s alone (built from %s)", cache.root, cache.index["source"])
         built = cache.index["filters"]
         if built != self.filters:
             log.warning("data.cache=%s was built with filters %s, the data config asks for %s: the cache's apply", self.cache, built, self.filters)
