@@ -1,11 +1,12 @@
 """Every kind of file people really have, in one nested folder: converted correctly or skipped and counted."""
 
 import logging
+import struct
 
 import numpy as np
 import pytest
 import torch
-from PIL import Image
+from PIL import Image, ImageCms
 
 from joint_colsr.data import ColSRDataModule, ImageDecodeError, ImageFolder, decode_image
 from joint_colsr.data.decode import unusable_reason
@@ -163,3 +164,67 @@ def test_training_logs_the_epochs_skip_count(bad_folder, compose_cfg):
     with open(f"{cfg.paths.output_dir}/csv/metrics.csv") as f:
         logged = [float(row["data/skipped"]) for row in csv.DictReader(f) if row.get("data/skipped")]
     assert logged == [expected]  # once per epoch, the whole epoch's count
+
+
+# -- embedded colour profiles ------------------------------------------------------------------
+
+
+def _s15(x):
+    return struct.pack(">i", int(round(x * 65536)))
+
+
+def rgb_matrix_icc(description, red, green, blue, gamma):
+    """An ICC v2 display profile (matrix + gamma curves), written byte by byte from the spec."""
+    xyz = lambda x, y, z: b"XYZ " + b"\0" * 4 + _s15(x) + _s15(y) + _s15(z)  # noqa: E731
+    curve = b"curv" + b"\0" * 4 + struct.pack(">IH", 1, int(round(gamma * 256)))
+    text = description.encode("ascii") + b"\0"
+    tags = [(b"desc", b"desc" + b"\0" * 4 + struct.pack(">I", len(text)) + text + b"\0" * 78),
+            (b"cprt", b"text" + b"\0" * 4 + b"none\0"), (b"wtpt", xyz(0.9642, 1.0, 0.8249)),
+            (b"rXYZ", xyz(*red)), (b"gXYZ", xyz(*green)), (b"bXYZ", xyz(*blue)),
+            (b"rTRC", curve), (b"gTRC", curve), (b"bTRC", curve)]
+    offset, table, data = 128 + 4 + 12 * len(tags), b"", b""
+    for sig, body in tags:
+        data += b"\0" * (-(offset + len(data)) % 4)
+        table += sig + struct.pack(">II", offset + len(data), len(body))
+        data += body
+    body = struct.pack(">I", len(tags)) + table + data
+    header = (struct.pack(">II", 128 + len(body), 0) + struct.pack(">I", 0x02100000) + b"mntrRGB XYZ " + b"\0" * 12
+              + b"acsp" + b"\0" * 28 + _s15(0.9642) + _s15(1.0) + _s15(0.8249) + b"\0" * 48)
+    return header + body
+
+
+#: Adobe RGB (1998): D50-adapted primaries and its 563/256 gamma, as in Adobe's own profile.
+ADOBE_RED, ADOBE_GREEN, ADOBE_BLUE, ADOBE_GAMMA = (0.6097, 0.3111, 0.0195), (0.2053, 0.6257, 0.0609), (0.1492, 0.0632, 0.7446), 563 / 256
+
+
+def adobe_rgb_to_srgb(rgb):
+    """The textbook conversion in numpy: Adobe RGB -> linear -> XYZ (D50) -> linear sRGB -> sRGB."""
+    to_xyz = np.array([ADOBE_RED, ADOBE_GREEN, ADOBE_BLUE]).T
+    srgb_to_xyz = np.array([(0.4361, 0.2225, 0.0139), (0.3851, 0.7169, 0.0971), (0.1431, 0.0606, 0.7141)]).T
+    linear = np.clip((rgb / 255.0) ** ADOBE_GAMMA @ to_xyz.T @ np.linalg.inv(srgb_to_xyz).T, 0, 1)
+    return np.where(linear <= 0.0031308, 12.92 * linear, 1.055 * linear ** (1 / 2.4) - 0.055) * 255
+
+
+def test_embedded_adobe_rgb_profile_is_converted_to_srgb(tmp_path):
+    rgb = random_photo(np.random.default_rng(1), 40, 50)
+    icc = rgb_matrix_icc("Adobe RGB (1998), test copy", ADOBE_RED, ADOBE_GREEN, ADOBE_BLUE, ADOBE_GAMMA)
+    Image.fromarray(rgb).save(tmp_path / "adobe.png", icc_profile=icc)
+    decoded = decode_image(tmp_path / "adobe.png")
+    expected = adobe_rgb_to_srgb(rgb.astype(np.float64))
+    assert np.abs(decoded - expected).max() <= 2.0  # LittleCMS agrees with the textbook maths
+    assert np.abs(decoded.astype(int) - rgb).mean() > 3  # and the stored pixels were not taken as sRGB
+    # Transparency is still composited on white, after the colour conversion.
+    alpha = np.full(rgb.shape[:2], 255, np.uint8)
+    alpha[:5] = 0
+    Image.fromarray(np.dstack([rgb, alpha]), "RGBA").save(tmp_path / "adobe_rgba.png", icc_profile=icc)
+    rgba = decode_image(tmp_path / "adobe_rgba.png")
+    assert (rgba[:5] == 255).all() and np.abs(rgba[5:] - expected[5:]).max() <= 2.0
+
+
+def test_srgb_and_broken_profiles_keep_the_stored_pixels(tmp_path):
+    rgb = random_photo(np.random.default_rng(2), 40, 50)
+    srgb = ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes()
+    Image.fromarray(rgb).save(tmp_path / "srgb.png", icc_profile=srgb)
+    Image.fromarray(rgb).save(tmp_path / "broken.png", icc_profile=b"not an ICC profile at all")
+    assert np.array_equal(decode_image(tmp_path / "srgb.png"), rgb)
+    assert np.array_equal(decode_image(tmp_path / "broken.png"), rgb)

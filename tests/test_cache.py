@@ -168,3 +168,16 @@ def test_train_from_the_cache_alone_without_data_root(compose_cfg, tiny_coco, tm
 
     with pytest.raises(ConfigError, match="data.root must be set"):
         check_config(compose_cfg([*data, "debug=tiny"]))
+
+
+def test_a_cache_from_before_colour_profiles_were_converted_warns(tmp_path, image_folder, caplog):
+    build_cache(ImageFolder(str(image_folder)), tmp_path / "c", output_size=32, progress=False)
+    index_path = tmp_path / "c" / "index.json"
+    index = json.loads(index_path.read_text())
+    assert index["colour"].startswith("embedded ICC profiles converted to sRGB")
+    ImageCache.open(tmp_path / "c")
+    assert "colour profiles" not in caplog.text
+    del index["colour"]
+    index_path.write_text(json.dumps(index))
+    ImageCache.open(tmp_path / "c")  # still readable: a warning, not an error
+    assert "before embedded colour profiles were converted" in caplog.text

@@ -107,6 +107,10 @@ def _sha256(path: Path) -> str:
     return digest.hexdigest()
 
 
+#: How decoding treats colour profiles; a cache built before it converted them lacks the key.
+COLOUR_HANDLING = "embedded ICC profiles converted to sRGB (LittleCMS, relative colorimetric)"
+
+
 def _build_meta(source: ImageSource, output_size: int, train_size: int, shard_size: int,
                 min_side: int, max_aspect: float, exclude_grayscale: bool) -> dict[str, Any]:
     return {
@@ -115,6 +119,7 @@ def _build_meta(source: ImageSource, output_size: int, train_size: int, shard_si
         "output_size": int(output_size),
         "sizes": {"train": int(train_size), "val": int(output_size)},
         "layout": "NCHW uint8 sRGB, whole photo squash-resized (antialiased bicubic)",
+        "colour": COLOUR_HANDLING,
         "filters": {"min_side": int(min_side), "max_aspect": float(max_aspect), "exclude_grayscale": bool(exclude_grayscale)},
         "shard_size": int(shard_size),
     }
@@ -354,6 +359,10 @@ class ImageCache:
             raise CacheError(f"data.cache={cache_dir!r}: {index_path} is not valid JSON ({err}); {BUILD_HELP}") from None
         if index.get("version") != CACHE_VERSION:
             raise CacheError(f"data.cache={cache_dir!r}: cache version {index.get('version')}, this code reads {CACHE_VERSION}; rebuild it")
+        if index.get("colour") != COLOUR_HANDLING:
+            log.warning("data.cache=%s was built before embedded colour profiles were converted to sRGB: photos tagged "
+                        "Adobe RGB, Display P3 or CMYK profiles hold their stored values; rebuild it (preprocess ... "
+                        "overwrite=true) for exact colours", cache_dir)
         opened = {}
         for name in splits:
             entry = index.get("splits", {}).get(name)

@@ -7,12 +7,17 @@ cannot be used, so the caller can skip and count it instead of crashing an epoch
 
 from __future__ import annotations
 
+import functools
+import io
+import logging
 import os
 import warnings
 from pathlib import Path
 
 import numpy as np
-from PIL import Image, ImageOps, UnidentifiedImageError
+from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
+
+log = logging.getLogger(__name__)
 
 #: Extensions the folder and COCO sources consider images (lower case).
 IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
@@ -58,6 +63,34 @@ def _to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+@functools.lru_cache(maxsize=16)
+def _icc_transform(icc: bytes, mode: str) -> ImageCms.ImageCmsTransform | None:
+    """A transform from the embedded profile to sRGB, or ``None`` when none is needed or possible.
+
+    Built once per distinct profile (per worker process): photos of one camera share it.
+    """
+    try:
+        source = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        space = source.profile.xcolor_space.strip()
+        if "srgb" in ImageCms.getProfileDescription(source).lower() or space != {"RGBA": "RGB"}.get(mode, mode):
+            return None  # already sRGB (the common case), or a profile that does not describe these pixels
+        return ImageCms.buildTransform(source, ImageCms.createProfile("sRGB"), mode, "RGBA" if mode == "RGBA" else "RGB",
+                                       renderingIntent=ImageCms.Intent.RELATIVE_COLORIMETRIC)
+    except (OSError, ImageCms.PyCMSError, ValueError, TypeError) as err:
+        log.debug("ignoring an unusable ICC profile (%s)", err)
+        return None  # a broken profile: keep the pixels as stored, as viewers do
+
+
+def _to_srgb(img: Image.Image, icc: bytes | None) -> Image.Image:
+    """Pixels described by an embedded non-sRGB ICC profile (Adobe RGB, Display P3, a CMYK
+    press profile) -> sRGB. Read as if they were sRGB, Adobe RGB photos come out washed out
+    and P3 ones oversaturated: wrong colour targets for a colorizer."""
+    if not icc or img.mode not in ("RGB", "RGBA", "CMYK"):
+        return img
+    transform = _icc_transform(bytes(icc), img.mode)
+    return img if transform is None else ImageCms.applyTransform(img, transform)
+
+
 def _exif_upright(img: Image.Image) -> Image.Image:
     """Apply the EXIF orientation; a broken EXIF block leaves the pixels as stored."""
     try:
@@ -69,9 +102,9 @@ def _exif_upright(img: Image.Image) -> Image.Image:
 def decode_image(path: str | os.PathLike) -> np.ndarray:
     """Decode an image file to an ``(H, W, 3)`` uint8 sRGB array.
 
-    EXIF orientation is applied, transparency is composited on white, CMYK / palette /
-    grayscale / 16-bit images are converted to 8-bit RGB, and for animated files the first
-    frame is used.
+    EXIF orientation is applied, an embedded ICC profile other than sRGB is converted to
+    sRGB, transparency is composited on white, CMYK / palette / grayscale / 16-bit images are
+    converted to 8-bit RGB, and for animated files the first frame is used.
 
     Raises:
         ImageDecodeError: the file is missing, empty, truncated, not an image, or too large.
@@ -86,7 +119,8 @@ def decode_image(path: str | os.PathLike) -> np.ndarray:
     try:
         with Image.open(path) as img:
             img.load()  # raises on truncated data (PIL's LOAD_TRUNCATED_IMAGES stays False)
-            img = _exif_upright(img)
+            icc = img.info.get("icc_profile")
+            img = _to_srgb(_exif_upright(img), icc)
             rgb = _to_rgb(img)
             arr = np.asarray(rgb, dtype=np.uint8)
     except UnidentifiedImageError:
