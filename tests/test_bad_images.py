@@ -228,3 +228,17 @@ def test_srgb_and_broken_profiles_keep_the_stored_pixels(tmp_path):
     Image.fromarray(rgb).save(tmp_path / "broken.png", icc_profile=b"not an ICC profile at all")
     assert np.array_equal(decode_image(tmp_path / "srgb.png"), rgb)
     assert np.array_equal(decode_image(tmp_path / "broken.png"), rgb)
+
+
+def test_the_embedded_sample_photo_tagged_adobe_rgb_is_converted():
+    # skimage's rocket.jpg carries an Adobe RGB (1998) profile; the samples source decodes
+    # it like any file, so make train sees its real colours, not the stored values.
+    import skimage.data
+
+    from joint_colsr.data import SamplePhotos
+
+    rocket = SamplePhotos(photos=["rocket", "chelsea"], val_photos=["chelsea"]).items()[0].array
+    stored = skimage.data.rocket()
+    assert rocket.shape == stored.shape and np.abs(rocket.astype(int) - stored).mean() > 2
+    spread = lambda a: (a.max(-1).astype(int) - a.min(-1)).mean()  # noqa: E731  colourfulness proxy
+    assert spread(rocket) > spread(stored)  # Adobe RGB values read as sRGB look washed out

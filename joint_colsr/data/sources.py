@@ -114,26 +114,27 @@ class ImageSource:
 
 
 def _skimage_photo(name: str) -> np.ndarray:
+    # The file, through the suite's own decoder (not skimage's loader): rocket.jpg carries
+    # an Adobe RGB (1998) profile, which decode_image converts to sRGB like any photo.
     import skimage.data
 
-    if name in ("motorcycle_left", "motorcycle_right"):
-        left, right, _ = skimage.data.stereo_motorcycle()
-        return left if name == "motorcycle_left" else right
-    return getattr(skimage.data, name)()
+    for ext in (".png", ".jpg"):
+        path = Path(skimage.data.data_dir) / f"{name}{ext}"
+        if path.is_file():
+            return decode_image(path)
+    raise FileNotFoundError(f"scikit-image sample photo {name!r} is not in {skimage.data.data_dir}")
 
 
 def _matplotlib_photo(filename: str) -> np.ndarray:
     from matplotlib import cbook
-    from PIL import Image
 
-    with Image.open(cbook.get_sample_data(filename, asfileobj=False)) as img:
-        return np.asarray(img.convert("RGB"))
+    return decode_image(cbook.get_sample_data(filename, asfileobj=False))
 
 
 def _sklearn_photo(name: str) -> np.ndarray:
-    from sklearn.datasets import load_sample_image
+    import sklearn.datasets
 
-    return load_sample_image(f"{name}.jpg")
+    return decode_image(Path(sklearn.datasets.__file__).parent / "images" / f"{name}.jpg")
 
 
 #: The real colour photographs that install with pip (scikit-image, scikit-learn,
