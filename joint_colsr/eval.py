@@ -253,7 +253,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         model=describe_model(cfg, system),
         ckpt_path=str(cfg.ckpt_path) if cfg.get("ckpt_path") else None,
         baseline=cfg.get("baseline"),
-        data=str(getattr(datamodule, "source_name", None) or datamodule.source.name),
+        data=datamodule.source_name,
         data_root=str(cfg.data.get("root")) if cfg.data.get("root") else None,
         input_size=int(cfg.data.input_size),
         output_size=int(cfg.data.output_size),
