@@ -46,7 +46,8 @@ from joint_colsr.builders import (
     run_system,
     start_run,
 )
-from joint_colsr.metrics import PER_IMAGE_METRICS, colorization_psnr, image_metrics, summarize, upscale_l
+from joint_colsr.color import upscale_l
+from joint_colsr.metrics import PER_IMAGE_METRICS, colorization_psnr, image_metrics, summarize
 from joint_colsr.viz import evaluation_row, make_grid, save_png
 
 log = logging.getLogger(__name__)

@@ -6,6 +6,8 @@ import pytest
 import torch
 from torch import nn
 
+from joint_colsr.color import resize_bicubic, upscale_l
+
 from joint_colsr.builders import build_system
 from joint_colsr.model_table import BEGIN, END, markdown, model_names, replace_between_markers
 from joint_colsr.nets import (
@@ -35,7 +37,7 @@ TINY = {
     "srgan": ["model=srgan", "model.net.blocks=1", "model.discriminator.width_mult=0.0625",
               "model.discriminator_warmup_steps=0"],
 }
-PREDICTS_L = {"sr_only", "cascade", "cascade_upscale_first", "residual_joint", "srgan"}
+PREDICTS_L = {"sr_only", "cascade", "cascade_upscale_first", "residual_joint", "srgan", "residual_joint_interpolated"}
 
 
 def _overrides(variant: str, *extra: str) -> list[str]:
@@ -163,8 +165,7 @@ def test_srresnet_starts_at_bicubic_and_scales_any_input():
     x = torch.rand(1, 1, 48, 72) * 2 - 1
     out = net(x)
     assert out.shape == (1, 1, 128, 192)
-    bicubic = nn.functional.interpolate(x, size=(128, 192), mode="bicubic", align_corners=False)
-    assert torch.allclose(out, bicubic)
+    assert torch.allclose(out, resize_bicubic(x, (128, 192)))
     with pytest.raises(ValueError, match="input_residual"):
         SRResNet(in_channels=1, out_channels=3)
 
@@ -190,7 +191,10 @@ def test_residual_joint_checks_its_guide():
     # The predicted L* starts as the bicubic input.
     pred = ResidualJointNet(64, 128, l_source="predicted", blocks=1, width_mult=0.0625).eval()
     x = torch.rand(1, 1, 64, 64) * 2 - 1
-    assert torch.allclose(pred(x)["l"], nn.functional.interpolate(x, size=(128, 128), mode="bicubic", align_corners=False))
+    assert torch.allclose(pred(x)["l"], upscale_l(x, (128, 128)))
+    # The interpolated guide is the L* the net delivers.
+    interp = ResidualJointNet(64, 128, l_source="interpolated", blocks=1, width_mult=0.0625).eval()
+    assert torch.equal(interp(x)["l"], upscale_l(x, (128, 128)))
 
 
 def test_cascade_loads_and_freezes_a_stage(tmp_path):

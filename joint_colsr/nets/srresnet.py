@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from joint_colsr.color import resize_bicubic
+
 from joint_colsr.nets.blocks import (
     PixelShuffleUpsampler,
     ResidualBlock,
@@ -99,7 +101,7 @@ class SRResNet(nn.Module):
         feat = resize(self.upsample(feat), out_hw, self.final_resize)
         out = self.tail(feat)
         if self.input_residual:
-            out = out + resize(x, out_hw, "bicubic")
+            out = out + resize_bicubic(x, out_hw)
         return out
 
 
