@@ -280,9 +280,23 @@ def build_callbacks(cfg: DictConfig, system: pl.LightningModule | None = None) -
         if dropped:
             log.info("%s averages its own weights: leaving out %s", type(system).__name__, ", ".join(dropped))
         callbacks = [c for c in callbacks if not isinstance(c, WeightAveraging)]
+    if system is not None and getattr(system, "uses_ground_truth_l", False):
+        _select_on(callbacks, "val/psnr_joint", system.selection_metric)
     if _get(cfg, "speed.channels_last"):
         callbacks.append(ChannelsLast())
     return callbacks
+
+
+def _select_on(callbacks: list[pl.Callback], wanted: str, available: str) -> None:
+    """Checkpoints that monitor ``wanted`` (protocol 2) monitor ``available`` instead: a
+    GT-L*-guided net has no own L*, so it logs no ``val/psnr_joint``."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    for cb in callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.monitor == wanted:
+            log.info("the net is GT-L* guided (no own L*): the best checkpoint is chosen by %s", available)
+            cb.monitor = available
+            cb.filename = cb.filename.replace(wanted, available) if cb.filename else cb.filename
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:

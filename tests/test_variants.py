@@ -104,7 +104,7 @@ def test_fast_dev_run(variant, compose_cfg):
     metrics = train(compose_cfg(_overrides(variant, "debug=fdr", "data.batch_size=2")))
     assert torch.isfinite(torch.tensor(metrics["val/psnr"]))
     if variant in PREDICTS_L:
-        assert torch.isfinite(torch.tensor(metrics["val/psnr_own_l"]))
+        assert torch.isfinite(torch.tensor(metrics["val/psnr_joint"]))
         assert metrics["train/loss_l" if variant != "srgan" else "train/g_pixel_l"] >= 0
     if variant == "srgan":
         # Two optimizers step per batch under manual optimization.
@@ -312,7 +312,7 @@ def test_srgan_trains_another_generator(compose_cfg):
                        "model.discriminator_warmup_steps=0", "debug=fdr", "data.batch_size=2"])
     metrics = train(cfg)
     assert cfg.model.net._target_.endswith("JointPaperNet") and "train/g_adv" in metrics
-    assert "val/psnr_own_l" not in metrics  # the paper net has no L* of its own: D sees ground-truth L*
+    assert "val/loss_l" not in metrics  # the paper net has no L* of its own: D sees ground-truth L*
 
 
 def test_srgan_leaves_out_the_ema_callback_and_keeps_its_own(compose_cfg):
@@ -325,3 +325,27 @@ def test_srgan_leaves_out_the_ema_callback_and_keeps_its_own(compose_cfg):
     assert not any(isinstance(c, WeightAveraging) for c in build_callbacks(cfg, build_system(cfg)))
     plain = compose_cfg(["debug=tiny", "callbacks=ema"])
     assert any(isinstance(c, WeightAveraging) for c in build_callbacks(plain, build_system(plain)))
+
+
+def test_model_selection_sees_every_output(compose_cfg):
+    """val/loss is the training objective (every term); the best checkpoint and Optuna follow
+    the whole joint output (protocol 2); a GT-L*-guided net, with no own L*, falls back to protocol 1."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from joint_colsr.builders import build_callbacks
+
+    cfg = compose_cfg(["model=sr_only", "debug=tiny", "model.net.blocks=1", "model.l_loss_weight=2.0"])
+    metrics = train(cfg)
+    # sr_only's a*b* are always 0: only the L* term can move val/loss (it used to be the a*b* MSE alone).
+    assert metrics["val/loss_l"] > 0
+    assert metrics["val/loss"] == pytest.approx(metrics["val/loss_ab"] + 2.0 * metrics["val/loss_l"], rel=1e-5)
+    assert metrics["val/psnr_joint"] != pytest.approx(metrics["val/psnr"])  # own L* vs ground-truth L*
+    assert "-psnr" in metrics["best_ckpt"] and not metrics["uses_ground_truth_l"]
+
+    guided = compose_cfg(_overrides("residual_joint_gt", "debug=tiny"))
+    system = build_system(guided)
+    assert system.uses_ground_truth_l and system.selection_metric == "val/psnr"
+    best = [c for c in build_callbacks(guided, system) if isinstance(c, ModelCheckpoint) and c.monitor]
+    assert [c.monitor for c in best] == ["val/psnr"] and "val/psnr_joint" not in best[0].filename
+    blind = build_system(compose_cfg(_overrides("residual_joint", "debug=tiny")))
+    assert not blind.uses_ground_truth_l and blind.selection_metric == "val/psnr_joint"
