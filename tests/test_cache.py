@@ -181,3 +181,20 @@ def test_a_cache_from_before_colour_profiles_were_converted_warns(tmp_path, imag
     index_path.write_text(json.dumps(index))
     ImageCache.open(tmp_path / "c")  # still readable: a warning, not an error
     assert "before embedded colour profiles were converted" in caplog.text
+
+
+def test_cached_validation_views_are_never_enlarged_crops(tiny_coco, tmp_path):
+    from joint_colsr.data.cache import CachedImages
+    from joint_colsr.data.datasets import VALIDATION_VIEWS
+
+    source = CocoSource(str(tiny_coco))
+    build_cache(source, tmp_path / "s", output_size=32, progress=False)
+    val = ImageCache.open(tmp_path / "s").splits["val"]
+    with pytest.raises(ValueError, match="val_size=48"):
+        CachedImages(val, 32, train=False, views=VALIDATION_VIEWS[:6])
+    build_cache(source, tmp_path / "l", output_size=32, progress=False, val_size=48)
+    large = ImageCache.open(tmp_path / "l").splits["val"]
+    views = CachedImages(large, 32, train=False, views=VALIDATION_VIEWS[:6])
+    assert large.size == 48 and views[1]["rgb"].shape == (3, 32, 32)
+    # The 2/3-side views of a 48-pixel image are 32-pixel crops: copied, not resampled.
+    assert torch.equal(views[2]["rgb"], torch.from_numpy(large.image(0)[:, :32, :32].copy()))
