@@ -259,6 +259,9 @@ def _prepare_data_config(cfg: DictConfig) -> None:
         # Sources that split a folder by file: evaluation scores every file.
         if "val_fraction" in cfg.data.get("source", {}):
             cfg.data.source.val_fraction = 1.0
+        # COCO: training validated on a held-out slice of train2017; evaluation scores val2017.
+        if "validation" in cfg.data.get("source", {}):
+            cfg.data.source.validation = "val2017"
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

@@ -133,7 +133,7 @@ def test_flip_only_augmentation_at_the_output_size(tmp_path, image_folder):
 
 
 def test_preprocess_command_then_train_from_the_cache(compose_cfg, tiny_coco, tmp_path):
-    data = ["data=coco", f"data.root={tiny_coco}", "data.num_workers=0", "data.output_size=64", "data.input_size=24"]
+    data = ["data=coco", f"data.root={tiny_coco}", "data.num_workers=0", "data.output_size=64", "data.input_size=24", "data.source.val_images=2"]
     cfg = compose_cfg([*data, f"cache_dir={tmp_path / 'c'}", "progress=false"], config_name="preprocess")
     index = preprocess(cfg)
     assert index["splits"]["train"]["complete"] and index["sizes"] == {"train": 64, "val": 64}
@@ -155,7 +155,7 @@ def test_resume_refuses_a_source_that_lists_other_photos(tmp_path, image_folder)
 
 def test_train_from_the_cache_alone_without_data_root(compose_cfg, tiny_coco, tmp_path):
     # Copy a cache to a machine without COCO: data.root stays unset and nothing under it is needed.
-    data = ["data=coco", "data.num_workers=0", "data.output_size=64", "data.input_size=32"]
+    data = ["data=coco", "data.num_workers=0", "data.output_size=64", "data.input_size=32", "data.source.val_images=2"]
     preprocess(compose_cfg([*data, f"data.root={tiny_coco}", f"cache_dir={tmp_path / 'c'}", "progress=false"], config_name="preprocess"))
     moved = tmp_path / "coco_gone"
     tiny_coco.rename(moved)  # the photos and annotations are gone from where the cache was built
