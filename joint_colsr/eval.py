@@ -251,7 +251,9 @@ def _jsonable(value: Any) -> Any:
 def describe_model(cfg: DictConfig, system: pl.LightningModule) -> str:
     if cfg.get("baseline"):
         return f"baseline={cfg.baseline}"
-    return f"{type(getattr(system, 'net', system)).__name__} ({Path(str(cfg.ckpt_path)).name})"
+    net = getattr(system, "net", system)
+    kind = getattr(net, "training_kind", None)  # cascades: "two-stage" or "end to end"
+    return f"{type(net).__name__}{f' [{kind}]' if kind else ''} ({Path(str(cfg.ckpt_path)).name})"
 
 
 def _prepare_data_config(cfg: DictConfig) -> None:
