@@ -34,7 +34,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf
 
 from joint_colsr import CONFIG_DIR
-from joint_colsr.builders import ConfigError
+from joint_colsr.config_checks import ConfigError
 from joint_colsr.nets.cascade import ORDERS
 
 log = logging.getLogger(__name__)
