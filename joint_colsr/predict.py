@@ -241,6 +241,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if input_size is None or output_size is None:
         raise ConfigError("the model does not say its input_size/output_size (model.net.*)")
     tiler = TiledColorizer(net, Fraction(output_size, input_size), int(cfg.tile_size), int(cfg.tile_overlap), device)
+    # Reference mode degrades as the run did: the checkpoint's L* downscaling unless set here.
+    interpolation = str(cfg.get("lowres_interpolation") or (system.data_task or {}).get("lowres_interpolation") or "bicubic")
     written, failed = 0, []
     for path in tqdm(files, desc=f"predict ({mode})", unit="image"):
         try:
@@ -250,7 +252,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             failed.append(str(path))
             continue
         if mode == "reference":
-            out = reference_prediction(net, rgb, input_size, output_size, str(cfg.get("lowres_interpolation", "bicubic")), device)
+            out = reference_prediction(net, rgb, input_size, output_size, interpolation, device)
         else:
             out = tiler(photo_l_star(rgb))
         target = output_dir / path.relative_to(input_dir).with_suffix(".png")

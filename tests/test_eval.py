@@ -115,3 +115,23 @@ def test_labelled_source_gives_supercategory_breakdown(tmp_path, image_folder):
 def test_bad_eval_configs_fail_at_startup(tmp_path, overrides, match):
     with pytest.raises(ConfigError, match=match):
         _run(tmp_path, overrides)
+
+
+def test_eval_reproduces_the_runs_degradation_from_the_checkpoint_alone(tmp_path):
+    """A run trained on area-downscaled L* is scored on area-downscaled L*, from a checkpoint
+    copied out of its run folder, with eval's defaults (bicubic) on the command line."""
+    import shutil
+
+    from joint_colsr.train import train
+
+    run = tmp_path / "run"
+    trained = train(compose_config("train", ["debug=tiny", "logger=none", "data.lowres_interpolation=area", "+data.min_side=20"],
+                                   output_dir=run))
+    alone = tmp_path / "copied" / "model.ckpt"
+    alone.parent.mkdir()
+    shutil.copy(run / "checkpoints" / "last.ckpt", alone)
+    cfg = compose_config("eval", [*FAST, f"ckpt_path={alone}"], output_dir=tmp_path / "eval")
+    assert cfg.data.lowres_interpolation == "bicubic"
+    metrics = evaluate(cfg)
+    assert cfg.data.lowres_interpolation == "area" and cfg.data.min_side == 20
+    assert metrics["psnr"] == pytest.approx(trained["val/psnr"], abs=1e-4)

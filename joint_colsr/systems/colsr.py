@@ -22,7 +22,7 @@ from joint_colsr.metrics import colorization_psnr
 SYSTEM_CLASS_KEY = "system_class"
 DATA_TASK_KEY = "data_task"
 #: The data module attributes that define the task (what eval / predict must reproduce).
-DATA_TASK_FIELDS = ("input_size", "output_size", "lowres_interpolation", "with_labels")
+DATA_TASK_FIELDS = ("input_size", "output_size", "lowres_interpolation", "with_labels", "filters")
 
 
 def uses_ground_truth_l(net: nn.Module) -> bool:
