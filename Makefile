@@ -9,7 +9,7 @@ ARGS ?=
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast bench clean sweep-section4 sweep-variants sweep-seeds sweep-optuna cascade-colorize-first cascade-upscale-first
+.PHONY: help install train test test-fast bench clean sweep-section4 sweep-variants sweep-seeds sweep-optuna cascade-colorize-first cascade-upscale-first compare
 
 help: ## show this help
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-15s %s\n", $$1, $$2}'
@@ -51,6 +51,9 @@ cascade-colorize-first: $(STAMP) ## the paper's cascade: ic_only and sr_only tra
 
 cascade-upscale-first: $(STAMP) ## the same, upscale first
 	$(PY) -m joint_colsr.two_stage order=upscale_first $(ARGS)
+
+compare: $(STAMP) ## joint or cascade? every contender at equal training FLOPs, N seeds, both protocols -> comparison.md/.json/.png
+	$(PY) -m joint_colsr.compare $(ARGS)
 
 bench: $(STAMP) ## measure speed (models, Lightning vs raw loop, fast paths, data); writes benchmarks/results.json and RESULTS.md
 	$(PY) -m joint_colsr.bench $(ARGS)

@@ -1,0 +1,311 @@
+"""Joint or cascade? One command: ``python -m joint_colsr.compare [options]`` (``make compare``).
+
+Trains every contender at **equal training compute**, over several seeds, evaluates each on
+one test set, and writes ``comparison.md``, ``comparison.json`` and ``comparison.png`` into
+``--out``:
+
+* contenders (``--models``): ``joint_paper`` (the paper's joint net), ``residual_joint``
+  (Section IV's net, predicting its own L*), ``cascade_end_to_end`` (``model=cascade``:
+  colorizer + upscaler trained together), ``two_stage_colorize_first`` and
+  ``two_stage_upscale_first`` (``python -m joint_colsr.two_stage``: the paper's cascade, two
+  networks trained separately) and ``ic_only`` (IC-only + bicubic L*);
+* budget: the training FLOPs of ``--budget-steps`` steps of the reference model
+  (``--reference``, the joint net), counted with ``torch.utils.flop_counter`` on one
+  forward + backward pass; every run trains for as many steps as that budget buys it
+  (``trainer.max_steps``), a two-stage cascade half of it per stage. Wall time
+  (``fit_seconds``) is recorded too;
+* per model and metric: mean and 95 % Student-t confidence interval over the seeds, in
+  both protocols (``psnr``: ground-truth L*, ``psnr_joint``: the model's own L*), plus
+  ``psnr_y`` and SSIM;
+* per model: the paired per-image difference against the reference (same photos, same
+  seed; averaged over seeds per photo) with a bootstrap 95 % interval over photos, and per
+  COCO supercategory when the test set has them;
+* a model fed the ground-truth L* would be marked "GT-L* guided" (none of the contenders is).
+
+Every stage is the suite's own command (``train``, ``two_stage``, ``eval``), run as a
+subprocess with ``--train`` overrides (data, trainer, debug) and ``--eval`` overrides (the
+test set). The tiny form (seconds per run)::
+
+    python -m joint_colsr.compare --seeds 0 1 --budget-steps 2 --train debug=tiny --eval data.val_views=1
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import logging
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from hydra import compose, initialize_config_dir
+from hydra.core.global_hydra import GlobalHydra
+from torch.utils.flop_counter import FlopCounterMode
+
+from joint_colsr import CONFIG_DIR
+from joint_colsr.hydra_callbacks import GUIDED_MARK, confidence_interval
+
+log = logging.getLogger(__name__)
+
+#: Contender -> how it is trained: ``("train", overrides)`` or ``("two_stage", order)``.
+CONTENDERS: dict[str, tuple[str, Any]] = {
+    "joint_paper": ("train", ["model=joint_paper"]),
+    "residual_joint": ("train", ["model=residual_joint"]),
+    "cascade_end_to_end": ("train", ["model=cascade"]),
+    "two_stage_colorize_first": ("two_stage", "colorize_first"),
+    "two_stage_upscale_first": ("two_stage", "upscale_first"),
+    "ic_only": ("train", ["model=ic_only"]),
+}
+#: Metrics compared (per image in ``per_image.csv``).
+METRICS = ("psnr", "psnr_joint", "ssim", "ssim_joint", "psnr_y")
+
+
+def _compose_train(overrides: list[str]):
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        return compose(config_name="train", overrides=overrides)
+
+
+def training_flops_per_sample(overrides: list[str]) -> int:
+    """FLOPs of one training forward + backward pass of one sample of the configured model
+    (a multiply-add counts 2; on the meta device: nothing is computed)."""
+    from joint_colsr.assembly import build_system
+
+    cfg = _compose_train(overrides)
+    net = build_system(cfg).net.to("meta").train()
+    r, s = int(cfg.data.input_size), int(cfg.data.output_size)
+    kwargs = {"l_highres": torch.zeros(1, 1, s, s, device="meta")} if getattr(net, "needs_l_highres", False) else {}
+    with FlopCounterMode(display=False) as counter:
+        out = net(torch.zeros(1, 1, r, r, device="meta"), **kwargs)
+        outputs = [out] if isinstance(out, torch.Tensor) else [v for v in out.values() if v.requires_grad]
+        if outputs:
+            sum(v.float().pow(2).mean() for v in outputs).backward()
+    return int(counter.get_total_flops())
+
+
+def _run(module: str, args: list[str]) -> None:
+    cmd = [sys.executable, "-m", module, *args]
+    log.info("compare: %s", " ".join(cmd))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(CONFIG_DIR).parent), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(f"compare: {' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}")
+
+
+def _steps(budget: float, flops_per_sample: int, batch_size: int) -> int:
+    return max(1, int(round(budget / (flops_per_sample * batch_size))))
+
+
+def train_contender(name: str, seed: int, run_dir: Path, train: list[str], budget: float, batch_size: int) -> dict[str, Any]:
+    """Train one contender at the budget; ``{"ckpt", "steps", "train_flops", "fit_seconds"}``."""
+    kind, spec = CONTENDERS[name]
+    budget_args = ["trainer.max_epochs=-1"]  # trainer.max_steps ends the run
+    if kind == "train":
+        overrides = [*spec, *train]
+        steps = _steps(budget, training_flops_per_sample(overrides), batch_size)
+        _run("joint_colsr.train", [*overrides, f"seed={seed}", *budget_args, f"++trainer.max_steps={steps}",
+                                   f"hydra.run.dir={run_dir}"])
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        return {"ckpt": str(run_dir / "checkpoints" / "last.ckpt"), "steps": steps,
+                "train_flops": float(steps * batch_size * training_flops_per_sample(overrides)),
+                "fit_seconds": metrics.get("fit_seconds")}
+    # two-stage: half the budget per stage
+    c_over, u_over = ["model=ic_only", *train], ["model=sr_only", *train]
+    c_steps = _steps(budget / 2, training_flops_per_sample(c_over), batch_size)
+    u_steps = _steps(budget / 2, training_flops_per_sample(u_over), batch_size)
+    quoted = lambda items: "[" + ",".join(json.dumps(i) for i in items) + "]"  # noqa: E731
+    _run("joint_colsr.two_stage", [f"order={spec}", f"seed={seed}", f"overrides={quoted([*train, *budget_args])}",
+                                   f"colorizer_overrides={quoted([f'++trainer.max_steps={c_steps}'])}",
+                                   f"upscaler_overrides={quoted([f'++trainer.max_steps={u_steps}'])}",
+                                   f"hydra.run.dir={run_dir}"])
+    record = json.loads((run_dir / "two_stage.json").read_text())
+    stages = record["stage_metrics"]
+    flops = (c_steps * training_flops_per_sample(c_over) + u_steps * training_flops_per_sample(u_over)) * batch_size
+    return {"ckpt": record["cascade"], "steps": [c_steps, u_steps], "train_flops": float(flops),
+            "fit_seconds": sum(float(stages[s].get("fit_seconds") or 0) for s in ("colorizer", "upscaler"))}
+
+
+def _read_per_image(path: Path) -> dict[str, dict[str, Any]]:
+    rows = {}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            rows[row["key"]] = {k: (float(row[k]) if row.get(k) not in (None, "") else None) for k in METRICS} | {
+                "supercategories": [s for s in row.get("supercategories", "").split(";") if s]}
+    return rows
+
+
+def bootstrap_ci(values: np.ndarray, n: int = 10000, seed: int = 0, level: float = 0.95) -> dict[str, float]:
+    """Mean of ``values`` and a percentile bootstrap interval of it (``n`` resamples, seeded)."""
+    rng = np.random.default_rng(seed)
+    means = values[rng.integers(0, len(values), size=(n, len(values)))].mean(axis=1)
+    lo, hi = np.quantile(means, [(1 - level) / 2, (1 + level) / 2])
+    return {"n": int(len(values)), "mean": float(values.mean()), "ci_low": float(lo), "ci_high": float(hi)}
+
+
+def paired_differences(model: dict[int, dict], reference: dict[int, dict], metric: str) -> dict[str, Any] | None:
+    """Per-image ``model - reference`` of ``metric`` (same seed, same photo), averaged over
+    seeds per photo, with a bootstrap CI over photos; per supercategory where there are any."""
+    per_photo: dict[str, list[float]] = {}
+    groups: dict[str, list[str]] = {}
+    for seed, rows in model.items():
+        ref = reference.get(seed, {})
+        for key, row in rows.items():
+            if key in ref and row[metric] is not None and ref[key][metric] is not None:
+                if math.isfinite(row[metric]) and math.isfinite(ref[key][metric]):
+                    per_photo.setdefault(key, []).append(row[metric] - ref[key][metric])
+                    groups[key] = row["supercategories"]
+    if not per_photo:
+        return None
+    keys = sorted(per_photo)
+    diffs = np.array([np.mean(per_photo[k]) for k in keys])
+    out: dict[str, Any] = bootstrap_ci(diffs)
+    supers = sorted({s for k in keys for s in groups[k]})
+    if supers:
+        out["by_supercategory"] = {s: bootstrap_ci(np.array([d for k, d in zip(keys, diffs) if s in groups[k]])) for s in supers}
+    return out
+
+
+def summarize(results: dict[str, dict[int, dict]], reference: str) -> dict[str, Any]:
+    """Per model: metric means over seeds with CIs, paired differences against ``reference``."""
+    out: dict[str, Any] = {}
+    for name, seeds in results.items():
+        entry: dict[str, Any] = {"uses_ground_truth_l": any(s["metrics"].get("uses_ground_truth_l") for s in seeds.values()),
+                                 "seeds": sorted(seeds), "metrics": {}, "paired_vs_reference": {}}
+        for metric in METRICS:
+            values = [s["metrics"].get(metric) for s in seeds.values()]
+            if all(isinstance(v, (int, float)) and math.isfinite(v) for v in values):
+                entry["metrics"][metric] = confidence_interval([float(v) for v in values])
+        for key in ("train_flops", "fit_seconds"):
+            values = [float(s["train"][key]) for s in seeds.values() if s["train"].get(key) is not None]
+            entry[key] = float(np.mean(values)) if values else None
+        entry["steps"] = [s["train"]["steps"] for s in seeds.values()]
+        if name != reference and reference in results:
+            per_image = {seed: s["per_image"] for seed, s in seeds.items()}
+            ref_images = {seed: s["per_image"] for seed, s in results[reference].items()}
+            for metric in METRICS:
+                diff = paired_differences(per_image, ref_images, metric)
+                if diff is not None:
+                    entry["paired_vs_reference"][metric] = diff
+        out[name] = entry
+    return out
+
+
+def _fmt_ci(stats: dict[str, Any] | None) -> str:
+    if not stats:
+        return ""
+    ci = stats.get("ci95")
+    return f"{stats['mean']:.3f}" + (f" +- {ci:.3f}" if ci is not None else "")
+
+
+def markdown(summary: dict[str, Any], reference: str, args: argparse.Namespace) -> str:
+    lines = [
+        "# Joint or cascade?", "",
+        f"Seeds {args.seeds}; training budget: the FLOPs of {args.budget_steps} steps of `{reference}` "
+        f"({summary[reference]['train_flops'] / 1e9:.1f} GFLOP per run) for every model (two-stage cascades: half per stage; "
+        "whole steps, at least one); "
+        f"train overrides `{' '.join(args.train) or '(none)'}`; test set `{' '.join(args.eval) or 'data=samples (validation photos)'}`.",
+        "", "Mean +- 95 % CI (Student t) over seeds. PSNR (GT L*) is protocol 1, PSNR (own L*) protocol 2 (the joint task).", "",
+        "| model | steps | GFLOP | fit s | PSNR (GT L*) | PSNR (own L*) | SSIM (own L*) | Y-PSNR |",
+        "| --- | --- | ---: | ---: | --- | --- | --- | --- |",
+    ]
+    for name, e in summary.items():
+        label = f"{name} ({GUIDED_MARK})" if e["uses_ground_truth_l"] else name
+        m = e["metrics"]
+        lines.append(f"| {label} | {e['steps'][0]} | {e['train_flops'] / 1e9:.1f} | {e['fit_seconds'] or 0:.0f} | "
+                     f"{_fmt_ci(m.get('psnr'))} | {_fmt_ci(m.get('psnr_joint'))} | {_fmt_ci(m.get('ssim_joint'))} | {_fmt_ci(m.get('psnr_y'))} |")
+    lines += ["", f"## Paired per-image difference against `{reference}` (bootstrap 95 % CI over photos)", "",
+              "| model | metric | photos | mean | 95 % CI |", "| --- | --- | ---: | ---: | --- |"]
+    for name, e in summary.items():
+        for metric, d in e["paired_vs_reference"].items():
+            lines.append(f"| {name} | {metric} | {d['n']} | {d['mean']:+.3f} | [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] |")
+    supers = [(n, m, d["by_supercategory"]) for n, e in summary.items() for m, d in e["paired_vs_reference"].items()
+              if "by_supercategory" in d and m == "psnr_joint"]
+    if supers:
+        lines += ["", "## psnr_joint difference per COCO supercategory", "", "| model | supercategory | photos | mean | 95 % CI |",
+                  "| --- | --- | ---: | ---: | --- |"]
+        for name, _, groups in supers:
+            for group, d in groups.items():
+                lines.append(f"| {name} | {group} | {d['n']} | {d['mean']:+.3f} | [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] |")
+    if any(e["uses_ground_truth_l"] for e in summary.values()):
+        lines += ["", f"{GUIDED_MARK}: fed the ground-truth L*; not comparable with the blind models."]
+    return "\n".join(lines) + "\n"
+
+
+def plot(summary: dict[str, Any], path: Path, metric: str = "psnr_joint") -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    names = [n for n, e in summary.items() if metric in e["metrics"]]
+    means = [summary[n]["metrics"][metric]["mean"] for n in names]
+    errs = [summary[n]["metrics"][metric]["ci95"] or 0.0 for n in names]
+    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
+    ax.bar(range(len(names)), means, yerr=errs, capsize=4, color="#4477aa")
+    ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    ax.set_ylabel(f"{metric} (dB), mean +- 95 % CI")
+    if means:
+        ax.set_ylim(min(means) - 1.0, max(means) + 1.0)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
+def compare(args: argparse.Namespace) -> dict[str, Any]:
+    unknown = [m for m in args.models if m not in CONTENDERS]
+    if unknown or args.reference not in args.models:
+        raise SystemExit(f"--models must be among {list(CONTENDERS)} and include --reference ({args.reference}); got {args.models}")
+    out = Path(args.out).expanduser().absolute()
+    out.mkdir(parents=True, exist_ok=True)
+    kind, spec = CONTENDERS[args.reference]
+    ref_overrides = [*spec, *args.train]
+    batch_size = int(_compose_train(ref_overrides).data.batch_size)
+    budget = float(args.budget_steps * batch_size * training_flops_per_sample(ref_overrides))
+    results: dict[str, dict[int, dict]] = {}
+    for name in args.models:
+        for seed in args.seeds:
+            run_dir = out / name / f"seed{seed}"
+            trained = train_contender(name, seed, run_dir, list(args.train), budget, batch_size)
+            _run("joint_colsr.eval", [f"ckpt_path={trained['ckpt']}", *args.eval, f"hydra.run.dir={run_dir / 'eval'}"])
+            results.setdefault(name, {})[seed] = {
+                "train": trained,
+                "metrics": json.loads((run_dir / "eval" / "metrics.json").read_text()),
+                "per_image": _read_per_image(run_dir / "eval" / "per_image.csv"),
+            }
+    summary = summarize(results, args.reference)
+    report = {"reference": args.reference, "seeds": list(args.seeds), "budget_flops": budget, "budget_steps": args.budget_steps,
+              "train_overrides": list(args.train), "eval_overrides": list(args.eval), "models": summary}
+    (out / "comparison.json").write_text(json.dumps(report, indent=2) + "\n")
+    (out / "comparison.md").write_text(markdown(summary, args.reference, args))
+    plot(summary, out / "comparison.png")
+    print(f"comparison of {len(args.models)} models x {len(args.seeds)} seeds: {out / 'comparison.md'}")
+    return report
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(CONTENDERS), help=f"contenders (default: all of {list(CONTENDERS)})")
+    parser.add_argument("--reference", default="joint_paper", help="the joint net every model is paired against")
+    parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    parser.add_argument("--budget-steps", type=int, default=60, help="training steps of the reference model that set the FLOP budget")
+    parser.add_argument("--train", nargs="*", default=[], help="Hydra overrides for every training run (data, trainer, debug)")
+    parser.add_argument("--eval", nargs="*", default=[], help="Hydra overrides of eval: the test set (e.g. data=folder data.root=DIR)")
+    parser.add_argument("--out", default="outputs/compare", help="output folder")
+    return parser.parse_args(argv)
+
+
+def main(argv: list[str] | None = None) -> dict[str, Any]:
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    return compare(parse_args(argv))
+
+
+if __name__ == "__main__":
+    main()
