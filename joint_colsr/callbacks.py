@@ -202,9 +202,17 @@ class EMA(EMAWeightAveraging):
         self._kwargs.pop("avg_fn", None)  # unpicklable, and EMAModel does the averaging
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Built here, before the strategy places the module, because a resumed checkpoint is
+        # loaded into the average before ``on_fit_start``; placed on the module's device there.
         if stage == "fit":
             device = self._device or pl_module.device
             self._average_model = EMAModel(pl_module, decay=self.decay, device=device, use_buffers=self._use_buffers)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The module is on its device now (and in its memory layout): the average follows it,
+        # with any state already loaded from a checkpoint. An explicit ``device`` is kept.
+        if self._average_model is not None and self._device is None:
+            self._average_model.place_like(pl_module)
 
 
 def images_to_channels_last(batch: Any) -> Any:
