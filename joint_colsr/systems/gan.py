@@ -202,10 +202,10 @@ class GANSystem(ColSRSystem):
 
         if self.hparams.scheduler_interval == "step":
             self._step_schedulers()
-        self.log("train/loss", g["loss"], prog_bar=True, batch_size=n)
+        self.log("train/loss", g["loss"], batch_size=n)  # no prog_bar: see ColSRSystem._log_train_losses
         for name, value in {**g, **d}.items():
             if name != "loss":
-                self.log(f"train/{name}", value, prog_bar=name in ("d_real", "d_fake"), batch_size=n)
+                self.log(f"train/{name}", value, batch_size=n)
         self._count_skipped(batch)
 
     def on_train_epoch_end(self) -> None:
