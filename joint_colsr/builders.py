@@ -86,6 +86,8 @@ def check_config(cfg: DictConfig) -> None:
     matmul = _get(cfg, "speed.float32_matmul_precision")
     if matmul not in (None, "highest", "high", "medium"):
         raise ConfigError(f"speed.float32_matmul_precision must be null, highest, high or medium, got {matmul!r}")
+    if _get(cfg, "speed.sync_debug") not in (None, "warn", "error"):
+        raise ConfigError(f"speed.sync_debug must be null, warn or error, got {_get(cfg, 'speed.sync_debug')!r}")
     mode = _get(cfg, "speed.compile_mode")
     if mode not in COMPILE_MODES:
         raise ConfigError(f"speed.compile_mode must be one of {list(COMPILE_MODES)}, got {mode!r}")
@@ -282,6 +284,10 @@ def build_callbacks(cfg: DictConfig, system: pl.LightningModule | None = None) -
         callbacks = [c for c in callbacks if not isinstance(c, WeightAveraging)]
     if _get(cfg, "speed.channels_last"):
         callbacks.append(ChannelsLast())
+    if _get(cfg, "speed.sync_debug"):
+        from joint_colsr.syncs import SyncDebug
+
+        callbacks.append(SyncDebug(_get(cfg, "speed.sync_debug")))
     return callbacks
 
 

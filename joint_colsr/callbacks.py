@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from joint_colsr.averaging import EMAModel
 from joint_colsr.checkpointing import checkpoint_paths
+from joint_colsr.syncs import is_logging_batch
 from joint_colsr.viz import colorization_rows, make_grid, save_png
 
 log = logging.getLogger(__name__)
@@ -77,7 +78,7 @@ class ProgressBar(TQDMProgressBar):
         self._shown: dict[str, float] = {}
 
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
-        if trainer._logger_connector.should_update_logs:  # Lightning's own test for a logging step
+        if is_logging_batch(trainer):
             logged = trainer.callback_metrics
             self._shown.update({k: float(logged[k]) for k in self.keys if k in logged})
         super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)

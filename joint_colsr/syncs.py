@@ -9,18 +9,23 @@ work of the step (hooks, a few hundred kernel launches) unoverlapped with the de
 that *would* block on CUDA, with the training step it happened in and where it came from.
 The optimizer's own code is left out: torch's optimizers keep their step counters on the
 CPU (``capturable=False``) and read them there, which costs no sync on a GPU.
-:func:`sync_debug_mode` is the GPU-side check (``speed.sync_debug=warn|error``).
+:class:`SyncDebug` is the GPU-side check (``speed.sync_debug=warn|error``): CUDA's own sync
+debug mode over the training batches that should not sync.
 """
 
 from __future__ import annotations
 
 import contextlib
+import logging
 import sys
 from dataclasses import dataclass, field
 from typing import Any, Callable, Iterator
 
 import torch
+from lightning.pytorch import Callback
 from torch.overrides import TorchFunctionMode
+
+log = logging.getLogger(__name__)
 
 #: Tensor methods that read a device value back to the host (each one a sync on CUDA).
 HOST_READS = {
@@ -111,7 +116,7 @@ def sync_debug_mode(mode: str | None) -> Iterator[None]:
     """``torch.cuda.set_sync_debug_mode`` for the block: ``warn`` prints, ``error`` raises, at
     every synchronizing CUDA call. Off (``None``/``off``) or without CUDA it does nothing."""
     if mode not in (None, *SYNC_DEBUG_MODES):
-        raise ValueError(f"speed.sync_debug must be null, off, warn or error, got {mode!r}")
+        raise ValueError(f"sync debug mode must be null, off, warn or error, got {mode!r}")
     if mode in (None, "off") or not torch.cuda.is_available():
         yield
         return
@@ -121,3 +126,44 @@ def sync_debug_mode(mode: str | None) -> Iterator[None]:
         yield
     finally:
         torch.cuda.set_sync_debug_mode(previous)
+
+
+def is_logging_batch(trainer: Any) -> bool:
+    """Whether Lightning reads the logged values back after this training batch (every
+    ``trainer.log_every_n_steps`` optimizer steps; Lightning's own test)."""
+    return bool(trainer._logger_connector.should_update_logs)
+
+
+class SyncDebug(Callback):
+    """``speed.sync_debug=warn|error``: CUDA's sync debug mode over the training batches that
+    should make no host sync (all but the first and the logging batches), from the batch's
+    start to its end (forward, backward, optimizer step, the callbacks' batch hooks).
+
+    ``warn`` prints a warning with a stack at each synchronizing CUDA call; ``error`` raises
+    there. Without CUDA it does nothing (it says so once). Start-up, logging steps, validation
+    and checkpoints read values on purpose and run with the mode off.
+    """
+
+    def __init__(self, mode: str = "warn") -> None:
+        if mode not in ("warn", "error"):
+            raise ValueError(f"speed.sync_debug must be null, warn or error, got {mode!r}")
+        self.mode = mode
+        self._active = False
+
+    def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        if not torch.cuda.is_available():
+            log.warning("speed.sync_debug=%s does nothing without CUDA (use tests/test_host_syncs.py's recorder on CPU)", self.mode)
+
+    def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
+        first = trainer.fit_loop.epoch_loop.batch_progress.total.ready <= 1
+        if torch.cuda.is_available() and not first and not is_logging_batch(trainer):
+            torch.cuda.set_sync_debug_mode(self.mode)
+            self._active = True
+
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if self._active:
+            torch.cuda.set_sync_debug_mode(0)
+            self._active = False
+
+    def on_exception(self, trainer: Any, pl_module: Any, exception: BaseException) -> None:
+        self.on_train_batch_end(trainer, pl_module, None, None, 0)

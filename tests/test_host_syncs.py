@@ -85,8 +85,20 @@ def test_nan_check_auto_reads_at_logging_steps_on_accelerators():
 
 
 def test_sync_debug_mode_checks_its_value_and_is_a_no_op_without_cuda():
-    with pytest.raises(ValueError, match="speed.sync_debug"):
+    with pytest.raises(ValueError, match="sync debug mode"):
         with sync_debug_mode("loud"):
             pass
     with sync_debug_mode("error"):  # no CUDA here: nothing to set, nothing raised
         pass
+
+
+def test_speed_sync_debug_adds_the_callback_and_checks_its_value(compose_cfg):
+    from joint_colsr.builders import ConfigError, build_callbacks, check_config
+    from joint_colsr.syncs import SyncDebug
+
+    cfg = compose_cfg(["debug=tiny", "speed.sync_debug=error"])
+    check_config(cfg)
+    assert [c.mode for c in build_callbacks(cfg) if isinstance(c, SyncDebug)] == ["error"]
+    assert not any(isinstance(c, SyncDebug) for c in build_callbacks(compose_cfg(["debug=tiny"])))
+    with pytest.raises(ConfigError, match="speed.sync_debug"):
+        check_config(compose_cfg(["debug=tiny", "speed.sync_debug=loud"]))
