@@ -245,17 +245,76 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
     return datamodule
 
 
-def build_system(cfg: DictConfig) -> pl.LightningModule:
+def build_system(cfg: DictConfig, startup_checks: bool = False) -> pl.LightningModule:
+    """The configured LightningModule; ``startup_checks`` runs :func:`check_model_output` and
+    :func:`check_deterministic` on the plain net first.
+
+    With ``speed.compile`` the net is compiled last, with static shapes (``dynamic=False``):
+    the checks run the plain net, so the training graph is compiled once, for the
+    training batch (an eval graph is compiled for validation; a different batch size, such as
+    a last partial validation batch, compiles its own static graph once).
+    """
     # Not recursive: the system receives the net/optimizer *configs* and builds them itself.
     system = instantiate(cfg.model, _recursive_=False)
     if _get(cfg, "speed.channels_last"):
         # Also done by the ChannelsLast callback (which converts the batches) at setup; here it
         # covers systems used without a Trainer.
         system.to(memory_format=torch.channels_last)
+    if startup_checks:
+        check_model_output(system, cfg)
+        check_deterministic(system, cfg)
     if _get(cfg, "speed.compile"):
         # In place (nn.Module.compile): parameter names and checkpoints stay those of the plain net.
-        system.net.compile(mode=_get(cfg, "speed.compile_mode"))
+        system.net.compile(mode=_get(cfg, "speed.compile_mode"), dynamic=False)
     return system
+
+
+def runs_on_cuda(cfg: DictConfig) -> bool:
+    """Whether the configured trainer will run on CUDA GPUs here (``trainer.accelerator``)."""
+    from joint_colsr.resolvers import on_gpu
+
+    return bool(torch.cuda.is_available() and on_gpu(_get(cfg, "trainer.accelerator") or "auto", True, False))
+
+
+def probe_deterministic(net: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device | str) -> None:
+    """One forward and backward of a copy of ``net`` on ``device`` with
+    ``torch.use_deterministic_algorithms(True)``; a ``ConfigError`` names the first op that has
+    no deterministic kernel there, and the fix. The process-wide setting is restored."""
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what Lightning sets for deterministic=true
+    was, was_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    probe = copy.deepcopy(net).to(device).train()
+    torch.use_deterministic_algorithms(True)
+    try:
+        inputs = {k: v.to(device) for k, v in batch.items()}
+        kwargs = {"l_highres": inputs["l_highres"]} if getattr(probe, "needs_l_highres", False) else {}
+        out = probe(inputs["l_lowres"], **kwargs)
+        out = out["ab"] if isinstance(out, dict) else out
+        out.float().square().mean().backward()
+    except RuntimeError as err:
+        if "deterministic" not in str(err):
+            raise
+        op = str(err).split(" does not have a deterministic implementation")[0].strip()
+        raise ConfigError(
+            f"trainer.deterministic=true cannot run this model on {torch.device(device).type}: {op} has no deterministic "
+            "kernel there (bilinear/bicubic upsampling and adaptive/area pooling on the gradient path have none on CUDA). "
+            "Fix: trainer.deterministic=warn (the same kernels, a warning; runs then differ in the last bits), or a "
+            "net that upsamples with nearest or pixel shuffle (e.g. model.net.upsample_mode=nearest)."
+        ) from None
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=was_warn)
+        del probe
+
+
+def check_deterministic(system: pl.LightningModule, cfg: DictConfig) -> None:
+    """With ``trainer.deterministic=true`` on CUDA, fail at start-up (not mid-epoch) when an op
+    of the net has no deterministic CUDA kernel (:func:`probe_deterministic`). Else nothing."""
+    if _get(cfg, "trainer.deterministic") is not True or not runs_on_cuda(cfg):
+        return
+    r, s = int(cfg.data.input_size), int(cfg.data.output_size)
+    batch = {"l_lowres": torch.rand(2, 1, r, r) * 2 - 1, "l_highres": torch.rand(2, 1, s, s) * 2 - 1}
+    probe_deterministic(system.net, batch, "cuda")
 
 
 def _instantiate_group(group: DictConfig | None, kind: str) -> list[Any]:
@@ -302,7 +361,12 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback] | None = None, l
         from lightning.pytorch.callbacks import LearningRateMonitor
 
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    overrides: dict[str, Any] = {}
+    if _get(cfg, "trainer.deterministic") is True and _get(cfg, "trainer.benchmark"):
+        # cuDNN's autotuner picks kernels by timing (trainer=gpu turns it on): no determinism with it.
+        log.info("trainer.deterministic=true: cuDNN autotuning (trainer.benchmark) turned off")
+        overrides["benchmark"] = False
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
 
 
 # -- trained models and baselines for eval / predict ------------------------------------------

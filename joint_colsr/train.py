@@ -28,7 +28,6 @@ from joint_colsr.builders import (
     build_system,
     build_trainer,
     check_config,
-    check_model_output,
     resolved_config,
     start_run,
 )
@@ -53,8 +52,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_ddp_launch(cfg)
     output_dir = start_run(cfg)
 
-    system = build_system(cfg)
-    check_model_output(system, cfg)  # before any data is read
+    system = build_system(cfg, startup_checks=True)  # output size (and determinism on CUDA) before any data is read
     datamodule = build_datamodule(cfg)
     callbacks = build_callbacks(cfg, system)
     loggers = build_loggers(cfg)
