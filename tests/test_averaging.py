@@ -166,7 +166,7 @@ def test_in_a_real_fit_the_average_matches_the_module_device_and_layout(tmp_path
 def test_gan_generator_average_moves_with_the_system(compose_cfg):
     # The GAN keeps its generator EMA as a submodule (not a callback): wherever the strategy
     # places the system, the average goes too, and in the same memory layout.
-    from joint_colsr.builders import build_system
+    from joint_colsr.assembly import build_system
 
     system = build_system(compose_cfg(["model=srgan", "debug=tiny", "model.ema_decay=0.9", "model.net.blocks=1",
                                        "model.discriminator.width_mult=0.0625", "speed.channels_last=true"]))

@@ -93,7 +93,8 @@ def test_sync_debug_mode_checks_its_value_and_is_a_no_op_without_cuda():
 
 
 def test_speed_sync_debug_adds_the_callback_and_checks_its_value(compose_cfg):
-    from joint_colsr.builders import ConfigError, build_callbacks, check_config
+    from joint_colsr.assembly import build_callbacks
+    from joint_colsr.config_checks import ConfigError, check_config
     from joint_colsr.syncs import SyncDebug
 
     cfg = compose_cfg(["debug=tiny", "speed.sync_debug=error"])
