@@ -78,7 +78,7 @@ SETTINGS: dict[str, dict[str, Any]] = {
         "lightning": {"width_mult": 1.0, "batch_size": 160, "warmup": 5, "steps": 30, "repeats": 5},
         "lightning_small_steps": {"width_mult": 0.0625, "batch_size": 16, "warmup": 5, "steps": 30, "repeats": 5},
         "fast_paths": {"width_mult": 1.0, "batch_size": 160, "warmup": 5, "steps": 20, "repeats": 3},
-        "projection": {"width_mult": 1.0, "batch_size": 160, "warmup": 5, "steps": 20},
+        "projection": {"width_mult": 1.0, "batch_size": 160, "warmup": 5, "steps": 40},  # warm-up raised past the prefetch depth
     },
     "cpu": {
         "width_mult": 0.25, "batch_sizes": [2, 8], "warmup": 1, "steps": 3, "max_seconds": 10.0,
