@@ -55,7 +55,11 @@ def _between_logging_steps(per_batch: dict[int, list]) -> dict[int, list]:
     # The suite's default callbacks (with the EMA) under trainer=gpu; the NaN check as
     # check_every_n_steps=auto resolves on a GPU.
     ["trainer=gpu", f"callbacks.stop_on_non_finite.check_every_n_steps={LOG_EVERY}"],
-], ids=["paper", "trainer_gpu"])
+    # The GAN (manual optimization, two optimizer steps per batch, its own generator EMA);
+    # float32 because CPUs lack bf16 antialiased bicubic.
+    ["trainer=gpu", "trainer.precision=32-true", "model=srgan", "model.net.blocks=1", "model.discriminator.width_mult=0.0625",
+     "model.ema_decay=0.9", f"callbacks.stop_on_non_finite.check_every_n_steps={LOG_EVERY}"],
+], ids=["paper", "trainer_gpu", "trainer_gpu_srgan"])
 def test_no_host_sync_between_logging_steps(overrides, compose_cfg, monkeypatch):
     per_batch = _reads_per_batch(compose_cfg([*overrides, *TINY]), monkeypatch)
     assert _between_logging_steps(per_batch) == {}
