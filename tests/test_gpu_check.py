@@ -28,7 +28,7 @@ def test_synthetic_cache_is_a_cache_the_data_module_trains_from(tmp_path):
     from joint_colsr.data import ColSRDataModule
     from joint_colsr.data.cache import ImageCache
 
-    root = write_synthetic_cache(tmp_path / "cache", train_images=10, val_images=3, size=32, shard_size=4)
+    root = write_synthetic_cache(tmp_path / "cache", train_images=10, val_images=3, size=32, shard_size=16)
     cache = ImageCache.open(root, verify="full")
     assert (len(cache.splits["train"]), len(cache.splits["val"])) == (10, 3)
     dm = ColSRDataModule(source=None, root=None, cache=str(root), batch_size=4, num_workers=0, input_size=8, output_size=32)
