@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from joint_colsr.callbacks import ChannelsLast
-from joint_colsr.config_checks import ConfigError, cache_only, instantiate, select
+from joint_colsr.config_checks import ConfigError, cache_only, check_deterministic, check_model_output, instantiate, select
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +57,27 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
     return datamodule
 
 
-def build_system(cfg: DictConfig) -> pl.LightningModule:
+def build_system(cfg: DictConfig, startup_checks: bool = False) -> pl.LightningModule:
+    """The configured LightningModule; ``startup_checks`` runs :func:`check_model_output` and
+    :func:`check_deterministic` on the plain net first.
+
+    With ``speed.compile`` the net is compiled last, with static shapes (``dynamic=False``):
+    the checks run the plain net, so the training graph is compiled once, for the training
+    batch (validation compiles an eval graph; another batch size, such as a last partial
+    validation batch, compiles its own static graph once).
+    """
     # Not recursive: the system receives the net/optimizer *configs* and builds them itself.
     system = instantiate(cfg.model, _recursive_=False)
     if select(cfg, "speed.channels_last"):
         # Also done by the ChannelsLast callback (which converts the batches) at setup; here it
         # covers systems used without a Trainer.
         system.to(memory_format=torch.channels_last)
+    if startup_checks:
+        check_model_output(system, cfg)
+        check_deterministic(system, cfg)
     if select(cfg, "speed.compile"):
         # In place (nn.Module.compile): parameter names and checkpoints stay those of the plain net.
-        system.net.compile(mode=select(cfg, "speed.compile_mode"))
+        system.net.compile(mode=select(cfg, "speed.compile_mode"), dynamic=False)
     return system
 
 
@@ -98,6 +109,10 @@ def build_callbacks(cfg: DictConfig, system: pl.LightningModule | None = None) -
         _select_on(callbacks, "val/psnr_joint", system.selection_metric)
     if select(cfg, "speed.channels_last"):
         callbacks.append(ChannelsLast())
+    if select(cfg, "speed.sync_debug"):
+        from joint_colsr.syncs import SyncDebug
+
+        callbacks.append(SyncDebug(select(cfg, "speed.sync_debug")))
     return callbacks
 
 
@@ -124,7 +139,12 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback] | None = None, l
         from lightning.pytorch.callbacks import LearningRateMonitor
 
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    overrides: dict[str, Any] = {}
+    if select(cfg, "trainer.deterministic") is True and select(cfg, "trainer.benchmark"):
+        # cuDNN's autotuner picks kernels by timing (trainer=gpu turns it on): no determinism with it.
+        log.info("trainer.deterministic=true: cuDNN autotuning (trainer.benchmark) turned off")
+        overrides["benchmark"] = False
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
 
 
 

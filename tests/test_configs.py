@@ -90,3 +90,18 @@ def test_missing_data_root_fails_before_reading_data(tmp_path):
     result = _cli("data=folder", f"data.root={tmp_path / 'missing'}")
     assert result.returncode != 0
     assert "missing" in result.stderr and "expected a folder holding image files" in result.stderr
+
+
+def test_trainer_ddp_keeps_the_gpu_recipe_on_gpus_and_float32_on_cpus(compose_cfg):
+    from omegaconf import OmegaConf
+
+    gpu = compose_cfg(["experiment=paper", "trainer=ddp", "trainer.accelerator=gpu"]).trainer
+    assert (gpu.precision, gpu.benchmark, gpu.strategy) == ("bf16-mixed", True, "ddp")
+    reference = compose_cfg(["experiment=paper"]).trainer  # the paper recipe runs under trainer=gpu
+    assert {k: gpu[k] for k in reference if k not in ("accelerator", "devices")} == \
+        {k: reference[k] for k in reference if k not in ("accelerator", "devices")}
+    cpu = compose_cfg(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]).trainer
+    assert (cpu.precision, cpu.benchmark) == ("32-true", False)
+    # auto follows CUDA's presence, as Lightning's own choice does (no CUDA in tests).
+    auto = OmegaConf.to_container(compose_cfg(["trainer=ddp"]).trainer, resolve=True)
+    assert auto["precision"] == "32-true" and auto["benchmark"] is False

@@ -96,12 +96,14 @@ class ColSRSystem(pl.LightningModule):
              "l_loss_weight": l_loss_weight, "classification_loss_weight": classification_loss_weight}
         )
         self.net = instantiate(net)
-        self.val_loss = MeanMetric()
-        self.val_loss_ab = MeanMetric()
-        self.val_psnr = MeanMetric()
-        self.val_psnr_gray = MeanMetric()
-        self.val_loss_l = MeanMetric()
-        self.val_psnr_joint = MeanMetric()
+        # nan_strategy="disable": MeanMetric's default checks every update for NaN with a host
+        # read (a GPU sync per batch and metric); a NaN shows in the epoch's mean anyway.
+        self.val_loss = MeanMetric(nan_strategy="disable")
+        self.val_loss_ab = MeanMetric(nan_strategy="disable")
+        self.val_psnr = MeanMetric(nan_strategy="disable")
+        self.val_psnr_gray = MeanMetric(nan_strategy="disable")
+        self.val_loss_l = MeanMetric(nan_strategy="disable")
+        self.val_psnr_joint = MeanMetric(nan_strategy="disable")
         self._skipped_in_epoch: Tensor | None = None
         #: First validation batch of the epoch, kept on CPU for the image-grid callback.
         self.val_examples: dict[str, Tensor] | None = None
@@ -252,7 +254,9 @@ class ColSRSystem(pl.LightningModule):
 
     def _log_train_losses(self, losses: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> None:
         n = batch["l_lowres"].shape[0]
-        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=n)
+        # Not prog_bar=True: Lightning reads progress-bar values back every batch (a GPU sync);
+        # joint_colsr.callbacks.ProgressBar shows the value read at logging steps instead.
+        self.log("train/loss", losses["loss"], batch_size=n)
         if len(losses) > 2:  # more than one term: log each
             for name, value in losses.items():
                 if name != "loss":
