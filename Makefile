@@ -9,7 +9,7 @@ ARGS ?=
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast bench clean sweep-section4 sweep-variants sweep-seeds sweep-optuna
+.PHONY: help install train test test-fast bench clean sweep-section4 sweep-variants sweep-seeds sweep-optuna slurm-local slurm-local-down
 
 help: ## show this help
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-15s %s\n", $$1, $$2}'
@@ -45,6 +45,15 @@ sweep-seeds: $(STAMP) ## 5 seeds of one config; sweep_summary.md gives 95% confi
 
 sweep-optuna: $(STAMP) ## Optuna search over learning rate and width, maximizing val/psnr
 	PYTHON=$(PY) experiments/optuna.sh $(ARGS)
+
+# A one-node SLURM cluster on this machine (root; Debian: apt-get install slurm-wlm munge),
+# to try hydra/launcher=slurm (docs/sweeps.md). State, logs and slurm.conf: $(SLURM_LOCAL_DIR).
+SLURM_LOCAL_DIR ?= /tmp/joint_colsr-slurm
+slurm-local: ## start a one-node SLURM cluster here (root); then export SLURM_CONF as it prints
+	$(PYTHON) -m joint_colsr.slurm_local up --dir $(SLURM_LOCAL_DIR)
+
+slurm-local-down: ## cancel its jobs and stop its daemons
+	$(PYTHON) -m joint_colsr.slurm_local down --dir $(SLURM_LOCAL_DIR)
 
 bench: $(STAMP) ## measure speed (models, Lightning vs raw loop, fast paths, data); writes benchmarks/results.json and RESULTS.md
 	$(PY) -m joint_colsr.bench $(ARGS)

@@ -54,9 +54,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             fs.rm(path, recursive=True)
 
 
+def resume_checkpoint_path(output_dir: str | os.PathLike) -> Path:
+    """``<run dir>/checkpoints/last.ckpt``: where the last checkpoint goes and resuming looks."""
+    return Path(output_dir) / "checkpoints" / "last.ckpt"
+
+
 def find_resume_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     """The run directory's ``checkpoints/last.ckpt`` if it exists and loads, else ``None``."""
-    last = Path(output_dir) / "checkpoints" / "last.ckpt"
+    last = resume_checkpoint_path(output_dir)
     if not last.is_file():
         return None
     try:

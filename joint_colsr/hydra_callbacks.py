@@ -11,6 +11,8 @@
   (an explicit ``logger.wandb.name`` / ``group`` still wins).
 * :func:`check_ddp_launch` refuses Lightning's script-relaunching ``ddp`` inside a local
   multirun, where each child process would start the whole sweep again.
+* The ``slurm_*`` OmegaConf resolvers size a SLURM job from the trainer and data configs
+  (``conf/hydra/launcher/slurm.yaml``); they are registered when this module is imported.
 
 Both callbacks are registered in ``conf/hydra/default.yaml``. Callbacks run in the
 process that runs the job (a submitit or joblib worker included), so everything they
@@ -62,6 +64,17 @@ def _numeric_metrics(job_dir: Path) -> dict[str, float]:
     except (OSError, ValueError):
         return {}
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def _scheduler_job() -> dict[str, str]:
+    """Inside a submitit job (``hydra/launcher=slurm`` / ``submitit_local``): the job id and
+    the log files of this task, where a job's output and a crash outside Python end up."""
+    if "SUBMITIT_EXECUTOR" not in os.environ:
+        return {}
+    import submitit
+
+    env = submitit.JobEnvironment()
+    return {"scheduler_job_id": env.job_id, "log_out": str(env.paths.stdout), "log_err": str(env.paths.stderr)}
 
 
 @contextmanager
@@ -126,8 +139,11 @@ def _markdown(summary: dict[str, Any]) -> str:
     ]
     for job in summary["jobs"]:
         m = job["metrics"]
+        error = (job["error"] or "").replace("|", "/").replace("\n", " ")
+        if error and job.get("log_err"):
+            error += f" (job {job['scheduler_job_id']}; log: {job['log_err']})"
         cells = [job["num"], job["status"], " ".join(job["overrides"]), m.get("val/psnr", ""), m.get("val/psnr_gray", ""),
-                 m.get("fit_seconds", ""), (job["error"] or "").replace("|", "/").replace("\n", " ")]
+                 m.get("fit_seconds", ""), error]
         lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
     multi = [g for g in summary["over_seeds"] if len(g["jobs"]) > 1 and "val/psnr" in g["metrics"]]
     if multi:
@@ -178,6 +194,7 @@ class SweepSummary(Callback):
             "return_value": None,
             "metrics": _numeric_metrics(job_dir),
             "error": None,
+            **_scheduler_job(),
         }
         try:
             value = job_return.return_value  # a failed job's exception is raised here
@@ -278,3 +295,49 @@ def check_ddp_launch(cfg: DictConfig) -> None:
         "re-running the whole sweep command. Use trainer.strategy=ddp_spawn for local sweeps, or "
         "hydra/launcher=submitit_slurm (tasks_per_node = trainer.devices) on a cluster."
     )
+
+
+# -- SLURM job size from the run's config (conf/hydra/launcher/slurm.yaml) --------------------
+
+
+def slurm_tasks_per_node(devices: Any, accelerator: Any = "auto") -> int:
+    """``--ntasks-per-node`` for ``trainer.devices``: srun starts one process per device and
+    Lightning requires the two to match. ``auto`` / ``-1`` on CPUs is one process; on GPUs
+    it cannot be known on the submitting machine (often a login node without GPUs).
+
+    Raises:
+        ValueError: ``devices`` is ``auto`` / ``-1`` and the accelerator may be a GPU.
+    """
+    if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
+        return len(devices)
+    text = str(devices).strip()
+    if text.lstrip("-").isdigit() and int(text) >= 1:
+        return int(text)
+    if str(accelerator) == "cpu":
+        return 1
+    raise ValueError(
+        f"hydra/launcher=slurm: trainer.devices={devices} with trainer.accelerator={accelerator} cannot size the job: "
+        "the GPUs of a compute node are not visible where the sweep is submitted. Set trainer.devices=N "
+        "(the GPUs per node; SLURM then starts N tasks per node) or trainer.accelerator=cpu."
+    )
+
+
+def slurm_gpus_per_node(devices: Any, accelerator: Any = "auto") -> int | None:
+    """``--gpus-per-node``: one per task, none when the trainer runs on CPUs."""
+    if str(accelerator) == "cpu":
+        return None
+    return slurm_tasks_per_node(devices, accelerator)
+
+
+def slurm_cpus_per_task(num_workers: Any) -> int:
+    """``--cpus-per-task``: the training process plus one per data-loading worker."""
+    return 1 + max(int(num_workers or 0), 0)
+
+
+def _register_resolvers() -> None:
+    for name, fn in (("slurm_tasks_per_node", slurm_tasks_per_node), ("slurm_gpus_per_node", slurm_gpus_per_node),
+                     ("slurm_cpus_per_task", slurm_cpus_per_task)):
+        OmegaConf.register_new_resolver(name, fn, replace=True)
+
+
+_register_resolvers()
