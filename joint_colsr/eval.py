@@ -23,7 +23,6 @@ The run directory receives:
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 from collections import defaultdict
@@ -37,16 +36,11 @@ from omegaconf import DictConfig, open_dict
 from torch import Tensor
 
 from joint_colsr import CONFIG_DIR
-from joint_colsr.builders import (
-    ConfigError,
-    build_datamodule,
-    build_eval_system,
-    build_trainer,
-    check_config,
-    run_system,
-    start_run,
-)
+from joint_colsr.assembly import build_datamodule, build_eval_system, build_trainer, start_run
+from joint_colsr.config_checks import ConfigError, check_config
 from joint_colsr.metrics import PER_IMAGE_METRICS, colorization_psnr, image_metrics, summarize, upscale_l
+from joint_colsr.outputs import print_run_summary, write_json
+from joint_colsr.systems import run_system
 from joint_colsr.viz import evaluation_row, make_grid, save_png
 
 log = logging.getLogger(__name__)
@@ -205,14 +199,6 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
-
-
 def describe_model(cfg: DictConfig, system: pl.LightningModule) -> str:
     if cfg.get("baseline"):
         return f"baseline={cfg.baseline}"
@@ -267,7 +253,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 def write_outputs(output_dir: Path, metrics: dict[str, Any], rows: list[dict[str, Any]], evaluator: Evaluator, crop: int) -> None:
-    (output_dir / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2, sort_keys=True) + "\n")
+    write_json(output_dir / "metrics.json", metrics)
 
     header = ["model", "images", *TABLE_COLUMNS.values()]
     md = ["# Evaluation", "", f"data: `{metrics['data']}`" + (f" (`{metrics['data_root']}`)" if metrics.get("data_root") else "")
@@ -297,12 +283,11 @@ def write_outputs(output_dir: Path, metrics: dict[str, Any], rows: list[dict[str
 
 
 def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
-    print(f"Run directory: {output_dir}")
-    print(
+    print_run_summary(output_dir, [
         f"{metrics['model']} on {metrics['num_images']} images of '{metrics['data']}': "
         f"PSNR {metrics['psnr']:.2f} dB (GT L*), {metrics['psnr_joint']:.2f} dB (own L*), "
         f"gray {metrics['psnr_gray']:.2f} dB; SSIM {metrics['ssim']:.4f}; tables in {output_dir / 'metrics.md'}"
-    )
+    ])
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")

@@ -16,7 +16,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from joint_colsr import CONFIG_DIR
-from joint_colsr.builders import ConfigError, build_datamodule
+from joint_colsr.assembly import build_datamodule
+from joint_colsr.config_checks import ConfigError
 from joint_colsr.data.cache import ImageCache, build_cache, summarize
 
 log = logging.getLogger(__name__)

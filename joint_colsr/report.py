@@ -27,7 +27,7 @@ import yaml
 from omegaconf import DictConfig
 
 from joint_colsr import CONFIG_DIR
-from joint_colsr.builders import ConfigError
+from joint_colsr.config_checks import ConfigError
 from joint_colsr.eval import markdown_table
 
 log = logging.getLogger(__name__)

@@ -6,9 +6,7 @@ the checkpoint of the last epoch is ``<run dir>/checkpoints/last.ckpt``.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import time
 from pathlib import Path
 from typing import Any
@@ -21,30 +19,22 @@ from lightning.pytorch.loggers import WandbLogger
 from omegaconf import DictConfig
 
 from joint_colsr import CONFIG_DIR
-from joint_colsr.builders import (
+from joint_colsr.assembly import (
     build_callbacks,
     build_datamodule,
     build_loggers,
     build_system,
     build_trainer,
-    check_config,
-    check_model_output,
     resolved_config,
     start_run,
 )
 from joint_colsr.checkpointing import checkpoint_paths, find_resume_checkpoint
+from joint_colsr.config_checks import check_config, check_model_output
 from joint_colsr.hydra_callbacks import check_ddp_launch
 from joint_colsr.nets import count_parameters
+from joint_colsr.outputs import jsonable, print_run_summary, write_json
 
 log = logging.getLogger(__name__)
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -77,7 +67,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         raise
     elapsed = time.perf_counter() - start
 
-    metrics: dict[str, Any] = {k: _jsonable(v) for k, v in trainer.callback_metrics.items()}
+    metrics: dict[str, Any] = {k: jsonable(v) for k, v in trainer.callback_metrics.items()}
     metrics.update(
         epochs=trainer.current_epoch,
         global_step=trainer.global_step,
@@ -88,7 +78,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         metrics.update(checkpoint_paths(trainer))
         _steps_from_spawned_ranks(metrics, output_dir)
     if trainer.is_global_zero:
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+        write_json(output_dir / "metrics.json", metrics)
         _print_summary(metrics, output_dir)
     _finish_wandb(trainer, metrics, exit_code=0)
     return metrics
@@ -127,7 +117,7 @@ def _finish_wandb(trainer: pl.Trainer, summary: dict[str, Any], exit_code: int) 
 
 def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
     psnr, gray = metrics.get("val/psnr"), metrics.get("val/psnr_gray")
-    lines = [f"Run directory: {output_dir}"]
+    lines = []
     if isinstance(psnr, float) and isinstance(gray, float):
         lines.append(
             f"Validation PSNR (GT L* + predicted a*b*, 8-bit sRGB): {psnr:.2f} dB | "
@@ -136,8 +126,7 @@ def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
     grid = output_dir / "images" / "val_latest.png"
     if grid.exists():
         lines.append(f"Validation grid: {grid}")
-    for line in lines:
-        print(line)
+    print_run_summary(output_dir, lines)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")

@@ -5,7 +5,8 @@ import sys
 
 import pytest
 
-from joint_colsr.builders import ConfigError, build_datamodule, build_system, check_config, resolved_config
+from joint_colsr.assembly import build_datamodule, build_system, resolved_config
+from joint_colsr.config_checks import ConfigError, check_config
 
 from .conftest import CONF_DIR, REPO
 

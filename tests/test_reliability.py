@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from joint_colsr.builders import ConfigError, check_config, check_model_output, build_system
+from joint_colsr.assembly import build_system
 from joint_colsr.callbacks import NonFiniteLossError, StopOnNonFinite
 from joint_colsr.checkpointing import AtomicCheckpointIO, find_resume_checkpoint
+from joint_colsr.config_checks import ConfigError, check_config, check_model_output
 from joint_colsr.train import train
 
 from .conftest import REPO
