@@ -31,6 +31,7 @@ import logging
 import os
 import signal
 import subprocess
+import time
 from pathlib import Path
 from types import FrameType
 from typing import Any
@@ -42,6 +43,10 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from joint_colsr.checkpointing import resume_checkpoint_path
 
 log = logging.getLogger(__name__)
+
+#: How long ranks other than 0 wait for SLURM to end them after rank 0 requeued the job
+#: (SLURM sends SIGTERM, which submitit ignores, then SIGKILL after its KillWait).
+REQUEUE_WAIT_S = 120.0
 
 
 def _submitit_signal() -> signal.Signals | None:
@@ -62,12 +67,16 @@ def slurm_job_id() -> str:
 class RequeueOnSlurmSignal(pl.Callback):
     """Checkpoint-and-requeue on SLURM's warning signal; does nothing outside SLURM.
 
-    With several ranks the decision is taken together after each training step (one
-    1-element all-reduce per step, like Lightning's own SIGTERM check), so all ranks stop
-    after the same step.
+    Args:
+        sync_every_n_steps: with several ranks, how often they decide together (a 1-element
+            all-reduce and a host read) whether one of them got the signal, so that all stop
+            after the same step. One process decides after every step at no cost.
     """
 
-    def __init__(self) -> None:
+    def __init__(self, sync_every_n_steps: int = 10) -> None:
+        if sync_every_n_steps < 1:
+            raise ValueError(f"sync_every_n_steps must be >= 1, got {sync_every_n_steps}")
+        self.sync_every_n_steps = sync_every_n_steps
         self.requested: signal.Signals | None = None
         self._previous: dict[signal.Signals, Any] = {}
 
@@ -96,6 +105,8 @@ class RequeueOnSlurmSignal(pl.Callback):
             return
         requested = self.requested is not None
         if trainer.world_size > 1:
+            if trainer.global_step % self.sync_every_n_steps:
+                return
             requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
         if not requested:
             return
@@ -110,17 +121,25 @@ class RequeueOnSlurmSignal(pl.Callback):
         trainer.save_checkpoint(path)  # collective; rank 0 writes
         trainer.strategy.barrier("requeue")
         log.warning("%s received: wrote %s at step %d; requeueing", sig.name, path, trainer.global_step)
-        self._requeue_and_exit(sig, trainer.is_global_zero)
+        self._requeue_and_exit(sig, trainer)
 
-    def _requeue_and_exit(self, sig: signal.Signals, is_global_zero: bool) -> None:
+    def _requeue_and_exit(self, sig: signal.Signals, trainer: pl.Trainer) -> None:
         previous = self._previous.get(sig)
         if callable(previous):
-            previous(sig, None)  # submitit: resubmits the same job and exits on rank 0
-        elif is_global_zero:
-            job = slurm_job_id()
-            done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
-            if done.returncode != 0:
-                log.error("scontrol requeue %s failed: %s", job, done.stderr.strip())
+            # submitit's handler: on rank 0 it resubmits the job and exits; on the others it
+            # does nothing. They wait for the requeue to end them: exiting first would break
+            # rank 0's connections while it is still requeueing.
+            previous(sig, None)
+            deadline = time.monotonic() + REQUEUE_WAIT_S
+            while time.monotonic() < deadline:
+                time.sleep(0.5)
+        else:
+            if trainer.is_global_zero:
+                job = slurm_job_id()
+                done = subprocess.run(["scontrol", "requeue", job], capture_output=True, text=True)
+                if done.returncode != 0:
+                    log.error("scontrol requeue %s failed: %s", job, done.stderr.strip())
+            trainer.strategy.barrier("requeued")
         raise SystemExit(f"requeued after {sig.name}")
 
     def teardown(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
