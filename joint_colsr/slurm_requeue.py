@@ -110,7 +110,7 @@ class RequeueOnSlurmSignal(pl.Callback):
             requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
         if not requested:
             return
-        sig = self.requested or signal.SIGUSR1  # a rank that has not seen it yet follows the others
+        sig = self.requested or _submitit_signal() or signal.SIGUSR1  # a rank yet to see it follows the others
         path = resume_checkpoint_path(trainer.default_root_dir)
         for callback in trainer.checkpoint_callbacks:
             # The ModelCheckpoint whose last.ckpt this is records it as its own: resumed, it
@@ -124,12 +124,19 @@ class RequeueOnSlurmSignal(pl.Callback):
         self._requeue_and_exit(sig, trainer)
 
     def _requeue_and_exit(self, sig: signal.Signals, trainer: pl.Trainer) -> None:
-        previous = self._previous.get(sig)
-        if callable(previous):
-            # submitit's handler: on rank 0 it resubmits the job and exits; on the others it
-            # does nothing. They wait for the requeue to end them: exiting first would break
-            # rank 0's connections while it is still requeueing.
-            previous(sig, None)
+        # The requeue ends this job with SIGTERM to each of its processes. A data-loading
+        # worker that dies of it before this process has exited must not turn the exit into
+        # a training error (PyTorch's SIGCHLD handler raises "DataLoader worker ... killed").
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
+        # The path depends on the job (submitit or not), never on which signal a rank saw:
+        # every rank must take the same one.
+        submitit_sig = _submitit_signal()
+        submitit_handler = self._previous.get(submitit_sig) if submitit_sig is not None else None
+        if callable(submitit_handler):
+            # On rank 0 it resubmits the job (or raises once max_num_timeout is spent) and
+            # exits; on the others it does nothing. They wait for the requeue to end them:
+            # exiting first would break rank 0's connections while it is still requeueing.
+            submitit_handler(submitit_sig, None)
             deadline = time.monotonic() + REQUEUE_WAIT_S
             while time.monotonic() < deadline:
                 time.sleep(0.5)
