@@ -19,8 +19,6 @@ import torch
 from ._cli import output_tail, run_train
 from .conftest import REPO
 
-pytestmark = pytest.mark.slow
-
 LAUNCHER = ["hydra/launcher=slurm"]
 
 
@@ -43,6 +41,7 @@ def test_local_cluster_is_this_machine(slurm_cluster):
     assert "ProctrackType=proctrack/linuxproc" in slurm_cluster.conf.read_text()
 
 
+@pytest.mark.slow
 def test_sweep_through_sbatch_reports_the_failed_job(slurm_cluster, tmp_path):
     """Job 0 fails on purpose (batch size 0); job 1 trains; both went through sbatch."""
     sweep_dir = tmp_path / "sweep"
@@ -69,6 +68,7 @@ def test_sweep_through_sbatch_reports_the_failed_job(slurm_cluster, tmp_path):
     assert not slurm_cluster.jobs(), "jobs left in the queue"
 
 
+@pytest.mark.slow
 def test_ddp_two_tasks_under_slurm(slurm_cluster, tmp_path):
     """srun starts 2 tasks; Lightning takes its ranks from SLURM; each epoch is split between
     them with no photo twice; validation metrics are reduced; only rank 0 writes checkpoints."""
@@ -112,6 +112,7 @@ def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
     return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
 
 
+@pytest.mark.slow
 def test_warning_signal_checkpoints_requeues_and_resumes_to_the_same_weights(slurm_cluster, tmp_path):
     """The job pauses after step 3 of 8; SLURM sends it submitit's warning signal (USR2, as
     before a time limit); it writes last.ckpt, submitit requeues it, SLURM restarts it and it
