@@ -11,8 +11,6 @@
   (an explicit ``logger.wandb.name`` / ``group`` still wins).
 * :func:`check_ddp_launch` refuses Lightning's script-relaunching ``ddp`` inside a local
   multirun, where each child process would start the whole sweep again.
-* The ``slurm_*`` OmegaConf resolvers size a SLURM job from the trainer and data configs
-  (``conf/hydra/launcher/slurm.yaml``); they are registered when this module is imported.
 
 Both callbacks are registered in ``conf/hydra/default.yaml``. Callbacks run in the
 process that runs the job (a submitit or joblib worker included), so everything they
@@ -57,14 +55,18 @@ def _is_global_rank_zero() -> bool:
     return all(os.environ.get(k, "0") == "0" for k in ("RANK", "SLURM_PROCID", "LOCAL_RANK"))
 
 
-def _numeric_metrics(job_dir: Path) -> dict[str, float]:
+def _read_metrics(job_dir: Path) -> dict[str, Any]:
     path = job_dir / "metrics.json"
     if not path.exists():
         return {}
     try:
-        metrics = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def _numeric_metrics(job_dir: Path) -> dict[str, float]:
+    metrics = _read_metrics(job_dir)
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
@@ -77,6 +79,15 @@ def _scheduler_job() -> dict[str, str]:
 
     env = submitit.JobEnvironment()
     return {"scheduler_job_id": env.job_id, "log_out": str(env.paths.stdout), "log_err": str(env.paths.stderr)}
+
+
+#: How a sweep summary marks a job whose model is fed the ground-truth L* (never ranked unmarked).
+GUIDED_MARK = "GT-L* guided"
+
+
+def _overrides_cell(job_or_group: dict[str, Any]) -> str:
+    text = " ".join(job_or_group["overrides"]) or "(none)"
+    return f"{text} **[{GUIDED_MARK}]**" if job_or_group.get("uses_ground_truth_l") else text
 
 
 @contextmanager
@@ -120,6 +131,7 @@ def aggregate_over_seeds(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({
             "overrides": list(key),
             "jobs": [m["num"] for m in members],
+            "uses_ground_truth_l": any(m.get("uses_ground_truth_l") for m in members),
             "metrics": {name: confidence_interval([float(m["metrics"][name]) for m in members]) for name in names},
         })
     return out
@@ -135,23 +147,27 @@ def _markdown(summary: dict[str, Any]) -> str:
         "",
         f"{summary['completed']} completed, {summary['failed']} failed, {summary['total']} recorded.",
         "",
-        "| job | status | overrides | val/psnr | val/psnr_gray | fit_seconds | error |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| job | status | overrides | val/psnr | val/psnr_joint | val/psnr_gray | fit_seconds | error |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for job in summary["jobs"]:
         m = job["metrics"]
         error = (job["error"] or "").replace("|", "/").replace("\n", " ")
         if error and job.get("log_err"):
             error += f" (job {job['scheduler_job_id']}; log: {job['log_err']})"
-        cells = [job["num"], job["status"], " ".join(job["overrides"]), m.get("val/psnr", ""), m.get("val/psnr_gray", ""),
-                 m.get("fit_seconds", ""), error]
+        cells = [job["num"], job["status"], _overrides_cell(job), m.get("val/psnr", ""), m.get("val/psnr_joint", ""),
+                 m.get("val/psnr_gray", ""), m.get("fit_seconds", ""), error]
         lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
-    multi = [g for g in summary["over_seeds"] if len(g["jobs"]) > 1 and "val/psnr" in g["metrics"]]
-    if multi:
-        lines += ["", "## val/psnr over seeds (mean +- 95 % CI, Student t)", "", "| overrides | n | mean | std | ci95 |", "| --- | --- | --- | --- | --- |"]
-        for g in multi:
-            s = g["metrics"]["val/psnr"]
-            lines.append(f"| {' '.join(g['overrides']) or '(none)'} | {s['n']} | {s['mean']:.3f} | {s['std']:.3f} | {s['ci95']:.3f} |")
+    for metric in ("val/psnr", "val/psnr_joint"):
+        multi = [g for g in summary["over_seeds"] if len(g["jobs"]) > 1 and metric in g["metrics"]]
+        if multi:
+            lines += ["", f"## {metric} over seeds (mean +- 95 % CI, Student t)", "", "| overrides | n | mean | std | ci95 |",
+                      "| --- | --- | --- | --- | --- |"]
+            for g in multi:
+                s = g["metrics"][metric]
+                lines.append(f"| {_overrides_cell(g)} | {s['n']} | {s['mean']:.3f} | {s['std']:.3f} | {s['ci95']:.3f} |")
+    if any(job.get("uses_ground_truth_l") for job in summary["jobs"]):
+        lines += ["", f"{GUIDED_MARK}: the model is fed the ground-truth high-resolution L*; rank it only beside other guided runs."]
     return "\n".join(lines) + "\n"
 
 
@@ -194,6 +210,7 @@ class SweepSummary(Callback):
             "output_dir": str(job_dir),
             "return_value": None,
             "metrics": _numeric_metrics(job_dir),
+            "uses_ground_truth_l": bool(_read_metrics(job_dir).get("uses_ground_truth_l", False)),
             "error": None,
             **_scheduler_job(),
         }
@@ -296,49 +313,3 @@ def check_ddp_launch(cfg: DictConfig) -> None:
         "re-running the whole sweep command. Use trainer.strategy=ddp_spawn for local sweeps, or "
         "hydra/launcher=submitit_slurm (tasks_per_node = trainer.devices) on a cluster."
     )
-
-
-# -- SLURM job size from the run's config (conf/hydra/launcher/slurm.yaml) --------------------
-
-
-def slurm_tasks_per_node(devices: Any, accelerator: Any = "auto") -> int:
-    """``--ntasks-per-node`` for ``trainer.devices``: srun starts one process per device and
-    Lightning requires the two to match. ``auto`` / ``-1`` on CPUs is one process; on GPUs
-    it cannot be known on the submitting machine (often a login node without GPUs).
-
-    Raises:
-        ValueError: ``devices`` is ``auto`` / ``-1`` and the accelerator may be a GPU.
-    """
-    if OmegaConf.is_list(devices) or isinstance(devices, (list, tuple)):
-        return len(devices)
-    text = str(devices).strip()
-    if text.lstrip("-").isdigit() and int(text) >= 1:
-        return int(text)
-    if str(accelerator) == "cpu":
-        return 1
-    raise ValueError(
-        f"hydra/launcher=slurm: trainer.devices={devices} with trainer.accelerator={accelerator} cannot size the job: "
-        "the GPUs of a compute node are not visible where the sweep is submitted. Set trainer.devices=N "
-        "(the GPUs per node; SLURM then starts N tasks per node) or trainer.accelerator=cpu."
-    )
-
-
-def slurm_gpus_per_node(devices: Any, accelerator: Any = "auto") -> int | None:
-    """``--gpus-per-node``: one per task, none when the trainer runs on CPUs."""
-    if str(accelerator) == "cpu":
-        return None
-    return slurm_tasks_per_node(devices, accelerator)
-
-
-def slurm_cpus_per_task(num_workers: Any) -> int:
-    """``--cpus-per-task``: the training process plus one per data-loading worker."""
-    return 1 + max(int(num_workers or 0), 0)
-
-
-def _register_resolvers() -> None:
-    for name, fn in (("slurm_tasks_per_node", slurm_tasks_per_node), ("slurm_gpus_per_node", slurm_gpus_per_node),
-                     ("slurm_cpus_per_task", slurm_cpus_per_task)):
-        OmegaConf.register_new_resolver(name, fn, replace=True)
-
-
-_register_resolvers()
