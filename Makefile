@@ -9,7 +9,7 @@ ARGS ?=
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast bench gpu-check wheelhouse clean sweep-section4 sweep-variants sweep-seeds sweep-optuna
+.PHONY: help install train test test-fast bench gpu-check wheelhouse clean sweep-section4 sweep-variants sweep-seeds sweep-optuna cascade-colorize-first cascade-upscale-first
 
 help: ## show this help
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-15s %s\n", $$1, $$2}'
@@ -43,8 +43,14 @@ sweep-variants: $(STAMP) ## every model variant at an equal training budget (joi
 sweep-seeds: $(STAMP) ## 5 seeds of one config; sweep_summary.md gives 95% confidence intervals
 	PYTHON=$(PY) experiments/seeds.sh $(ARGS)
 
-sweep-optuna: $(STAMP) ## Optuna search over learning rate and width, maximizing val/psnr
+sweep-optuna: $(STAMP) ## Optuna search over learning rate and width, maximizing val/psnr_joint
 	PYTHON=$(PY) experiments/optuna.sh $(ARGS)
+
+cascade-colorize-first: $(STAMP) ## the paper's cascade: ic_only and sr_only trained separately, composed frozen (colorize first)
+	$(PY) -m joint_colsr.two_stage order=colorize_first $(ARGS)
+
+cascade-upscale-first: $(STAMP) ## the same, upscale first
+	$(PY) -m joint_colsr.two_stage order=upscale_first $(ARGS)
 
 bench: $(STAMP) ## measure speed (models, Lightning vs raw loop, fast paths, data); writes benchmarks/results.json and RESULTS.md
 	$(PY) -m joint_colsr.bench $(ARGS)

@@ -105,6 +105,8 @@ def build_callbacks(cfg: DictConfig, system: pl.LightningModule | None = None) -
         if dropped:
             log.info("%s averages its own weights: leaving out %s", type(system).__name__, ", ".join(dropped))
         callbacks = [c for c in callbacks if not isinstance(c, WeightAveraging)]
+    if system is not None and getattr(system, "uses_ground_truth_l", False):
+        _select_on(callbacks, "val/psnr_joint", system.selection_metric)
     if select(cfg, "speed.channels_last"):
         callbacks.append(ChannelsLast())
     if select(cfg, "speed.sync_debug"):
@@ -112,6 +114,18 @@ def build_callbacks(cfg: DictConfig, system: pl.LightningModule | None = None) -
 
         callbacks.append(SyncDebug(select(cfg, "speed.sync_debug")))
     return callbacks
+
+
+def _select_on(callbacks: list[pl.Callback], wanted: str, available: str) -> None:
+    """Checkpoints that monitor ``wanted`` (protocol 2) monitor ``available`` instead: a
+    GT-L*-guided net has no own L*, so it logs no ``val/psnr_joint``."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    for cb in callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.monitor == wanted:
+            log.info("the net is GT-L* guided (no own L*): the best checkpoint is chosen by %s", available)
+            cb.monitor = available
+            cb.filename = cb.filename.replace(wanted, available) if cb.filename else cb.filename
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
@@ -165,13 +179,22 @@ def build_eval_system(cfg: DictConfig) -> pl.LightningModule:
         system = ColSRSystem.from_checkpoint(path, map_location="cpu", inference=True)
     except ValueError as err:
         raise ConfigError(f"ckpt_path={ckpt_path}: {err}") from None
-    task = system.data_task or {}
-    for key, current in (("input_size", in_size), ("output_size", out_size)):
-        trained = task.get(key)
-        if trained is None or select(cfg, "data") is None:
-            continue
-        if current is not None and trained != int(current):
-            log.warning("data.%s=%s -> %s: the checkpoint's network was trained at %s", key, current, trained, trained)
-        with open_dict(cfg):
-            cfg.data[key] = trained
+    apply_data_task(cfg, system.data_task or {})
     return system
+
+
+def apply_data_task(cfg: DictConfig, task: dict[str, Any]) -> None:
+    """Reproduce the run's degradation in ``cfg.data`` from the checkpoint's data task: the
+    sizes, how L* was downscaled (``lowres_interpolation``) and the photo filters
+    (``exclude_grayscale``, ``min_side``, ``max_aspect``). A checkpoint copied out of its run
+    folder is so scored on the inputs it was trained on; a value that changes is logged."""
+    if select(cfg, "data") is None:
+        return
+    wanted = {k: task[k] for k in ("input_size", "output_size", "lowres_interpolation") if task.get(k) is not None}
+    wanted.update(task.get("filters") or {})
+    with open_dict(cfg):
+        for key, trained in wanted.items():
+            current = cfg.data.get(key)
+            if current is not None and current != trained:
+                log.warning("data.%s=%s -> %s: the checkpoint was trained with %s", key, current, trained, trained)
+            cfg.data[key] = trained

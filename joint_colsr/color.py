@@ -50,8 +50,10 @@ __all__ = [
     "normalize_ab",
     "normalize_l",
     "quantize_uint8",
+    "resize_bicubic",
     "rgb_to_lab",
     "rgb_uint8_to_lab_batch",
+    "upscale_l",
 ]
 
 
@@ -279,3 +281,45 @@ class RgbToLabBatch(nn.Module):
 
     def forward(self, rgb_uint8: Tensor) -> LabBatch:
         return rgb_uint8_to_lab_batch(rgb_uint8, self.input_size, self.lowres_interpolation)
+
+
+def resize_bicubic(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """The suite's one bicubic resize: PIL's and MATLAB's ``imresize`` kernel (a = -0.5, antialiased).
+
+    Every bicubic resize of an image in the suite goes through here: the networks' input
+    residual and L* guide, the ``bicubic`` baseline, the "own L*" of nets without one, the
+    figures and ``predict``. So an untrained residual net and the bicubic baseline deliver
+    the same L* and the same Y-PSNR, and "super-resolution gain" never measures a kernel.
+
+    torch's ``antialias=True`` bicubic is PIL's filter (measured: at most 7e-5 apart on the
+    0..100 L* scale, up and down); torch's plain ``bicubic`` is OpenCV's (a = -0.75), up to
+    10 L* units away. It stays differentiable and runs on the tensor's device.
+
+    Args:
+        x: ``(B, C, H, W)`` float tensor (any channels; the dtype is kept).
+        size: output ``(H', W')``.
+
+    Returns:
+        ``(B, C, H', W')``; ``x`` itself when it already has that size. Not clamped (bicubic
+        overshoots slightly at edges).
+    """
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bicubic", align_corners=False, antialias=True)
+
+
+def upscale_l(l_lowres: Tensor, size: tuple[int, int]) -> Tensor:
+    """Normalized L* resized by :func:`resize_bicubic` in float32, clamped to [-1, 1].
+
+    The L* a model delivers when it predicts none (the bicubic baseline, protocol 2 and
+    Y-PSNR of colorize-only nets) and the guide of ``residual_joint`` ``l_source=interpolated``.
+
+    Args:
+        l_lowres: ``(B, 1, r, r)`` normalized L* (in [-1, 1]).
+        size: output ``(H, W)``.
+
+    Returns:
+        ``(B, 1, H, W)`` float32 normalized L* in [-1, 1].
+    """
+    with _no_autocast(l_lowres.device):
+        return resize_bicubic(l_lowres.float(), size).clamp(-1.0, 1.0)

@@ -72,6 +72,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         global_step=trainer.global_step,
         fit_seconds=round(elapsed, 2),
         params=count_parameters(system.net),
+        uses_ground_truth_l=bool(getattr(system, "uses_ground_truth_l", False)),
     )
     if not trainer.fast_dev_run:
         metrics.update(checkpoint_paths(trainer))
@@ -132,6 +133,8 @@ def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     key = cfg.get("optimized_metric")
+    if key == "val/psnr_joint" and metrics.get("uses_ground_truth_l"):
+        key = "val/psnr"  # a GT-L*-guided net has no own L* (ColSRSystem.selection_metric)
     return metrics.get(key) if key else None
 
 

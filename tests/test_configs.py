@@ -44,6 +44,8 @@ def test_paper_experiment_is_the_paper_recipe(compose_cfg):
     assert cfg.trainer.max_epochs == 148
     assert cfg.model.optimizer._target_ == "torch.optim.Adam" and cfg.model.optimizer.lr == 1e-4
     assert cfg.model.scheduler._target_.endswith("ReduceLROnPlateau") and cfg.model.scheduler.factor == 0.75
+    # Section III-A: each whole image downscaled to 256x256, L* to 96x96; no crop, no flip named.
+    assert (cfg.data.output_size, cfg.data.input_size, cfg.data.train_crop, cfg.data.hflip) == (256, 96, "whole", False)
     # COCO is not at /nowhere: start-up fails naming the path and the layout.
     with pytest.raises(FileNotFoundError, match="instances_train2017.json"):
         build_datamodule(cfg)
