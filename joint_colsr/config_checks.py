@@ -145,6 +145,11 @@ def check_config(cfg: DictConfig, groups: tuple[str, ...] = ("data", "model", "t
     mode = select(cfg, "speed.compile_mode")
     if mode not in COMPILE_MODES:
         raise ConfigError(f"speed.compile_mode must be one of {list(COMPILE_MODES)}, got {mode!r}")
+    accelerator = select(cfg, "trainer.accelerator")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available() and not torch.backends.mps.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator} (trainer=gpu) but torch sees no GPU "
+                          f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}): train on the CPU with "
+                          "trainer=cpu (or the default trainer, accelerator=auto), or install a CUDA build of torch")
     if select(cfg, "trainer.use_distributed_sampler"):
         raise ConfigError("trainer.use_distributed_sampler must stay false: the data module shards each epoch itself")
     for group in ("data", "model", "trainer", "callbacks", "logger"):

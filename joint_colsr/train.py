@@ -33,6 +33,7 @@ from joint_colsr.config_checks import ConfigError, check_config, check_model_out
 from joint_colsr.hydra_callbacks import check_ddp_launch
 from joint_colsr.nets import count_parameters
 from joint_colsr.outputs import jsonable, print_run_summary, write_json
+from joint_colsr.systems.colsr import saved_system_class
 
 log = logging.getLogger(__name__)
 
@@ -60,6 +61,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if found is not None:
             log.info("auto_resume: continuing from %s", found)
             ckpt_path = str(found)
+    if ckpt_path is not None:
+        check_resume_system(system, ckpt_path)
     start = time.perf_counter()
     try:
         trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
@@ -83,6 +86,19 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         _print_summary(metrics, output_dir)
     _finish_wandb(trainer, metrics, exit_code=0)
     return metrics
+
+
+def check_resume_system(system: pl.LightningModule, ckpt_path: str) -> None:
+    """A checkpoint resumes only into the system class that wrote it (its weights and
+    optimizer states are that class's): otherwise say which ``model=`` to add."""
+    if not Path(str(ckpt_path)).expanduser().is_file():  # "last", a URL ...: Lightning's to resolve
+        return
+    saved = saved_system_class(ckpt_path).rsplit(".", 1)[-1]
+    built = type(system).__name__
+    if saved != built:
+        hint = " (add model=srgan, or the model= the run was trained with)" if saved == "GANSystem" else \
+            " (add the model= the run was trained with)"
+        raise ConfigError(f"ckpt_path={ckpt_path} was written by a {saved}, but this config builds a {built}{hint}")
 
 
 def _steps_from_spawned_ranks(metrics: dict[str, Any], output_dir: Path) -> None:

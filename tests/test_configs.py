@@ -5,6 +5,7 @@ import subprocess
 import sys
 
 import pytest
+import torch
 
 from joint_colsr.assembly import build_datamodule, build_system, resolved_config
 from joint_colsr.config_checks import ConfigError, check_config
@@ -65,6 +66,8 @@ def test_system_config_builds_and_round_trips(compose_cfg):
         (["data.input_size=300"], r"data.input_size \(300\)"),
         (["data.batch_size=0"], r"data.batch_size"),
         (["trainer.use_distributed_sampler=true"], r"use_distributed_sampler"),
+        pytest.param(["trainer=gpu"], r"trainer=gpu. but torch sees no GPU.*trainer=cpu",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")),
     ],
 )
 def test_bad_configs_fail_at_startup(compose_cfg, overrides, match):
