@@ -9,7 +9,7 @@ ARGS ?=
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast bench clean sweep-section4 sweep-variants sweep-seeds sweep-optuna
+.PHONY: help install train test test-fast bench gpu-check wheelhouse clean sweep-section4 sweep-variants sweep-seeds sweep-optuna cascade-colorize-first cascade-upscale-first
 
 help: ## show this help
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-15s %s\n", $$1, $$2}'
@@ -43,11 +43,29 @@ sweep-variants: $(STAMP) ## every model variant at an equal training budget (joi
 sweep-seeds: $(STAMP) ## 5 seeds of one config; sweep_summary.md gives 95% confidence intervals
 	PYTHON=$(PY) experiments/seeds.sh $(ARGS)
 
-sweep-optuna: $(STAMP) ## Optuna search over learning rate and width, maximizing val/psnr
+sweep-optuna: $(STAMP) ## Optuna search over learning rate and width, maximizing val/psnr_joint
 	PYTHON=$(PY) experiments/optuna.sh $(ARGS)
+
+cascade-colorize-first: $(STAMP) ## the paper's cascade: ic_only and sr_only trained separately, composed frozen (colorize first)
+	$(PY) -m joint_colsr.two_stage order=colorize_first $(ARGS)
+
+cascade-upscale-first: $(STAMP) ## the same, upscale first
+	$(PY) -m joint_colsr.two_stage order=upscale_first $(ARGS)
 
 bench: $(STAMP) ## measure speed (models, Lightning vs raw loop, fast paths, data); writes benchmarks/results.json and RESULTS.md
 	$(PY) -m joint_colsr.bench $(ARGS)
+
+# The GPU check runs where a GPU is, often offline: with the python that has the suite's
+# dependencies (.venv if present, else $(PYTHON); see docs/offline-install.md), never creating a venv.
+GPU_PY = $(if $(wildcard $(PY)),$(PY),$(PYTHON))
+gpu-check: ## ~8 min on one GPU: paper-recipe throughput, syncs/step, EMA device, smoke run, determinism -> benchmarks/gpu-check.json + RESULTS.md
+	$(GPU_PY) -m joint_colsr.bench --gpu-check $(ARGS)
+
+PYTHON_VERSION ?= 3.12
+WHEELHOUSE ?= wheelhouse
+FREEZE ?=
+wheelhouse: $(STAMP) ## wheels for an offline install on a CPython 3.12 (PYTHON_VERSION=) x86-64 Linux node; FREEZE=its pip freeze is left out
+	$(PY) -m joint_colsr.wheelhouse --python-version $(PYTHON_VERSION) --out $(WHEELHOUSE) $(if $(FREEZE),--provided $(FREEZE)) $(ARGS)
 
 clean: ## remove outputs of runs (not the venv)
 	rm -rf outputs multirun .pytest_cache

@@ -20,3 +20,10 @@ def _config_dir() -> str:
 
 #: The Hydra config tree (see :func:`_config_dir`).
 CONFIG_DIR = _config_dir()
+
+try:  # the configs' resolvers (omegaconf is a dependency; a bare GPU node may still lack it)
+    from joint_colsr.resolvers import register as _register_resolvers
+
+    _register_resolvers()
+except ImportError:  # pragma: no cover - reported by the entry point that needs it
+    pass

@@ -18,7 +18,7 @@ import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
 from joint_colsr.callbacks import ChannelsLast, ValidationImageGrid
-from joint_colsr.config_checks import ConfigError, cache_only, instantiate, select
+from joint_colsr.config_checks import ConfigError, cache_only, check_deterministic, check_model_output, instantiate, select
 
 log = logging.getLogger(__name__)
 
@@ -57,16 +57,27 @@ def build_datamodule(cfg: DictConfig) -> pl.LightningDataModule:
     return datamodule
 
 
-def build_system(cfg: DictConfig) -> pl.LightningModule:
+def build_system(cfg: DictConfig, startup_checks: bool = False) -> pl.LightningModule:
+    """The configured LightningModule; ``startup_checks`` runs :func:`check_model_output` and
+    :func:`check_deterministic` on the plain net first.
+
+    With ``speed.compile`` the net is compiled last, with static shapes (``dynamic=False``):
+    the checks run the plain net, so the training graph is compiled once, for the training
+    batch (validation compiles an eval graph; another batch size, such as a last partial
+    validation batch, compiles its own static graph once).
+    """
     # Not recursive: the system receives the net/optimizer *configs* and builds them itself.
     system = instantiate(cfg.model, _recursive_=False)
     if select(cfg, "speed.channels_last"):
         # Also done by the ChannelsLast callback (which converts the batches) at setup; here it
         # covers systems used without a Trainer.
         system.to(memory_format=torch.channels_last)
+    if startup_checks:
+        check_model_output(system, cfg)
+        check_deterministic(system, cfg)
     if select(cfg, "speed.compile"):
         # In place (nn.Module.compile): parameter names and checkpoints stay those of the plain net.
-        system.net.compile(mode=select(cfg, "speed.compile_mode"))
+        system.net.compile(mode=select(cfg, "speed.compile_mode"), dynamic=False)
     return system
 
 
@@ -100,9 +111,27 @@ def build_callbacks(cfg: DictConfig, system: pl.LightningModule | None = None) -
         if dropped:
             log.info("%s averages its own weights: leaving out %s", type(system).__name__, ", ".join(dropped))
         callbacks = [c for c in callbacks if not isinstance(c, WeightAveraging)]
+    if system is not None and getattr(system, "uses_ground_truth_l", False):
+        _select_on(callbacks, "val/psnr_joint", system.selection_metric)
     if select(cfg, "speed.channels_last"):
         callbacks.append(ChannelsLast())
+    if select(cfg, "speed.sync_debug"):
+        from joint_colsr.syncs import SyncDebug
+
+        callbacks.append(SyncDebug(select(cfg, "speed.sync_debug")))
     return callbacks
+
+
+def _select_on(callbacks: list[pl.Callback], wanted: str, available: str) -> None:
+    """Checkpoints that monitor ``wanted`` (protocol 2) monitor ``available`` instead: a
+    GT-L*-guided net has no own L*, so it logs no ``val/psnr_joint``."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    for cb in callbacks:
+        if isinstance(cb, ModelCheckpoint) and cb.monitor == wanted:
+            log.info("the net is GT-L* guided (no own L*): the best checkpoint is chosen by %s", available)
+            cb.monitor = available
+            cb.filename = cb.filename.replace(wanted, available) if cb.filename else cb.filename
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:
@@ -116,7 +145,12 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback] | None = None, l
         from lightning.pytorch.callbacks import LearningRateMonitor
 
         callbacks = [c for c in callbacks if not isinstance(c, LearningRateMonitor)]
-    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False)
+    overrides: dict[str, Any] = {}
+    if select(cfg, "trainer.deterministic") is True and select(cfg, "trainer.benchmark"):
+        # cuDNN's autotuner picks kernels by timing (trainer=gpu turns it on): no determinism with it.
+        log.info("trainer.deterministic=true: cuDNN autotuning (trainer.benchmark) turned off")
+        overrides["benchmark"] = False
+    return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
 
 
 
@@ -151,13 +185,22 @@ def build_eval_system(cfg: DictConfig) -> pl.LightningModule:
         system = ColSRSystem.from_checkpoint(path, map_location="cpu", inference=True)
     except ValueError as err:
         raise ConfigError(f"ckpt_path={ckpt_path}: {err}") from None
-    task = system.data_task or {}
-    for key, current in (("input_size", in_size), ("output_size", out_size)):
-        trained = task.get(key)
-        if trained is None or select(cfg, "data") is None:
-            continue
-        if current is not None and trained != int(current):
-            log.warning("data.%s=%s -> %s: the checkpoint's network was trained at %s", key, current, trained, trained)
-        with open_dict(cfg):
-            cfg.data[key] = trained
+    apply_data_task(cfg, system.data_task or {})
     return system
+
+
+def apply_data_task(cfg: DictConfig, task: dict[str, Any]) -> None:
+    """Reproduce the run's degradation in ``cfg.data`` from the checkpoint's data task: the
+    sizes, how L* was downscaled (``lowres_interpolation``) and the photo filters
+    (``exclude_grayscale``, ``min_side``, ``max_aspect``). A checkpoint copied out of its run
+    folder is so scored on the inputs it was trained on; a value that changes is logged."""
+    if select(cfg, "data") is None:
+        return
+    wanted = {k: task[k] for k in ("input_size", "output_size", "lowres_interpolation") if task.get(k) is not None}
+    wanted.update(task.get("filters") or {})
+    with open_dict(cfg):
+        for key, trained in wanted.items():
+            current = cfg.data.get(key)
+            if current is not None and current != trained:
+                log.warning("data.%s=%s -> %s: the checkpoint was trained with %s", key, current, trained, trained)
+            cfg.data[key] = trained

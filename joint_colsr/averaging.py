@@ -46,6 +46,27 @@ class EMAModel(AveragedModel):
         self.decay = float(decay)
         self._updates_on_host: int | None = 0  # None: unknown (just loaded); read once
 
+    @torch.no_grad()
+    def place_like(self, model: nn.Module) -> "EMAModel":
+        """Put every averaged tensor on the device, and in the memory layout, of its counterpart in ``model``.
+
+        For an average built before the model was placed (Lightning's ``setup`` runs before the
+        strategy moves the module to its device): without this, every update copies each
+        weight to where the average lives, with one blocking device-to-host copy per tensor,
+        and mismatched layouts (channels-last weights) leave ``_foreach_lerp_`` off its fast path.
+        Values are kept; returns ``self``.
+        """
+        own = list(itertools.chain(self.module.parameters(), self.module.buffers()))
+        theirs = list(itertools.chain(model.parameters(), model.buffers()))
+        if len(own) != len(theirs):
+            raise ValueError(f"the model has {len(theirs)} tensors, the EMA copy {len(own)}: not the same architecture")
+        if theirs:
+            self.to(theirs[0].device)  # the module and n_averaged (a model on one device, as Lightning's are)
+        for avg, cur in zip(own, theirs):
+            if avg.stride() != cur.stride():
+                avg.data = torch.empty_like(cur, dtype=avg.dtype).copy_(avg.data)
+        return self
+
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
         self._updates_on_host = None  # n_averaged came from the checkpoint

@@ -8,11 +8,13 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from lightning.pytorch.callbacks import EMAWeightAveraging
+from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.callbacks import EMAWeightAveraging, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
 from joint_colsr.averaging import EMAModel
 from joint_colsr.checkpointing import checkpoint_paths
+from joint_colsr.syncs import is_logging_batch
 from joint_colsr.viz import VALIDATION_COLUMNS, colorization_rows, make_grid, save_png
 
 log = logging.getLogger(__name__)
@@ -57,6 +59,39 @@ class ValidationImageGrid(pl.Callback):
                 )
 
 
+class ProgressBar(TQDMProgressBar):
+    """Lightning's TQDM progress bar, showing training values read at logging steps only.
+
+    A value logged with ``prog_bar=True`` is read back to the host by Lightning after every
+    batch, whether the bar shows it or not (a GPU sync per step). The systems log their
+    losses without it; this bar reads ``keys`` from the logged values at the steps where
+    Lightning reads them for the loggers (every ``trainer.log_every_n_steps``) and shows
+    those until the next one.
+
+    Args:
+        refresh_rate: redraw every N batches.
+        keys: logged names to show (missing ones are skipped).
+    """
+
+    def __init__(self, refresh_rate: int = 1, keys: tuple[str, ...] | list[str] = ("train/loss",)) -> None:
+        super().__init__(refresh_rate=refresh_rate)
+        self.keys = tuple(keys)
+        self._shown: dict[str, float] = {}
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if is_logging_batch(trainer):
+            logged = trainer.callback_metrics
+            self._shown.update({k: float(logged[k]) for k in self.keys if k in logged})
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self._shown = {}
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        return {**super().get_metrics(trainer, pl_module), **{k: f"{v:.4g}" for k, v in self._shown.items()}}
+
+
 class NonFiniteLossError(RuntimeError):
     """Training produced NaN or Inf; the message names the step and the values."""
 
@@ -80,17 +115,24 @@ class StopOnNonFinite(pl.Callback):
     stops. No checkpoint is written after them (weights-only checkpoints excepted: those
     skip callback hooks), and the error still names the first bad step.
 
+    ``check_every_n_steps="auto"`` (the default) is 1 on CPUs, where reading the flag costs
+    nothing, and ``trainer.log_every_n_steps`` on accelerators (GPUs), so that the flag is read
+    at the steps where Lightning reads the logged loss anyway: no step of a GPU run waits for
+    the check, and no checkpoint ever holds bad weights.
+
     Args:
         check_gradients: also check every gradient before each optimizer step.
-        check_every_n_steps: how often the host reads the flag (see above).
+        check_every_n_steps: how often the host reads the flag (see above): a count >= 1 or ``"auto"``.
     """
 
-    def __init__(self, check_gradients: bool = True, check_every_n_steps: int = 1) -> None:
+    def __init__(self, check_gradients: bool = True, check_every_n_steps: int | str = "auto") -> None:
         super().__init__()
-        if int(check_every_n_steps) < 1:
-            raise ValueError(f"callbacks.stop_on_non_finite.check_every_n_steps must be >= 1, got {check_every_n_steps}")
+        if check_every_n_steps != "auto" and (not isinstance(check_every_n_steps, int) or check_every_n_steps < 1):
+            raise ValueError(f"callbacks.stop_on_non_finite.check_every_n_steps must be an integer >= 1 or 'auto', "
+                             f"got {check_every_n_steps!r}")
         self.check_gradients = check_gradients
-        self.check_every_n_steps = int(check_every_n_steps)
+        self._check_every_n_steps = check_every_n_steps
+        self.check_every_n_steps = 1 if check_every_n_steps == "auto" else int(check_every_n_steps)
         self._loss: torch.Tensor | None = None
         # Deferred mode: steps recorded since the last read, and the first bad one among
         # them (1-based, 0 = none yet); both live on the device.
@@ -117,6 +159,9 @@ class StopOnNonFinite(pl.Callback):
         return self.check_every_n_steps > 1
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._check_every_n_steps == "auto":
+            on_cpu = isinstance(trainer.accelerator, CPUAccelerator)
+            self.check_every_n_steps = 1 if on_cpu else max(1, int(trainer.log_every_n_steps))
         self._steps_since_read = self._first_bad = None
         self._step_at_read = self._last_recorded_step = trainer.global_step - 1
 
@@ -159,7 +204,9 @@ class StopOnNonFinite(pl.Callback):
         newly_bad = (~torch.isfinite(flag)) & (self._first_bad == 0)
         self._first_bad = torch.where(newly_bad, self._steps_since_read, self._first_bad)
         self._last_recorded_step = trainer.global_step
-        if (trainer.global_step + 1) % self.check_every_n_steps == 0:
+        # Counted in training batches that stepped, as Lightning counts for logging (a GAN's
+        # batch makes two optimizer steps): the reads fall on Lightning's logging batches.
+        if (trainer.fit_loop.epoch_loop._batches_that_stepped + 1) % self.check_every_n_steps == 0:
             self._read(trainer)
 
     def _read(self, trainer: pl.Trainer) -> None:
@@ -203,9 +250,17 @@ class EMA(EMAWeightAveraging):
         self._kwargs.pop("avg_fn", None)  # unpicklable, and EMAModel does the averaging
 
     def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Built here, before the strategy places the module, because a resumed checkpoint is
+        # loaded into the average before ``on_fit_start``; placed on the module's device there.
         if stage == "fit":
             device = self._device or pl_module.device
             self._average_model = EMAModel(pl_module, decay=self.decay, device=device, use_buffers=self._use_buffers)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The module is on its device now (and in its memory layout): the average follows it,
+        # with any state already loaded from a checkpoint. An explicit ``device`` is kept.
+        if self._average_model is not None and self._device is None:
+            self._average_model.place_like(pl_module)
 
 
 def images_to_channels_last(batch: Any) -> Any:

@@ -1,4 +1,4 @@
-"""CIE L*a*b* conversion and the network's normalization, on tensors (kornia underneath).
+"""CIE L*a*b* conversion and the network's normalization, on tensors (kornia's maths).
 
 Conventions used everywhere in the suite:
 
@@ -15,6 +15,13 @@ Conventions used everywhere in the suite:
 
 Every conversion runs in float32 with autocast disabled: LAB's cube roots and the
 sRGB gamma are not safe in bf16/fp16.
+
+The conversion is kornia's (its sRGB gamma functions, its D65 matrices and white point, its
+piecewise cube root), with one difference: kornia's ``rgb_to_lab``/``lab_to_rgb`` build their
+constant matrices from Python lists on every call (``torch.tensor([...], device=image.device)``),
+which on CUDA is a pageable host-to-device copy that waits for the stream, twice per batch.
+Here the constants are made once per device and dtype and kept there (the white point folded
+into the matrices). ``tests/test_color.py`` checks the result against kornia's functions.
 """
 
 from __future__ import annotations
@@ -23,8 +30,7 @@ from typing import Any
 
 import torch
 import torch.nn.functional as F
-from kornia.color import lab_to_rgb as _kornia_lab_to_rgb
-from kornia.color import rgb_to_lab as _kornia_rgb_to_lab
+from kornia.color import linear_rgb_to_rgb, rgb_to_linear_rgb
 from torch import Tensor, nn
 
 L_OFFSET = 50.0
@@ -44,9 +50,65 @@ __all__ = [
     "normalize_ab",
     "normalize_l",
     "quantize_uint8",
+    "resize_bicubic",
     "rgb_to_lab",
     "rgb_uint8_to_lab_batch",
+    "upscale_l",
 ]
+
+
+# kornia's constants (kornia/color/xyz.py and lab.py): linear sRGB -> XYZ, XYZ -> linear sRGB
+# (D65), and the D65 reference white.
+_RGB_TO_XYZ = ((0.412453, 0.357580, 0.180423), (0.212671, 0.715160, 0.072169), (0.019334, 0.119193, 0.950227))
+_XYZ_TO_RGB = (
+    (3.2404813432005266, -1.5371515162713185, -0.4985363261688878),
+    (-0.9692549499965682, 1.8759900014898907, 0.0415559265582928),
+    (0.0556466391351772, -0.2040413383665112, 1.0573110696453443),
+)
+_D65_WHITE = (0.95047, 1.0, 1.08883)
+_LAB_EPSILON = 0.008856  # (6/29)^3: below it, f(t) is linear
+_LAB_CONSTANTS: dict[tuple[torch.device, torch.dtype], tuple[Tensor, Tensor]] = {}
+
+
+def _lab_constants(device: torch.device, dtype: torch.dtype) -> tuple[Tensor, Tensor]:
+    """``(rgb -> xyz / white, xyz / white -> rgb)`` 3x3 matrices on ``device``: made once, then reused."""
+    key = (torch.device(device), dtype)
+    constants = _LAB_CONSTANTS.get(key)
+    if constants is None:
+        white = torch.tensor(_D65_WHITE, dtype=torch.float64)
+        to_xyz = torch.tensor(_RGB_TO_XYZ, dtype=torch.float64) / white[:, None]
+        to_rgb = torch.tensor(_XYZ_TO_RGB, dtype=torch.float64) * white[None, :]
+        constants = (to_xyz.to(device=device, dtype=dtype), to_rgb.to(device=device, dtype=dtype))
+        _LAB_CONSTANTS[key] = constants
+    return constants
+
+
+def _apply_3x3(matrix: Tensor, image: Tensor) -> Tensor:
+    """``matrix @ pixel`` for every pixel of ``(B, 3, H, W)`` (einsum on CPU, a 1x1 convolution elsewhere, as kornia)."""
+    if image.device.type == "cpu":
+        return torch.einsum("oi,bihw->bohw", matrix, image)
+    return F.conv2d(image, matrix.view(3, 3, 1, 1))
+
+
+def _rgb_to_lab(rgb: Tensor) -> Tensor:
+    """kornia's ``rgb_to_lab`` with the constants kept on the device: ``(B, 3, H, W)`` float sRGB in [0, 1] -> L*a*b*."""
+    to_xyz, _ = _lab_constants(rgb.device, rgb.dtype)
+    xyz = _apply_3x3(to_xyz, rgb_to_linear_rgb(rgb))  # already divided by the white point
+    f = torch.where(xyz > _LAB_EPSILON, xyz.clamp(min=_LAB_EPSILON).pow(1 / 3.0), 7.787 * xyz + 4.0 / 29.0)
+    fx, fy, fz = f[:, 0], f[:, 1], f[:, 2]
+    return torch.stack([116.0 * fy - 16.0, 500.0 * (fx - fy), 200.0 * (fy - fz)], dim=1)
+
+
+def _lab_to_rgb(lab: Tensor, clip: bool = True) -> Tensor:
+    """kornia's ``lab_to_rgb`` with the constants kept on the device: ``(B, 3, H, W)`` L*a*b* -> sRGB."""
+    _, to_rgb = _lab_constants(lab.device, lab.dtype)
+    fy = (lab[:, 0] + 16.0) / 116.0
+    fx = lab[:, 1] / 500.0 + fy
+    fz = (fy - lab[:, 2] / 200.0).clamp(min=0.0)  # out of range: Z < 0
+    f = torch.stack([fx, fy, fz], dim=1)
+    xyz = torch.where(f > 0.2068966, f.pow(3.0), (f - 4.0 / 29.0) / 7.787)
+    rgb = linear_rgb_to_rgb(_apply_3x3(to_rgb, xyz))
+    return rgb.clamp(0.0, 1.0) if clip else rgb
 
 
 def _check_image(name: str, x: Tensor, channels: int) -> None:
@@ -73,7 +135,7 @@ def rgb_to_lab(rgb: Tensor) -> Tensor:
     if not rgb.is_floating_point():
         raise ValueError(f"rgb must be a float tensor in [0, 1], got dtype {rgb.dtype}; use rgb_uint8_to_lab_batch for uint8")
     with _no_autocast(rgb.device):
-        return _kornia_rgb_to_lab(rgb.float())
+        return _rgb_to_lab(rgb.float())
 
 
 def lab_to_rgb(lab: Tensor) -> Tensor:
@@ -87,7 +149,7 @@ def lab_to_rgb(lab: Tensor) -> Tensor:
     """
     _check_image("lab", lab, 3)
     with _no_autocast(lab.device):
-        return _kornia_lab_to_rgb(lab.float(), clip=True)
+        return _lab_to_rgb(lab.float(), clip=True)
 
 
 def normalize_l(l_star: Tensor) -> Tensor:
@@ -127,7 +189,7 @@ def merge_l_ab_to_rgb(l_norm: Tensor, ab_norm: Tensor) -> Tensor:
     with _no_autocast(l_norm.device):
         l_star = denormalize_l(l_norm.float()).clamp(0.0, 100.0)
         lab = torch.cat([l_star, denormalize_ab(ab_norm.float())], dim=1)
-        return _kornia_lab_to_rgb(lab, clip=True)
+        return _lab_to_rgb(lab, clip=True)
 
 
 def quantize_uint8(rgb: Tensor) -> Tensor:
@@ -152,7 +214,7 @@ class LabBatch(dict):
 
 def _lab_batch_tensors(rgb_uint8: Tensor, input_size: int, lowres_interpolation: str) -> tuple[Tensor, Tensor, Tensor]:
     """``(l_lowres, l_highres, ab_target)``, normalized: the arithmetic of :func:`rgb_uint8_to_lab_batch`."""
-    lab = _kornia_rgb_to_lab(rgb_uint8.float() / 255.0)
+    lab = _rgb_to_lab(rgb_uint8.float() / 255.0)
     l_star, ab = lab[:, :1], lab[:, 1:]
     if lowres_interpolation == "area":
         l_low = F.interpolate(l_star, size=(input_size, input_size), mode="area")
@@ -198,6 +260,7 @@ def rgb_uint8_to_lab_batch(rgb_uint8: Tensor, input_size: int, lowres_interpolat
     if lowres_interpolation not in ("bicubic", "bilinear", "area"):
         raise ValueError(f"lowres_interpolation must be 'bicubic', 'bilinear' or 'area', got {lowres_interpolation!r}")
     convert = _compiled_lab_tensors() if compiled else _lab_batch_tensors
+    _lab_constants(rgb_uint8.device, torch.float32)  # made outside torch.compile's trace: a constant of its graph
     with _no_autocast(rgb_uint8.device):
         l_low, l_high, ab = convert(rgb_uint8, input_size, lowres_interpolation)
     return LabBatch(
@@ -218,3 +281,45 @@ class RgbToLabBatch(nn.Module):
 
     def forward(self, rgb_uint8: Tensor) -> LabBatch:
         return rgb_uint8_to_lab_batch(rgb_uint8, self.input_size, self.lowres_interpolation)
+
+
+def resize_bicubic(x: Tensor, size: tuple[int, int]) -> Tensor:
+    """The suite's one bicubic resize: PIL's and MATLAB's ``imresize`` kernel (a = -0.5, antialiased).
+
+    Every bicubic resize of an image in the suite goes through here: the networks' input
+    residual and L* guide, the ``bicubic`` baseline, the "own L*" of nets without one, the
+    figures and ``predict``. So an untrained residual net and the bicubic baseline deliver
+    the same L* and the same Y-PSNR, and "super-resolution gain" never measures a kernel.
+
+    torch's ``antialias=True`` bicubic is PIL's filter (measured: at most 7e-5 apart on the
+    0..100 L* scale, up and down); torch's plain ``bicubic`` is OpenCV's (a = -0.75), up to
+    10 L* units away. It stays differentiable and runs on the tensor's device.
+
+    Args:
+        x: ``(B, C, H, W)`` float tensor (any channels; the dtype is kept).
+        size: output ``(H', W')``.
+
+    Returns:
+        ``(B, C, H', W')``; ``x`` itself when it already has that size. Not clamped (bicubic
+        overshoots slightly at edges).
+    """
+    if tuple(x.shape[-2:]) == tuple(size):
+        return x
+    return F.interpolate(x, size=tuple(size), mode="bicubic", align_corners=False, antialias=True)
+
+
+def upscale_l(l_lowres: Tensor, size: tuple[int, int]) -> Tensor:
+    """Normalized L* resized by :func:`resize_bicubic` in float32, clamped to [-1, 1].
+
+    The L* a model delivers when it predicts none (the bicubic baseline, protocol 2 and
+    Y-PSNR of colorize-only nets) and the guide of ``residual_joint`` ``l_source=interpolated``.
+
+    Args:
+        l_lowres: ``(B, 1, r, r)`` normalized L* (in [-1, 1]).
+        size: output ``(H, W)``.
+
+    Returns:
+        ``(B, 1, H, W)`` float32 normalized L* in [-1, 1].
+    """
+    with _no_autocast(l_lowres.device):
+        return resize_bicubic(l_lowres.float(), size).clamp(-1.0, 1.0)

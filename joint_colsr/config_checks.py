@@ -142,6 +142,8 @@ def check_config(cfg: DictConfig, groups: tuple[str, ...] = ("data", "model", "t
     matmul = select(cfg, "speed.float32_matmul_precision")
     if matmul not in (None, "highest", "high", "medium"):
         raise ConfigError(f"speed.float32_matmul_precision must be null, highest, high or medium, got {matmul!r}")
+    if select(cfg, "speed.sync_debug") not in (None, "warn", "error"):
+        raise ConfigError(f"speed.sync_debug must be null, warn or error, got {select(cfg, 'speed.sync_debug')!r}")
     mode = select(cfg, "speed.compile_mode")
     if mode not in COMPILE_MODES:
         raise ConfigError(f"speed.compile_mode must be one of {list(COMPILE_MODES)}, got {mode!r}")
@@ -261,6 +263,55 @@ def check_model_output(system: pl.LightningModule, cfg: DictConfig) -> None:
             f"model output {tuple(ab.shape)[1:]} does not match data.output_size={s} (expected (2, {s}, {s})) "
             f"for data.input_size={r}"
         )
+
+
+def runs_on_cuda(cfg: DictConfig) -> bool:
+    """Whether the configured trainer will run on CUDA GPUs here (``trainer.accelerator``)."""
+    from joint_colsr.resolvers import on_gpu
+
+    return bool(torch.cuda.is_available() and on_gpu(select(cfg, "trainer.accelerator") or "auto", True, False))
+
+
+def probe_deterministic(net: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device | str) -> None:
+    """One forward and backward of a copy of ``net`` on ``device`` with
+    ``torch.use_deterministic_algorithms(True)``; a ``ConfigError`` names the first op that has
+    no deterministic kernel there, and the fix. The process-wide setting is restored."""
+    import copy
+    import os
+
+    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")  # what Lightning sets for deterministic=true
+    was, was_warn = torch.are_deterministic_algorithms_enabled(), torch.is_deterministic_algorithms_warn_only_enabled()
+    probe = copy.deepcopy(net).to(device).train()
+    torch.use_deterministic_algorithms(True)
+    try:
+        inputs = {k: v.to(device) for k, v in batch.items()}
+        kwargs = {"l_highres": inputs["l_highres"]} if getattr(probe, "needs_l_highres", False) else {}
+        out = probe(inputs["l_lowres"], **kwargs)
+        out = out["ab"] if isinstance(out, dict) else out
+        out.float().square().mean().backward()
+    except RuntimeError as err:
+        if "deterministic" not in str(err):
+            raise
+        op = str(err).split(" does not have a deterministic implementation")[0].strip()
+        raise ConfigError(
+            f"trainer.deterministic=true cannot run this model on {torch.device(device).type}: {op} has no deterministic "
+            "kernel there (bilinear/bicubic upsampling and adaptive/area pooling on the gradient path have none on CUDA). "
+            "Fix: trainer.deterministic=warn (the same kernels, a warning; runs then differ in the last bits), or a "
+            "net that upsamples with nearest or pixel shuffle (e.g. model.net.upsample_mode=nearest)."
+        ) from None
+    finally:
+        torch.use_deterministic_algorithms(was, warn_only=was_warn)
+        del probe
+
+
+def check_deterministic(system: pl.LightningModule, cfg: DictConfig) -> None:
+    """With ``trainer.deterministic=true`` on CUDA, fail at start-up (not mid-epoch) when an op
+    of the net has no deterministic CUDA kernel (:func:`probe_deterministic`). Else nothing."""
+    if select(cfg, "trainer.deterministic") is not True or not runs_on_cuda(cfg):
+        return
+    r, s = int(cfg.data.input_size), int(cfg.data.output_size)
+    batch = {"l_lowres": torch.rand(2, 1, r, r) * 2 - 1, "l_highres": torch.rand(2, 1, s, s) * 2 - 1}
+    probe_deterministic(system.net, batch, "cuda")
 
 
 def cache_only(cfg: DictConfig) -> bool:

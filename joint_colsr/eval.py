@@ -12,6 +12,9 @@ The run directory receives:
   (protocol 2: the model's own L* + predicted a*b*), ``ssim``, ``ssim_joint``, ``psnr_ab``,
   ``psnr_y``, ``auc_ab``, ``colorfulness``, ``colorfulness_gt``, ``colorfulness_gap``,
   ``psnr_gray`` (the same images with a* = b* = 0), ``num_images``, what was evaluated,
+  ``uses_ground_truth_l`` (true for a model fed the ground-truth high-resolution L*:
+  ``baseline=gray``, ``residual_joint`` ``l_source=gt``; its protocol-2 keys ``psnr_joint``,
+  ``ssim_joint`` and ``psnr_y`` are null: its L* is given, not produced),
   ``skipped`` / ``skipped_photos`` (photos that could not be decoded or used: not scored),
   and ``by_supercategory`` for sources with categories (COCO);
 * ``metrics.md``: the same as a markdown table (plus the per-supercategory table);
@@ -37,10 +40,12 @@ from torch import Tensor
 
 from joint_colsr import CONFIG_DIR
 from joint_colsr.assembly import build_datamodule, build_eval_system, build_trainer, start_run
+from joint_colsr.color import upscale_l
 from joint_colsr.config_checks import ConfigError, check_config, command
-from joint_colsr.metrics import PER_IMAGE_METRICS, colorization_psnr, image_metrics, summarize, upscale_l
+from joint_colsr.metrics import PER_IMAGE_METRICS, colorization_psnr, image_metrics, summarize
 from joint_colsr.outputs import print_run_summary, write_json
 from joint_colsr.systems import run_system
+from joint_colsr.systems.colsr import uses_ground_truth_l
 from joint_colsr.viz import EVALUATION_COLUMNS, evaluation_row, make_grid, save_png
 
 log = logging.getLogger(__name__)
@@ -59,13 +64,20 @@ TABLE_COLUMNS: dict[str, str] = {
     "psnr_gray": "gray PSNR",
 }
 
+#: Metrics of the L* a model delivers (protocol 2, Y-PSNR): null for a GT-L*-guided model.
+PROTOCOL2_METRICS = ("psnr_joint", "ssim_joint", "psnr_y")
+#: The mark next to every number of a model fed the ground-truth high-resolution L*.
+GUIDED_MARK = "GT-L* guided"
+
 PROTOCOL_NOTE = (
     "All numbers at the output size, per image then averaged. PSNR/SSIM on 8-bit sRGB over the whole image: "
     "'GT L*' = ground-truth L* + predicted a*b* (the colorization protocol, the paper's Table III); "
     "'own L*' = the model's own L* (its predicted L*, or the input L* upscaled bicubically) + predicted a*b*. "
     "PSNR a*b*: CIE units, peak 220. Y-PSNR: BT.601 Y of the model's own L* with ground-truth a*b*, "
     "border of {crop} px cropped. AuC a*b*: Zhang et al. 2016, thresholds 0..150. CF / dCF: Hasler-Suesstrunk "
-    "colourfulness of the GT-L* prediction and |mean CF(pred) - mean CF(gt)|. gray PSNR: a*=b*=0 with GT L* on the same images."
+    "colourfulness of the GT-L* prediction and |mean CF(pred) - mean CF(gt)|. gray PSNR: a*=b*=0 with GT L* on the same images. "
+    "'" + GUIDED_MARK + "': the model is fed the ground-truth high-resolution L* (an advantage blind models do not have); "
+    "its own-L* columns are empty, and its numbers rank only beside other guided ones."
 )
 
 
@@ -116,6 +128,8 @@ class Evaluator(pl.LightningModule):
         self.skipped_keys: list[str] = []
         self.categories: dict[int, dict[str, str]] = {}
         self._lookup = None
+        #: The model is fed the ground-truth L*: its protocol-2 metrics are left empty.
+        self.guided = uses_ground_truth_l(getattr(system, "net", system))
 
     def on_test_start(self) -> None:
         self.system.eval()
@@ -135,7 +149,10 @@ class Evaluator(pl.LightningModule):
         size = tuple(batch["l_highres"].shape[-2:])
         if tuple(ab.shape[-2:]) != size:
             raise ValueError(f"the model returns a*b* of {tuple(ab.shape[-2:])}, the data is {size}: data.output_size must match the model")
-        l_own = out["l"] if out.get("l") is not None else upscale_l(batch["l_lowres"], size)
+        if self.guided:
+            l_own = batch["l_highres"]  # given, not produced: the protocol-2 keys are nulled below
+        else:
+            l_own = out["l"] if out.get("l") is not None else upscale_l(batch["l_lowres"], size)
         m = image_metrics(batch["l_highres"], l_own, ab, batch["ab_target"], batch["rgb_target"], self.crop_border)
         m["psnr_gray"] = colorization_psnr(batch["l_highres"], torch.zeros_like(ab), batch["rgb_target"])
         skipped = batch.get("skipped", torch.zeros_like(batch["index"])).tolist()
@@ -147,6 +164,8 @@ class Evaluator(pl.LightningModule):
                 continue
             row = {"index": index, **self._describe(index)}
             row.update({k: float(m[k][i]) for k in (*PER_IMAGE_METRICS, "psnr_gray")})
+            if self.guided:
+                row.update(dict.fromkeys(PROTOCOL2_METRICS))
             self.rows.append(row)
             self._keep_examples(row, batch["l_lowres"][i], m["rgb"][i], m["rgb_joint"][i], batch["rgb_target"][i])
 
@@ -154,7 +173,8 @@ class Evaluator(pl.LightningModule):
         n = self.num_examples
         if n <= 0:
             return
-        text = f"PSNR {row['psnr']:.2f} | own L* {row['psnr_joint']:.2f}  {Path(str(row['key'])).stem[:16]}"
+        joint = "GT L*" if row["psnr_joint"] is None else f"{row['psnr_joint']:.2f}"
+        text = f"PSNR {row['psnr']:.2f} | own L* {joint}  {Path(str(row['key'])).stem[:16]}"
 
         def images() -> list[Tensor]:
             return evaluation_row(l_lowres.cpu(), rgb.cpu(), rgb_joint.cpu(), target.cpu(), text)
@@ -168,7 +188,7 @@ class Evaluator(pl.LightningModule):
             self.category_examples.append(images())
 
 
-def _group_rows(rows: list[dict[str, Any]], field: str) -> dict[str, dict[str, float]]:
+def _group_rows(rows: list[dict[str, Any]], field: str, guided: bool = False) -> dict[str, dict[str, Any]]:
     """Mean metrics of the images in each group (an image counts in every group it belongs to)."""
     groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
     for row in rows:
@@ -176,12 +196,27 @@ def _group_rows(rows: list[dict[str, Any]], field: str) -> dict[str, dict[str, f
             groups[name].append(row)
     table = {}
     for name, members in groups.items():
-        per_image = {k: torch.tensor([r[k] for r in members], dtype=torch.float64) for k in (*PER_IMAGE_METRICS, "psnr_gray")}
-        summary = summarize(per_image)
-        summary["psnr_gray"] = float(per_image["psnr_gray"].mean())
+        summary = summarize_rows(members, guided)
         summary["gain_over_gray"] = summary["psnr"] - summary["psnr_gray"]
         table[name] = summary
     return dict(sorted(table.items(), key=lambda kv: kv[1]["psnr"]))
+
+
+def _per_image(rows: list[dict[str, Any]]) -> dict[str, Tensor]:
+    """Metric -> ``(N,)`` float64 over ``rows``; a metric that is null in the rows (protocol 2
+    of a guided model) is left out, so :func:`summarize` leaves it out too."""
+    keys = [k for k in (*PER_IMAGE_METRICS, "psnr_gray") if rows and rows[0].get(k) is not None]
+    return {k: torch.tensor([r[k] for r in rows], dtype=torch.float64) for k in keys}
+
+
+def summarize_rows(rows: list[dict[str, Any]], guided: bool) -> dict[str, Any]:
+    """Dataset-level metrics of per-image ``rows`` (:func:`~joint_colsr.metrics.summarize`, plus
+    ``psnr_gray``); protocol-2 keys null for a guided model."""
+    metrics: dict[str, Any] = summarize(_per_image(rows))
+    metrics["psnr_gray"] = float(sum(r["psnr_gray"] for r in rows) / len(rows))
+    if guided:
+        metrics.update(dict.fromkeys(PROTOCOL2_METRICS))
+    return metrics
 
 
 def _fmt(value: Any) -> str:
@@ -202,7 +237,9 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
 def describe_model(cfg: DictConfig, system: pl.LightningModule) -> str:
     if cfg.get("baseline"):
         return f"baseline={cfg.baseline}"
-    return f"{type(getattr(system, 'net', system)).__name__} ({Path(str(cfg.ckpt_path)).name})"
+    net = getattr(system, "net", system)
+    kind = getattr(net, "training_kind", None)  # cascades: "two-stage" or "end to end"
+    return f"{type(net).__name__}{f' [{kind}]' if kind else ''} ({Path(str(cfg.ckpt_path)).name})"
 
 
 def _prepare_data_config(cfg: DictConfig) -> None:
@@ -210,6 +247,9 @@ def _prepare_data_config(cfg: DictConfig) -> None:
         # Sources that split a folder by file: evaluation scores every file.
         if "val_fraction" in cfg.data.get("source", {}):
             cfg.data.source.val_fraction = 1.0
+        # COCO: training validated on a held-out slice of train2017; evaluation scores val2017.
+        if "validation" in cfg.data.get("source", {}):
+            cfg.data.source.validation = "val2017"
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
@@ -230,9 +270,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     rows = evaluator.rows
     if not rows:
         raise RuntimeError(f"no usable image to evaluate: every photo was skipped ({evaluator.skipped_keys[:10]})")
-    per_image = {k: torch.tensor([r[k] for r in rows], dtype=torch.float64) for k in (*PER_IMAGE_METRICS, "psnr_gray")}
-    metrics: dict[str, Any] = summarize(per_image)
-    metrics["psnr_gray"] = float(per_image["psnr_gray"].mean())
+    metrics = summarize_rows(rows, evaluator.guided)
+    metrics["uses_ground_truth_l"] = evaluator.guided
     metrics["skipped"] = len(evaluator.skipped_keys)
     metrics["skipped_photos"] = evaluator.skipped_keys
     metrics.update(
@@ -246,7 +285,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         y_crop_border=crop,
     )
     if any(r["supercategories"] for r in rows):
-        metrics["by_supercategory"] = _group_rows(rows, "supercategories")
+        metrics["by_supercategory"] = _group_rows(rows, "supercategories", evaluator.guided)
     write_outputs(output_dir, metrics, rows, evaluator, crop)
     _print_summary(metrics, output_dir)
     return metrics
@@ -258,13 +297,16 @@ def write_outputs(output_dir: Path, metrics: dict[str, Any], rows: list[dict[str
     header = ["model", "images", *TABLE_COLUMNS.values()]
     md = ["# Evaluation", "", f"data: `{metrics['data']}`" + (f" (`{metrics['data_root']}`)" if metrics.get("data_root") else "")
           + f", {metrics['input_size']} -> {metrics['output_size']}", ""]
-    md.append(markdown_table(header, [[metrics["model"], metrics["num_images"], *(metrics.get(k, "") for k in TABLE_COLUMNS)]]))
+    name = f"{metrics['model']} ({GUIDED_MARK})" if metrics.get("uses_ground_truth_l") else metrics["model"]
+    cells = ["" if metrics.get(k) is None else metrics[k] for k in TABLE_COLUMNS]
+    md.append(markdown_table(header, [[name, metrics["num_images"], *cells]]))
     md += [PROTOCOL_NOTE.format(crop=crop), ""]
     if "by_supercategory" in metrics:
         md += ["## By COCO supercategory (worst first; an image counts in every supercategory it shows)", ""]
         cols = ["psnr", "psnr_joint", "psnr_gray", "gain_over_gray", "colorfulness_gap", "auc_ab"]
         md.append(markdown_table(["supercategory", "images", *cols],
-                                 [[name, s["num_images"], *(s[c] for c in cols)] for name, s in metrics["by_supercategory"].items()]))
+                                 [[name, s["num_images"], *("" if s.get(c) is None else s[c] for c in cols)]
+                                  for name, s in metrics["by_supercategory"].items()]))
     (output_dir / "metrics.md").write_text("\n".join(md))
 
     fields = ["index", "key", "categories", "supercategories", *PER_IMAGE_METRICS, "psnr_gray"]
@@ -272,7 +314,7 @@ def write_outputs(output_dir: Path, metrics: dict[str, Any], rows: list[dict[str
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
         for row in sorted(rows, key=lambda r: r["index"]):
-            writer.writerow({**row, "categories": ";".join(row["categories"]), "supercategories": ";".join(row["supercategories"])})
+            writer.writerow({**{k: ("" if v is None else v) for k, v in row.items()}, "categories": ";".join(row["categories"]), "supercategories": ";".join(row["supercategories"])})
 
     if evaluator.best:
         # Best on the left, worst on the right; each row's first image names its PSNR (GT L* / own L*).
@@ -284,9 +326,10 @@ def write_outputs(output_dir: Path, metrics: dict[str, Any], rows: list[dict[str
 
 
 def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
+    own = f"{GUIDED_MARK}, no own L*" if metrics.get("uses_ground_truth_l") else f"{metrics['psnr_joint']:.2f} dB (own L*)"
     print_run_summary(output_dir, [
         f"{metrics['model']} on {metrics['num_images']} images of '{metrics['data']}': "
-        f"PSNR {metrics['psnr']:.2f} dB (GT L*), {metrics['psnr_joint']:.2f} dB (own L*), "
+        f"PSNR {metrics['psnr']:.2f} dB (GT L*), {own}, "
         f"gray {metrics['psnr_gray']:.2f} dB; SSIM {metrics['ssim']:.4f}; tables in {output_dir / 'metrics.md'}"
     ])
 

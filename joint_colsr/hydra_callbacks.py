@@ -55,15 +55,28 @@ def _is_global_rank_zero() -> bool:
     return all(os.environ.get(k, "0") == "0" for k in ("RANK", "SLURM_PROCID", "LOCAL_RANK"))
 
 
-def _numeric_metrics(job_dir: Path) -> dict[str, float]:
+def _read_metrics(job_dir: Path) -> dict[str, Any]:
     path = job_dir / "metrics.json"
     if not path.exists():
         return {}
     try:
-        metrics = json.loads(path.read_text())
+        return json.loads(path.read_text())
     except (OSError, ValueError):
         return {}
+
+
+def _numeric_metrics(job_dir: Path) -> dict[str, float]:
+    metrics = _read_metrics(job_dir)
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+#: How a sweep summary marks a job whose model is fed the ground-truth L* (never ranked unmarked).
+GUIDED_MARK = "GT-L* guided"
+
+
+def _overrides_cell(job_or_group: dict[str, Any]) -> str:
+    text = " ".join(job_or_group["overrides"]) or "(none)"
+    return f"{text} **[{GUIDED_MARK}]**" if job_or_group.get("uses_ground_truth_l") else text
 
 
 @contextmanager
@@ -107,6 +120,7 @@ def aggregate_over_seeds(jobs: list[dict[str, Any]]) -> list[dict[str, Any]]:
         out.append({
             "overrides": list(key),
             "jobs": [m["num"] for m in members],
+            "uses_ground_truth_l": any(m.get("uses_ground_truth_l") for m in members),
             "metrics": {name: confidence_interval([float(m["metrics"][name]) for m in members]) for name in names},
         })
     return out
@@ -122,20 +136,24 @@ def _markdown(summary: dict[str, Any]) -> str:
         "",
         f"{summary['completed']} completed, {summary['failed']} failed, {summary['total']} recorded.",
         "",
-        "| job | status | overrides | val/psnr | val/psnr_gray | fit_seconds | error |",
-        "| --- | --- | --- | --- | --- | --- | --- |",
+        "| job | status | overrides | val/psnr | val/psnr_joint | val/psnr_gray | fit_seconds | error |",
+        "| --- | --- | --- | --- | --- | --- | --- | --- |",
     ]
     for job in summary["jobs"]:
         m = job["metrics"]
-        cells = [job["num"], job["status"], " ".join(job["overrides"]), m.get("val/psnr", ""), m.get("val/psnr_gray", ""),
-                 m.get("fit_seconds", ""), (job["error"] or "").replace("|", "/").replace("\n", " ")]
+        cells = [job["num"], job["status"], _overrides_cell(job), m.get("val/psnr", ""), m.get("val/psnr_joint", ""),
+                 m.get("val/psnr_gray", ""), m.get("fit_seconds", ""), (job["error"] or "").replace("|", "/").replace("\n", " ")]
         lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
-    multi = [g for g in summary["over_seeds"] if len(g["jobs"]) > 1 and "val/psnr" in g["metrics"]]
-    if multi:
-        lines += ["", "## val/psnr over seeds (mean +- 95 % CI, Student t)", "", "| overrides | n | mean | std | ci95 |", "| --- | --- | --- | --- | --- |"]
-        for g in multi:
-            s = g["metrics"]["val/psnr"]
-            lines.append(f"| {' '.join(g['overrides']) or '(none)'} | {s['n']} | {s['mean']:.3f} | {s['std']:.3f} | {s['ci95']:.3f} |")
+    for metric in ("val/psnr", "val/psnr_joint"):
+        multi = [g for g in summary["over_seeds"] if len(g["jobs"]) > 1 and metric in g["metrics"]]
+        if multi:
+            lines += ["", f"## {metric} over seeds (mean +- 95 % CI, Student t)", "", "| overrides | n | mean | std | ci95 |",
+                      "| --- | --- | --- | --- | --- |"]
+            for g in multi:
+                s = g["metrics"][metric]
+                lines.append(f"| {_overrides_cell(g)} | {s['n']} | {s['mean']:.3f} | {s['std']:.3f} | {s['ci95']:.3f} |")
+    if any(job.get("uses_ground_truth_l") for job in summary["jobs"]):
+        lines += ["", f"{GUIDED_MARK}: the model is fed the ground-truth high-resolution L*; rank it only beside other guided runs."]
     return "\n".join(lines) + "\n"
 
 
@@ -178,6 +196,7 @@ class SweepSummary(Callback):
             "output_dir": str(job_dir),
             "return_value": None,
             "metrics": _numeric_metrics(job_dir),
+            "uses_ground_truth_l": bool(_read_metrics(job_dir).get("uses_ground_truth_l", False)),
             "error": None,
         }
         try:

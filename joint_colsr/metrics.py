@@ -34,12 +34,10 @@ from __future__ import annotations
 from typing import Mapping
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor
 from kornia.metrics import ssim as kornia_ssim
-from torchmetrics.functional.image import peak_signal_noise_ratio
 
-from joint_colsr.color import denormalize_ab, merge_l_ab_to_rgb, quantize_uint8
+from joint_colsr.color import denormalize_ab, merge_l_ab_to_rgb, quantize_uint8, upscale_l
 
 __all__ = [
     "AB_PSNR_PEAK",
@@ -56,7 +54,6 @@ __all__ = [
     "rgb_to_y_bt601",
     "ssim_uint8",
     "summarize",
-    "upscale_l",
 ]
 
 #: Peak of a*b* PSNR: the span of the +-110 normalization (the sRGB gamut lies inside it).
@@ -83,7 +80,18 @@ def psnr_uint8(pred: Tensor, target: Tensor) -> Tensor:
         ``(B,)`` float32 PSNR; identical images give ``inf``.
     """
     _check_pair(pred, target)
-    return peak_signal_noise_ratio(pred.float(), target.float(), data_range=255.0, reduction="none", dim=(1, 2, 3))
+    return _per_image_psnr(pred.float(), target.float(), 255.0)
+
+
+def _per_image_psnr(pred: Tensor, target: Tensor, peak: float) -> Tensor:
+    """``10 log10(peak^2 / MSE)`` per image of ``(B, C, H, W)``; identical images give ``inf``.
+
+    torchmetrics' ``peak_signal_noise_ratio`` gives the same numbers but builds its pixel
+    count with ``torch.tensor(..., device=...)`` on every call: a host-to-device copy that
+    makes the host wait on a GPU, once per validation batch and metric.
+    """
+    mse = (pred - target).pow(2).mean(dim=(1, 2, 3))
+    return 10.0 * torch.log10(peak**2 / mse)
 
 
 def ssim_uint8(pred: Tensor, target: Tensor) -> Tensor:
@@ -155,10 +163,7 @@ def psnr_ab(ab_pred: Tensor, ab_target: Tensor) -> Tensor:
         ``(B,)`` float32 PSNR in dB.
     """
     _check_pair(ab_pred, ab_target, channels=2)
-    return peak_signal_noise_ratio(
-        denormalize_ab(ab_pred.float()), denormalize_ab(ab_target.float()), data_range=AB_PSNR_PEAK,
-        reduction="none", dim=(1, 2, 3),
-    )
+    return _per_image_psnr(denormalize_ab(ab_pred.float()), denormalize_ab(ab_target.float()), AB_PSNR_PEAK)
 
 
 def colorfulness(rgb255: Tensor) -> Tensor:
@@ -210,24 +215,6 @@ def ab_error_auc(ab_pred: Tensor, ab_target: Tensor, max_threshold: int = AUC_MA
     within = torch.searchsorted(sorted_err.contiguous(), thresholds.expand(err.shape[0], -1).contiguous(), right=True)
     share = within.double() / err.shape[1]
     return (torch.trapezoid(share, dx=1.0, dim=1) / max_threshold).float()
-
-
-def upscale_l(l_lowres: Tensor, size: tuple[int, int]) -> Tensor:
-    """Bicubic upscaling of normalized L* to ``size``, clamped to the valid range.
-
-    PIL's and MATLAB's bicubic (a = -0.5): torch's antialiased kernel, which for upscaling
-    is PIL's filter exactly (torch's plain ``bicubic`` uses a = -0.75, OpenCV's).
-
-    Args:
-        l_lowres: ``(B, 1, r, r)`` normalized L* (in [-1, 1]).
-        size: output ``(H, W)``.
-
-    Returns:
-        ``(B, 1, H, W)`` normalized L* in [-1, 1].
-    """
-    with torch.autocast(device_type=l_lowres.device.type, enabled=False):
-        up = F.interpolate(l_lowres.float(), size=tuple(size), mode="bicubic", align_corners=False, antialias=True)
-    return up.clamp(-1.0, 1.0)
 
 
 def rgb_from_prediction(l_highres: Tensor, ab_pred: Tensor) -> Tensor:

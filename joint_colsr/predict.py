@@ -35,11 +35,10 @@ from tqdm.auto import tqdm
 
 from joint_colsr import CONFIG_DIR
 from joint_colsr.assembly import build_eval_system
-from joint_colsr.color import merge_l_ab_to_rgb, normalize_l, quantize_uint8, rgb_to_lab, rgb_uint8_to_lab_batch
+from joint_colsr.color import merge_l_ab_to_rgb, normalize_l, quantize_uint8, rgb_to_lab, rgb_uint8_to_lab_batch, upscale_l
 from joint_colsr.config_checks import ConfigError, command
 from joint_colsr.data.datasets import resize_box
 from joint_colsr.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, decode_image
-from joint_colsr.metrics import upscale_l
 from joint_colsr.systems import eval_network, model_size
 
 log = logging.getLogger(__name__)
@@ -242,6 +241,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if input_size is None or output_size is None:
         raise ConfigError("the model does not say its input_size/output_size (model.net.*)")
     tiler = TiledColorizer(net, Fraction(output_size, input_size), int(cfg.tile_size), int(cfg.tile_overlap), device)
+    # Reference mode degrades as the run did: the checkpoint's L* downscaling unless set here.
+    interpolation = str(cfg.get("lowres_interpolation") or (system.data_task or {}).get("lowres_interpolation") or "bicubic")
     written, failed = 0, []
     for path in tqdm(files, desc=f"predict ({mode})", unit="image"):
         try:
@@ -251,7 +252,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             failed.append(str(path))
             continue
         if mode == "reference":
-            out = reference_prediction(net, rgb, input_size, output_size, str(cfg.get("lowres_interpolation", "bicubic")), device)
+            out = reference_prediction(net, rgb, input_size, output_size, interpolation, device)
         else:
             out = tiler(photo_l_star(rgb))
         target = output_dir / path.relative_to(input_dir).with_suffix(".png")

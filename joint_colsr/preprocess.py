@@ -38,6 +38,7 @@ def preprocess(cfg: DictConfig) -> dict[str, Any]:
         cfg.cache_dir,
         output_size=datamodule.output_size,
         train_size=cfg.train_size,
+        val_size=cfg.get("val_size"),
         shard_size=int(cfg.shard_size),
         num_workers=int(cfg.num_workers),
         splits=list(cfg.splits),

@@ -28,14 +28,14 @@ from omegaconf import DictConfig
 
 from joint_colsr import CONFIG_DIR
 from joint_colsr.config_checks import ConfigError, command
-from joint_colsr.eval import markdown_table
+from joint_colsr.eval import GUIDED_MARK, markdown_table
 
 log = logging.getLogger(__name__)
 
 #: Metrics reported by default, in this order, when the runs have them (eval first, then training).
 DEFAULT_METRICS = (
     "psnr", "psnr_joint", "ssim", "ssim_joint", "psnr_ab", "psnr_y", "auc_ab", "colorfulness_gap", "psnr_gray",
-    "val/psnr", "val/psnr_own_l", "val/psnr_gray", "val/loss", "fit_seconds", "params",
+    "val/psnr", "val/psnr_joint", "val/psnr_gray", "val/loss", "fit_seconds", "params",
 )
 
 
@@ -165,7 +165,7 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     wanted = list(cfg.metrics) if cfg.get("metrics") else None
     metrics = choose_metrics(runs, wanted)
     keys = varying_keys(runs)
-    rows = [[run["name"], *(run["overrides"].get(k, "-") for k in keys), *(_cell(run["metrics"].get(m)) for m in metrics)]
+    rows = [[_run_name(run), *(run["overrides"].get(k, "-") for k in keys), *(_cell(run["metrics"].get(m)) for m in metrics)]
             for run in runs]
     header = ["run", *keys, *metrics]
     shared = {k: v for k, v in runs[0]["overrides"].items() if k not in keys}
@@ -173,6 +173,9 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     if shared:
         text += ["Common to every run: " + ", ".join(f"`{k}={v}`" for k, v in shared.items()), ""]
     text.append(markdown_table(header, rows))
+    if any(run["metrics"].get("uses_ground_truth_l") for run in runs):
+        text += ["", f"{GUIDED_MARK}: the model is fed the ground-truth high-resolution L* (an advantage the others do not "
+                 "have); its own-L* columns are empty; compare it only with other guided runs."]
     out_dir.mkdir(parents=True, exist_ok=True)
     written: dict[str, Any] = {"runs": len(runs), "varying": keys, "metrics": metrics}
     metric = cfg.get("metric") or (metrics[0] if metrics else None)
@@ -190,6 +193,10 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     written["table"] = str(md)
     print(f"{len(runs)} runs -> {md}" + (f" and {written['plot']}" if "plot" in written else ""))
     return written
+
+
+def _run_name(run: dict[str, Any]) -> str:
+    return f"{run['name']} ({GUIDED_MARK})" if run["metrics"].get("uses_ground_truth_l") else run["name"]
 
 
 def _cell(value: Any) -> Any:

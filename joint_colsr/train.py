@@ -29,7 +29,7 @@ from joint_colsr.assembly import (
     start_run,
 )
 from joint_colsr.checkpointing import checkpoint_paths, find_resume_checkpoint
-from joint_colsr.config_checks import ConfigError, check_config, check_model_output, command
+from joint_colsr.config_checks import ConfigError, check_config, command
 from joint_colsr.hydra_callbacks import check_ddp_launch
 from joint_colsr.nets import count_parameters
 from joint_colsr.outputs import jsonable, print_run_summary, write_json
@@ -44,8 +44,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_ddp_launch(cfg)
     output_dir = start_run(cfg)
 
-    system = build_system(cfg)
-    check_model_output(system, cfg)  # before any data is read
+    system = build_system(cfg, startup_checks=True)  # output size (and determinism on CUDA) before any data is read
     datamodule = build_datamodule(cfg)
     callbacks = build_callbacks(cfg, system)
     loggers = build_loggers(cfg)
@@ -77,6 +76,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         global_step=trainer.global_step,
         fit_seconds=round(elapsed, 2),
         params=count_parameters(system.net),
+        uses_ground_truth_l=bool(getattr(system, "uses_ground_truth_l", False)),
     )
     if not trainer.fast_dev_run:
         metrics.update(checkpoint_paths(trainer))
@@ -172,6 +172,8 @@ def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     key = cfg.get("optimized_metric")
+    if key == "val/psnr_joint" and metrics.get("uses_ground_truth_l"):
+        key = "val/psnr"  # a GT-L*-guided net has no own L* (ColSRSystem.selection_metric)
     return metrics.get(key) if key else None
 
 

@@ -9,11 +9,10 @@ from pathlib import Path
 
 import numpy as np
 import torch
-import torch.nn.functional as F
 from PIL import Image, ImageDraw, ImageFont
 from torch import Tensor
 
-from joint_colsr.color import merge_l_ab_to_rgb, quantize_uint8
+from joint_colsr.color import merge_l_ab_to_rgb, quantize_uint8, upscale_l
 
 #: Column titles of the validation grid (:func:`colorization_rows`).
 VALIDATION_COLUMNS = ("input L* (bicubic upscaled)", "prediction (GT L* + pred. a*b*)", "ground truth")
@@ -74,9 +73,9 @@ def colorization_rows(l_lowres: Tensor, l_highres: Tensor, ab_pred: Tensor, rgb_
     n = min(limit, l_lowres.shape[0])
     with torch.no_grad(), torch.autocast(device_type=l_lowres.device.type, enabled=False):
         size = rgb_target.shape[-2:]
-        l_up = F.interpolate(l_lowres[:n].float(), size=size, mode="bicubic", align_corners=False)
+        l_up = upscale_l(l_lowres[:n], tuple(size))
         # The neutral colour of each upscaled L* (a* = b* = 0), i.e. what a gray image looks like.
-        gray = quantize_uint8(merge_l_ab_to_rgb(l_up.clamp(-1, 1), torch.zeros_like(l_up).repeat(1, 2, 1, 1)))
+        gray = quantize_uint8(merge_l_ab_to_rgb(l_up, torch.zeros_like(l_up).repeat(1, 2, 1, 1)))
         pred = quantize_uint8(merge_l_ab_to_rgb(l_highres[:n].float(), ab_pred[:n].float()))
         target = rgb_target[:n].float()
         psnr = colorization_psnr(l_highres[:n].float(), ab_pred[:n].float(), rgb_target[:n])
@@ -112,8 +111,6 @@ def evaluation_row(l_lowres: Tensor, rgb: Tensor, rgb_joint: Tensor, rgb_target:
         l_lowres: ``(1, r, r)`` normalized input L*.
         rgb, rgb_joint, rgb_target: ``(3, S, S)`` in [0, 255].
     """
-    from joint_colsr.metrics import upscale_l
-
     l_up = upscale_l(l_lowres[None].float(), tuple(rgb_target.shape[-2:]))
     gray = quantize_uint8(merge_l_ab_to_rgb(l_up, torch.zeros_like(l_up).repeat(1, 2, 1, 1)))[0]
     first = caption(gray, text) if text else gray

@@ -99,3 +99,79 @@ def test_decay_outside_zero_one_is_refused(decay):
 def test_callback_pickles_for_ddp_spawn():
     callback = pickle.loads(pickle.dumps(EMA(decay=0.9)))
     assert callback.decay == 0.9
+
+
+def test_callback_average_follows_the_module_to_its_device():
+    # Lightning calls setup() before the strategy places the module and on_fit_start() after
+    # (trainer._run): the average is built in the first and must follow the module in the
+    # second. The meta device stands in for a GPU: a CPU average would fail the check.
+    module = _TinyConvModule()
+    callback = EMA(decay=0.9)
+    callback.setup(None, module, "fit")
+    assert next(callback._average_model.parameters()).device.type == "cpu"
+    module.to("meta")  # what the strategy's setup does with the accelerator's device
+    callback.on_fit_start(None, module)
+    for avg, cur in zip(callback._average_model.module.state_dict().values(), module.state_dict().values()):
+        assert avg.device == cur.device
+    assert callback._average_model.n_averaged.device.type == "meta"
+    callback._average_model.update_parameters(module)  # no host read, no copy across devices
+
+
+def test_an_explicit_device_is_kept():
+    module = _TinyConvModule()
+    callback = EMA(decay=0.9, device="cpu")
+    callback.setup(None, module, "fit")
+    module.to("meta")
+    callback.on_fit_start(None, module)
+    assert next(callback._average_model.parameters()).device.type == "cpu"
+
+
+class _TinyConvModule(__import__("lightning").pytorch.LightningModule):
+    def __init__(self):
+        super().__init__()
+        self.net = _net()
+
+    def training_step(self, batch, batch_idx):
+        return self.net(batch[0]).pow(2).mean()
+
+    def configure_optimizers(self):
+        return torch.optim.SGD(self.parameters(), lr=0.01)
+
+
+def test_in_a_real_fit_the_average_matches_the_module_device_and_layout(tmp_path):
+    # With speed.channels_last the ChannelsLast callback converts the module after the EMA
+    # copy was made; the average must take the same layout (and device) before the first update.
+    import lightning.pytorch as pl
+    from torch.utils.data import DataLoader, TensorDataset
+
+    from joint_colsr.callbacks import ChannelsLast
+
+    seen = []
+
+    class Check(pl.Callback):
+        def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx):
+            for avg, cur in zip(ema._average_model.module.state_dict().values(), pl_module.state_dict().values()):
+                seen.append((avg.device == cur.device, avg.stride() == cur.stride()))
+
+    ema = EMA(decay=0.9)
+    data = DataLoader(TensorDataset(torch.randn(8, 3, 8, 8)), batch_size=4)
+    trainer = pl.Trainer(accelerator="cpu", max_epochs=1, callbacks=[ema, ChannelsLast(), Check()], logger=False,
+                         enable_checkpointing=False, enable_progress_bar=False, enable_model_summary=False,
+                         default_root_dir=tmp_path)
+    trainer.fit(_TinyConvModule(), data)
+    assert seen and all(device and layout for device, layout in seen)
+    assert ema._average_model.module.net[0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_gan_generator_average_moves_with_the_system(compose_cfg):
+    # The GAN keeps its generator EMA as a submodule (not a callback): wherever the strategy
+    # places the system, the average goes too, and in the same memory layout.
+    from joint_colsr.assembly import build_system
+
+    system = build_system(compose_cfg(["model=srgan", "debug=tiny", "model.ema_decay=0.9", "model.net.blocks=1",
+                                       "model.discriminator.width_mult=0.0625", "speed.channels_last=true"]))
+    system.to("meta")
+    for (name, avg), cur in zip(system.net_ema.module.named_parameters(), system.net.parameters()):
+        assert avg.device == cur.device and avg.stride() == cur.stride(), name
+    assert system.net_ema.n_averaged.device.type == "meta"
+    system.net_ema.update_parameters(system.net)

@@ -133,7 +133,7 @@ def test_flip_only_augmentation_at_the_output_size(tmp_path, image_folder):
 
 
 def test_preprocess_command_then_train_from_the_cache(compose_cfg, tiny_coco, tmp_path):
-    data = ["data=coco", f"data.root={tiny_coco}", "data.num_workers=0", "data.output_size=64", "data.input_size=24"]
+    data = ["data=coco", f"data.root={tiny_coco}", "data.num_workers=0", "data.output_size=64", "data.input_size=24", "data.source.val_images=2"]
     cfg = compose_cfg([*data, f"cache_dir={tmp_path / 'c'}", "progress=false"], config_name="preprocess")
     index = preprocess(cfg)
     assert index["splits"]["train"]["complete"] and index["sizes"] == {"train": 64, "val": 64}
@@ -155,7 +155,7 @@ def test_resume_refuses_a_source_that_lists_other_photos(tmp_path, image_folder)
 
 def test_train_from_the_cache_alone_without_data_root(compose_cfg, tiny_coco, tmp_path):
     # Copy a cache to a machine without COCO: data.root stays unset and nothing under it is needed.
-    data = ["data=coco", "data.num_workers=0", "data.output_size=64", "data.input_size=32"]
+    data = ["data=coco", "data.num_workers=0", "data.output_size=64", "data.input_size=32", "data.source.val_images=2"]
     preprocess(compose_cfg([*data, f"data.root={tiny_coco}", f"cache_dir={tmp_path / 'c'}", "progress=false"], config_name="preprocess"))
     moved = tmp_path / "coco_gone"
     tiny_coco.rename(moved)  # the photos and annotations are gone from where the cache was built
@@ -181,3 +181,20 @@ def test_a_cache_from_before_colour_profiles_were_converted_warns(tmp_path, imag
     index_path.write_text(json.dumps(index))
     ImageCache.open(tmp_path / "c")  # still readable: a warning, not an error
     assert "before embedded colour profiles were converted" in caplog.text
+
+
+def test_cached_validation_views_are_never_enlarged_crops(tiny_coco, tmp_path):
+    from joint_colsr.data.cache import CachedImages
+    from joint_colsr.data.datasets import VALIDATION_VIEWS
+
+    source = CocoSource(str(tiny_coco))
+    build_cache(source, tmp_path / "s", output_size=32, progress=False)
+    val = ImageCache.open(tmp_path / "s").splits["val"]
+    with pytest.raises(ValueError, match="val_size=48"):
+        CachedImages(val, 32, train=False, views=VALIDATION_VIEWS[:6])
+    build_cache(source, tmp_path / "l", output_size=32, progress=False, val_size=48)
+    large = ImageCache.open(tmp_path / "l").splits["val"]
+    views = CachedImages(large, 32, train=False, views=VALIDATION_VIEWS[:6])
+    assert large.size == 48 and views[1]["rgb"].shape == (3, 32, 32)
+    # The 2/3-side views of a 48-pixel image are 32-pixel crops: copied, not resampled.
+    assert torch.equal(views[2]["rgb"], torch.from_numpy(large.image(0)[:, :32, :32].copy()))

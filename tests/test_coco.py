@@ -143,10 +143,37 @@ def test_grayscale_and_corrupt_photos_are_skipped_and_counted_and_labels_reach_t
 
 def test_data_coco_config_keys(compose_cfg, tiny_coco):
     cfg = compose_cfg(["data=coco", f"data.root={tiny_coco}", "data.categories=[dog]", "data.max_images=5",
-                       "data.batch_size=2", "data.num_workers=0", "data.with_labels=true"])
+                       "data.batch_size=2", "data.num_workers=0", "data.with_labels=true", "data.source.validation=val2017"])
     dm = build_datamodule(cfg)
     dm.setup("fit")
     assert isinstance(dm.source, CocoSource) and dm.source.describe() == {"name": "coco", "categories": ["dog"], "max_images": 5}
     assert {i.key for i in dm.train_set.items} == {"train2017/000000000002.jpg", "train2017/000000000004.jpg"}
     batch = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
     assert batch["labels"].shape == (2, 3) and (batch["labels"][:, 2] == 1).all()  # column of id 18 (dog)
+
+
+def test_heldout_validation_is_a_fixed_train2017_slice_and_val2017_is_left_for_eval(tiny_coco, compose_cfg):
+    """data=coco validates on a seeded slice of train2017; no photo is in two splits; eval scores val2017."""
+    from joint_colsr.eval import _prepare_data_config
+
+    cfg = compose_cfg(["data=coco", f"data.root={tiny_coco}", "data.source.val_images=2", "data.num_workers=0"])
+    assert cfg.data.source.validation == "heldout"  # the default of data=coco
+    source = build_datamodule(cfg).source
+    train, val = source.split()
+    test_keys = {i.key for i in CocoSource(str(tiny_coco)).split()[1]}  # val2017
+    train_keys, val_keys = {i.key for i in train}, {i.key for i in val}
+    assert len(val_keys) == 2 and len(train_keys) == len(TINY_COCO["train2017"]) - 2
+    assert not train_keys & val_keys and not (train_keys | val_keys) & test_keys
+    assert all(k.startswith("train2017/") for k in val_keys)
+    assert all(source.is_validation_group(k) for k in val_keys) and not any(source.is_validation_group(k) for k in train_keys)
+    # Fixed: the same slice whatever the listing order; another split_seed gives another slice.
+    again = CocoSource(str(tiny_coco), validation="heldout", val_images=2).split()[1]
+    assert {i.key for i in again} == val_keys
+    other = [{i.key for i in CocoSource(str(tiny_coco), validation="heldout", val_images=2, split_seed=s).split()[1]}
+             for s in range(1, 6)]
+    assert any(o != val_keys for o in other)
+    with pytest.raises(ValueError, match="val_images"):
+        CocoSource(str(tiny_coco), validation="heldout", val_images=100).split()
+    # eval keeps val2017 for itself.
+    _prepare_data_config(cfg)
+    assert {i.key for i in build_datamodule(cfg).source.split()[1]} == test_keys

@@ -124,3 +124,26 @@ def test_gradcheck_merge():
 def test_errors(call, match):
     with pytest.raises(ValueError, match=match):
         call()
+
+
+@pytest.mark.parametrize("channels_last", [False, True])
+def test_lab_conversions_are_kornias_with_the_constants_kept(channels_last):
+    # Same maths as kornia's rgb_to_lab / lab_to_rgb (the white point folded into the
+    # matrices), constants made once per device: no tensor is built from Python data again.
+    import kornia.color
+
+    from joint_colsr.color import lab_to_rgb, rgb_to_lab
+    from joint_colsr.syncs import HostReadRecorder
+
+    rgb = torch.rand(2, 3, 17, 9, generator=torch.Generator().manual_seed(0))
+    rgb[0, :, 0, 0] = 0.0  # black and white hit both branches of f(t)
+    rgb[0, :, 0, 1] = 1.0
+    if channels_last:
+        rgb = rgb.contiguous(memory_format=torch.channels_last)
+    lab = rgb_to_lab(rgb)
+    torch.testing.assert_close(lab, kornia.color.rgb_to_lab(rgb), atol=2e-4, rtol=1e-5)
+    lab[:, 1:] *= 1.3  # out of gamut too: clipping and Z < 0
+    torch.testing.assert_close(lab_to_rgb(lab), kornia.color.lab_to_rgb(lab, clip=True), atol=2e-6, rtol=1e-5)
+    with HostReadRecorder() as recorder:
+        lab_to_rgb(rgb_to_lab(rgb))
+    assert recorder.reads == []

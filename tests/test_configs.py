@@ -46,6 +46,8 @@ def test_paper_experiment_is_the_paper_recipe(compose_cfg):
     assert cfg.trainer.max_epochs == 148
     assert cfg.model.optimizer._target_ == "torch.optim.Adam" and cfg.model.optimizer.lr == 1e-4
     assert cfg.model.scheduler._target_.endswith("ReduceLROnPlateau") and cfg.model.scheduler.factor == 0.75
+    # Section III-A: each whole image downscaled to 256x256, L* to 96x96; no crop, no flip named.
+    assert (cfg.data.output_size, cfg.data.input_size, cfg.data.train_crop, cfg.data.hflip) == (256, 96, "whole", False)
     # COCO is not at /nowhere: start-up fails naming the path and the layout.
     with pytest.raises(FileNotFoundError, match="instances_train2017.json"):
         build_datamodule(cfg)
@@ -124,3 +126,18 @@ def test_every_model_shares_the_recipe_through_defaults():
         text = path.read_text()
         assert not re.search(r"^(optimizer|scheduler):", text, re.M), f"{path.name} repeats the recipe"
         assert "_recursive_: false" in text, path.name
+
+
+def test_trainer_ddp_keeps_the_gpu_recipe_on_gpus_and_float32_on_cpus(compose_cfg):
+    from omegaconf import OmegaConf
+
+    gpu = compose_cfg(["experiment=paper", "trainer=ddp", "trainer.accelerator=gpu"]).trainer
+    assert (gpu.precision, gpu.benchmark, gpu.strategy) == ("bf16-mixed", True, "ddp")
+    reference = compose_cfg(["experiment=paper"]).trainer  # the paper recipe runs under trainer=gpu
+    assert {k: gpu[k] for k in reference if k not in ("accelerator", "devices")} == \
+        {k: reference[k] for k in reference if k not in ("accelerator", "devices")}
+    cpu = compose_cfg(["trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=2"]).trainer
+    assert (cpu.precision, cpu.benchmark) == ("32-true", False)
+    # auto follows CUDA's presence, as Lightning's own choice does (no CUDA in tests).
+    auto = OmegaConf.to_container(compose_cfg(["trainer=ddp"]).trainer, resolve=True)
+    assert auto["precision"] == "32-true" and auto["benchmark"] is False

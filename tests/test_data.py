@@ -221,3 +221,28 @@ def test_datamodule_workers_give_the_same_batches_as_the_main_process():
 def test_datamodule_bad_arguments(kwargs, match):
     with pytest.raises(ValueError, match=match):
         ColSRDataModule(SamplePhotos(), **kwargs)
+
+
+def test_training_crops_are_never_enlarged():
+    """No blurred targets: a random crop keeps at least output_size source pixels per side."""
+    from joint_colsr.data.datasets import random_resized_box
+
+    rng = np.random.default_rng(0)
+    for _ in range(200):
+        x0, y0, x1, y1 = random_resized_box(rng, 400, 300, (0.05, 0.3), (3 / 4, 4 / 3), min_side=256)
+        assert min(x1 - x0, y1 - y0) >= 256 - 1e-6 and x1 <= 400 + 1e-6 and y1 <= 300 + 1e-6
+    # Without the floor the same draws are smaller than the target (the old behaviour).
+    small = [random_resized_box(rng, 400, 300, (0.05, 0.3), (3 / 4, 4 / 3)) for _ in range(50)]
+    assert any(min(b[2] - b[0], b[3] - b[1]) < 256 for b in small)
+
+
+def test_whole_photo_training_is_the_validation_image():
+    """train_crop=whole, hflip=false (experiment=paper): every training sample is the whole
+    photo squash-resized, exactly the validation/evaluation image."""
+    item = ImageItem("x", "x", array=random_photo(np.random.default_rng(1), 90, 140))
+    train = ReferenceImages([item], 48, train=True, length=3, train_crop="whole", hflip=False)
+    val = ReferenceImages([item], 48, train=False)
+    for key in ((0, 1), (1, 2), (2, 3)):
+        assert torch.equal(train[key]["rgb"], val[0]["rgb"])
+    with pytest.raises(ValueError, match="train_crop"):
+        ReferenceImages([item], 48, train=True, train_crop="centre")

@@ -43,10 +43,10 @@ def test_baselines_on_a_folder_score_every_image(tmp_path, image_folder):
     assert gray["num_images"] == bicubic["num_images"] == 8  # no train/validation split at evaluation
     # Same a*b* (zero): protocol 1 agrees; the bicubic L* costs in protocol 2 and Y-PSNR.
     assert gray["psnr"] == pytest.approx(gray["psnr_gray"]) == pytest.approx(bicubic["psnr"])
-    assert gray["psnr_joint"] == pytest.approx(gray["psnr"])
-    assert bicubic["psnr_joint"] < gray["psnr_joint"]
-    assert gray["psnr_y"] > 60  # ground-truth L* (exact after 8-bit rounding: inf)
-    assert bicubic["psnr_y"] < 60 and bicubic["ssim_joint"] < gray["ssim_joint"]
+    # gray is fed the ground-truth L*: labelled, and nothing of its L* is scored as if produced.
+    assert gray["uses_ground_truth_l"] is True and bicubic["uses_ground_truth_l"] is False
+    assert gray["psnr_joint"] is None and gray["ssim_joint"] is None and gray["psnr_y"] is None
+    assert bicubic["psnr_joint"] < bicubic["psnr"] and bicubic["psnr_y"] < 60 and bicubic["ssim_joint"] < bicubic["ssim"]
     assert gray["colorfulness"] < 1.0 and gray["colorfulness_gap"] > 5
     saved = json.loads((gray_dir / "metrics.json").read_text())
     assert saved["psnr"] == pytest.approx(gray["psnr"]) and saved["baseline"] == "gray"
@@ -54,7 +54,9 @@ def test_baselines_on_a_folder_score_every_image(tmp_path, image_folder):
         rows = list(csv.DictReader(f))
     assert len(rows) == 8 and len({r["key"] for r in rows}) == 8
     assert sum(float(r["psnr"]) for r in rows) / 8 == pytest.approx(gray["psnr"], abs=1e-4)
-    assert "| baseline=gray | 8 |" in (gray_dir / "metrics.md").read_text()
+    assert "| baseline=gray (GT-L* guided) | 8 |" in (gray_dir / "metrics.md").read_text()
+    assert saved["uses_ground_truth_l"] is True and saved["psnr_joint"] is None
+    assert rows[0]["psnr_joint"] == "" and float(rows[0]["psnr"]) > 0
     assert (gray_dir / "best_worst.png").read_bytes()[:4] == b"\x89PNG"
 
 
@@ -74,6 +76,7 @@ def test_checkpoint_eval_on_samples(tmp_path, tiny_ckpt):
     metrics, run = _run(tmp_path, [f"ckpt_path={tiny_ckpt}", "data.input_size=64"])
     assert metrics["input_size"] == 96  # the checkpoint's network decides the sizes
     assert metrics["num_images"] == 2 and metrics["model"].startswith("JointPaperNet")
+    assert metrics["uses_ground_truth_l"] is False
     # The paper's net predicts no L*: its own L* is the bicubic upscaling of its input.
     assert metrics["psnr_joint"] < metrics["psnr"]
     for key in ("ssim", "ssim_joint", "psnr_ab", "psnr_y", "auc_ab", "colorfulness_gap"):
@@ -112,3 +115,23 @@ def test_labelled_source_gives_supercategory_breakdown(tmp_path, image_folder):
 def test_bad_eval_configs_fail_at_startup(tmp_path, overrides, match):
     with pytest.raises(ConfigError, match=match):
         _run(tmp_path, overrides)
+
+
+def test_eval_reproduces_the_runs_degradation_from_the_checkpoint_alone(tmp_path):
+    """A run trained on area-downscaled L* is scored on area-downscaled L*, from a checkpoint
+    copied out of its run folder, with eval's defaults (bicubic) on the command line."""
+    import shutil
+
+    from joint_colsr.train import train
+
+    run = tmp_path / "run"
+    trained = train(compose_config("train", ["debug=tiny", "logger=none", "data.lowres_interpolation=area", "+data.min_side=20"],
+                                   output_dir=run))
+    alone = tmp_path / "copied" / "model.ckpt"
+    alone.parent.mkdir()
+    shutil.copy(run / "checkpoints" / "last.ckpt", alone)
+    cfg = compose_config("eval", [*FAST, f"ckpt_path={alone}"], output_dir=tmp_path / "eval")
+    assert cfg.data.lowres_interpolation == "bicubic"
+    metrics = evaluate(cfg)
+    assert cfg.data.lowres_interpolation == "area" and cfg.data.min_side == 20
+    assert metrics["psnr"] == pytest.approx(trained["val/psnr"], abs=1e-4)

@@ -122,3 +122,51 @@ def test_compiled_net_gives_the_same_outputs_and_gradients():
     out_plain.square().mean().backward()
     out_compiled.square().mean().backward()
     torch.testing.assert_close(compiled.head.weight.grad, plain.head.weight.grad, atol=1e-5, rtol=1e-4)
+
+
+def test_compile_comes_after_the_startup_checks_with_static_shapes(compose_cfg):
+    # The size check runs the plain net (at batch 1): had it run the compiled one, the
+    # training batch would compile a second graph with a symbolic batch dimension.
+    import torch._dynamo
+
+    torch._dynamo.reset()
+    torch._dynamo.utils.counters.clear()
+    system = build_system(compose_cfg(["debug=tiny", "speed.compile=true"]), startup_checks=True)
+    assert system.net._compiled_call_impl is not None
+    assert torch._dynamo.utils.counters["frames"]["total"] == 0  # nothing compiled yet
+    with pytest.raises(ConfigError, match="output_size"):  # and the check did run
+        build_system(compose_cfg(["debug=tiny", "speed.compile=true", "model.net.output_size=128"]), startup_checks=True)
+
+
+def test_deterministic_probe_names_the_op_and_the_fix():
+    # torch's own alert (what CUDA's bilinear backward raises) from a net on the gradient path.
+    from joint_colsr.config_checks import probe_deterministic
+
+    class AlertingNet(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv = torch.nn.Conv2d(1, 2, 1)
+
+        def forward(self, x):
+            torch._prims_common.alert_not_deterministic("upsample_bilinear2d_backward_out_cuda")
+            return self.conv(x)
+
+    batch = {"l_lowres": torch.zeros(2, 1, 4, 4), "l_highres": torch.zeros(2, 1, 8, 8)}
+    with pytest.raises(ConfigError, match=r"upsample_bilinear2d_backward_out_cuda.*trainer.deterministic=warn"):
+        probe_deterministic(AlertingNet(), batch, "cpu")
+    assert not torch.are_deterministic_algorithms_enabled()  # restored
+    probe_deterministic(torch.nn.Conv2d(1, 2, 1), batch, "cpu")  # a deterministic net passes
+
+
+def test_deterministic_turns_off_cudnn_autotuning(compose_cfg):
+    from joint_colsr.assembly import build_trainer
+
+    before = torch.backends.cudnn.benchmark
+    try:
+        build_trainer(compose_cfg(["trainer=gpu", "trainer.accelerator=cpu", "trainer.deterministic=true"]))
+        assert torch.backends.cudnn.benchmark is False
+        build_trainer(compose_cfg(["trainer=gpu", "trainer.accelerator=cpu"]))
+        assert torch.backends.cudnn.benchmark is True
+    finally:
+        torch.backends.cudnn.benchmark = before
+        torch.use_deterministic_algorithms(False)

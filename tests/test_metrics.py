@@ -38,7 +38,7 @@ from PIL import Image  # noqa: E402
 from skimage.color import rgb2ycbcr  # noqa: E402
 from skimage.metrics import structural_similarity as sk_ssim  # noqa: E402
 
-from joint_colsr.color import denormalize_ab  # noqa: E402
+from joint_colsr.color import denormalize_ab, upscale_l  # noqa: E402
 from joint_colsr.metrics import (  # noqa: E402
     ab_error_auc,
     colorfulness,
@@ -47,7 +47,6 @@ from joint_colsr.metrics import (  # noqa: E402
     psnr_y,
     ssim_uint8,
     summarize,
-    upscale_l,
 )
 from tests.conftest import random_photo  # noqa: E402
 
@@ -156,3 +155,33 @@ def test_image_metrics_protocols_differ_only_by_l():
     assert summary["colorfulness_gap"] == pytest.approx(abs(summary["colorfulness"] - summary["colorfulness_gt"]))
     with pytest.raises(ValueError, match="l_own"):
         image_metrics(batch["l_highres"], l_up[:, :, :32], ab, ab, rgb)
+
+
+@pytest.mark.parametrize("net_name", ["cascade_colorize_first", "cascade_upscale_first", "residual_predicted", "residual_interpolated", "sr_only"])
+def test_untrained_residual_nets_score_as_the_bicubic_baseline(net_name):
+    """One bicubic for the whole suite: a net whose untrained output is its bicubic input
+    delivers the bicubic baseline's L* and so its Y-PSNR (a "super-resolution gain" is
+    never the kernel)."""
+    from joint_colsr.nets import CascadeNet, ResidualJointNet, SROnlyNet
+    from joint_colsr.nets.baselines import BicubicBaseline
+
+    nets = {
+        "cascade_colorize_first": lambda: CascadeNet(32, 80, "colorize_first", width_mult=0.0625, upscaler={"blocks": 1}),
+        "cascade_upscale_first": lambda: CascadeNet(32, 80, "upscale_first", width_mult=0.0625, upscaler={"blocks": 1}),
+        "residual_predicted": lambda: ResidualJointNet(32, 80, "predicted", blocks=1, width_mult=0.0625),
+        "residual_interpolated": lambda: ResidualJointNet(32, 80, "interpolated", blocks=1, width_mult=0.0625),
+        "sr_only": lambda: SROnlyNet(32, 80, blocks=1, width_mult=0.0625),
+    }
+    torch.manual_seed(0)
+    net = nets[net_name]().eval()
+    rng = np.random.default_rng(3)
+    rgb = torch.from_numpy(np.stack([random_photo(rng, 80, 80) for _ in range(3)])).permute(0, 3, 1, 2).contiguous()
+    batch = rgb_uint8_to_lab_batch(rgb, 32)
+    with torch.no_grad():
+        own_l = net(batch["l_lowres"])["l"]
+        base_l = BicubicBaseline(32, 80)(batch["l_lowres"])["l"]
+    args = (batch["ab_target"], batch["ab_target"], rgb, 3)
+    y_net = image_metrics(batch["l_highres"], own_l, *args)["psnr_y"]
+    y_base = image_metrics(batch["l_highres"], base_l, *args)["psnr_y"]
+    assert y_base.mean() < 60  # the bicubic L* is not the ground truth: the comparison can fail
+    assert (y_net - y_base).abs().max() < 0.02

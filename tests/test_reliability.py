@@ -167,11 +167,12 @@ def test_deferred_nan_check_reads_the_device_only_every_n_steps():
     from types import SimpleNamespace
 
     guard = StopOnNonFinite(check_gradients=False, check_every_n_steps=3)
-    trainer = SimpleNamespace(global_step=0)
+    loop = SimpleNamespace(_batches_that_stepped=0)  # what Lightning counts logging steps by
+    trainer = SimpleNamespace(global_step=0, fit_loop=SimpleNamespace(epoch_loop=loop))
     for step in (0, 1):
-        trainer.global_step = step
+        trainer.global_step = loop._batches_that_stepped = step
         guard._record(trainer, torch.zeros((), device="meta"))
-    trainer.global_step = 2
+    trainer.global_step = loop._batches_that_stepped = 2
     with pytest.raises(RuntimeError, match="meta"):
         guard._record(trainer, torch.zeros((), device="meta"))
     with pytest.raises(ValueError, match="check_every_n_steps"):

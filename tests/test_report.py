@@ -68,3 +68,13 @@ def test_errors_name_the_problem(tmp_path, sweep):
         report(compose_config("report", [f"dir={sweep}", "metrics=[nope]"], output_dir=tmp_path / "r"))
     with pytest.raises(ConfigError, match="x=seed is not an override"):
         report(compose_config("report", [f"dir={sweep}", "x=seed"], output_dir=tmp_path / "r"))
+
+
+def test_guided_runs_are_marked(tmp_path):
+    root = _multirun(tmp_path / "multirun", [
+        (["baseline=gray"], {"psnr": 22.0, "psnr_joint": None, "uses_ground_truth_l": True}),
+        (["baseline=bicubic"], {"psnr": 22.0, "psnr_joint": 20.5, "uses_ground_truth_l": False}),
+    ])
+    report(compose_config("report", [f"dir={root}"], output_dir=tmp_path / "r"))
+    rows = [line for line in (root / "report.md").read_text().splitlines() if line.startswith("| 0") or line.startswith("| 1")]
+    assert rows[0].startswith("| 0 (GT-L* guided) | gray |") and "GT-L*" not in rows[1]

@@ -54,7 +54,7 @@ def test_sweep_composes_and_every_grid_value_composes(name, compose_cfg):
     assert params, f"sweep={name} declares no hydra.sweeper.params"
     assert cfg.task_name == name  # outputs/<sweep>/multiruns/<date>
     if name == "optuna":
-        assert cfg.hydra.sweeper.direction == "maximize" and cfg.optimized_metric == "val/psnr"
+        assert cfg.hydra.sweeper.direction == "maximize" and cfg.optimized_metric == "val/psnr_joint"
         assert set(params) == {"model.optimizer.lr", "model.net.width_mult"}
         return
     # Each value of each axis (the others at their first value) composes and passes start-up checks.
@@ -141,9 +141,9 @@ def test_optuna_sweep_maximizes_val_psnr(tmp_path):
     assert set(result["best_params"]) == {"model.optimizer.lr", "model.net.width_mult"}
     jobs = _summary(sweep_dir)["jobs"]
     assert len(jobs) == 2
-    # main() returned val/psnr to the sweeper, and the best trial is the best of them.
+    # main() returned val/psnr_joint (the whole joint output) to the sweeper, and the best trial is the best of them.
     for job in jobs:
-        assert job["return_value"] == pytest.approx(job["metrics"]["val/psnr"])
+        assert job["return_value"] == pytest.approx(job["metrics"]["val/psnr_joint"])
     assert result["best_value"] == pytest.approx(max(j["return_value"] for j in jobs))
 
 
@@ -173,6 +173,10 @@ def test_section4_sweep_tiny(tmp_path):
     jobs = _summary(sweep_dir)["jobs"]
     assert [j["status"] for j in jobs] == ["COMPLETED", "COMPLETED"]
     assert {OmegaConf.load(f"{j['output_dir']}/.hydra/config.yaml").data.input_size for j in jobs} == {48, 96}
+    # Fed the ground-truth L*: labelled in every job record and every row of the summary.
+    assert all(j["uses_ground_truth_l"] for j in jobs)
+    rows = [line for line in (sweep_dir / "sweep_summary.md").read_text().splitlines() if "| COMPLETED |" in line]
+    assert len(rows) == 2 and all("GT-L* guided" in row for row in rows)
 
 
 def test_every_sweep_has_a_one_command_script_that_runs(tmp_path):

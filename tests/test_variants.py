@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from joint_colsr.assembly import build_eval_system, build_system
+from joint_colsr.color import resize_bicubic, upscale_l
 from joint_colsr.config_checks import ConfigError
 from joint_colsr.model_table import BEGIN, END, markdown, model_names, replace_between_markers
 from joint_colsr.nets import (
@@ -40,7 +41,7 @@ TINY = {
     "srgan": ["model=srgan", "model.net.blocks=1", "model.discriminator.width_mult=0.0625",
               "model.discriminator_warmup_steps=0"],
 }
-PREDICTS_L = {"sr_only", "cascade", "cascade_upscale_first", "residual_joint", "srgan"}
+PREDICTS_L = {"sr_only", "cascade", "cascade_upscale_first", "residual_joint", "srgan", "residual_joint_interpolated"}
 
 
 def _overrides(variant: str, *extra: str) -> list[str]:
@@ -107,7 +108,7 @@ def test_fast_dev_run(variant, compose_cfg):
     metrics = train(compose_cfg(_overrides(variant, "debug=fdr", "data.batch_size=2")))
     assert torch.isfinite(torch.tensor(metrics["val/psnr"]))
     if variant in PREDICTS_L:
-        assert torch.isfinite(torch.tensor(metrics["val/psnr_own_l"]))
+        assert torch.isfinite(torch.tensor(metrics["val/psnr_joint"]))
         assert metrics["train/loss_l" if variant != "srgan" else "train/g_pixel_l"] >= 0
     if variant == "srgan":
         # Two optimizers step per batch under manual optimization.
@@ -168,8 +169,7 @@ def test_srresnet_starts_at_bicubic_and_scales_any_input():
     x = torch.rand(1, 1, 48, 72) * 2 - 1
     out = net(x)
     assert out.shape == (1, 1, 128, 192)
-    bicubic = nn.functional.interpolate(x, size=(128, 192), mode="bicubic", align_corners=False)
-    assert torch.allclose(out, bicubic)
+    assert torch.allclose(out, resize_bicubic(x, (128, 192)))
     with pytest.raises(ValueError, match="input_residual"):
         SRResNet(in_channels=1, out_channels=3)
 
@@ -195,7 +195,10 @@ def test_residual_joint_checks_its_guide():
     # The predicted L* starts as the bicubic input.
     pred = ResidualJointNet(64, 128, l_source="predicted", blocks=1, width_mult=0.0625).eval()
     x = torch.rand(1, 1, 64, 64) * 2 - 1
-    assert torch.allclose(pred(x)["l"], nn.functional.interpolate(x, size=(128, 128), mode="bicubic", align_corners=False))
+    assert torch.allclose(pred(x)["l"], upscale_l(x, (128, 128)))
+    # The interpolated guide is the L* the net delivers.
+    interp = ResidualJointNet(64, 128, l_source="interpolated", blocks=1, width_mult=0.0625).eval()
+    assert torch.equal(interp(x)["l"], upscale_l(x, (128, 128)))
 
 
 def test_cascade_loads_and_freezes_a_stage(tmp_path):
@@ -297,7 +300,8 @@ def test_srgan_tiny_run_with_ema_perceptual_schedulers_and_resume(compose_cfg, t
     vgg.unlink()
     loaded = ColSRSystem.from_checkpoint(shared, inference=True)
     assert type(loaded) is GANSystem and loaded.perceptual is None
-    assert loaded.data_task == {"input_size": 96, "output_size": 256, "lowres_interpolation": "bicubic", "with_labels": False}
+    assert loaded.data_task == {"input_size": 96, "output_size": 256, "lowres_interpolation": "bicubic", "with_labels": False,
+                               "filters": {"exclude_grayscale": True, "min_side": 16, "max_aspect": 10.0}}
     eval_cfg = compose_config("eval", [f"ckpt_path={shared}", "data.input_size=64"])
     assert type(build_eval_system(eval_cfg)) is GANSystem and eval_cfg.data.input_size == 96
     # A checkpoint written before checkpoints named their class: told apart by its hyper-parameters.
@@ -334,7 +338,7 @@ def test_srgan_trains_another_generator(compose_cfg):
                        "model.discriminator_warmup_steps=0", "debug=fdr", "data.batch_size=2"])
     metrics = train(cfg)
     assert cfg.model.net._target_.endswith("JointPaperNet") and "train/g_adv" in metrics
-    assert "val/psnr_own_l" not in metrics  # the paper net has no L* of its own: D sees ground-truth L*
+    assert "val/loss_l" not in metrics  # the paper net has no L* of its own: D sees ground-truth L*
 
 
 def test_srgan_leaves_out_the_ema_callback_and_keeps_its_own(compose_cfg):
@@ -347,3 +351,27 @@ def test_srgan_leaves_out_the_ema_callback_and_keeps_its_own(compose_cfg):
     assert not any(isinstance(c, WeightAveraging) for c in build_callbacks(cfg, build_system(cfg)))
     plain = compose_cfg(["debug=tiny", "callbacks=ema"])
     assert any(isinstance(c, WeightAveraging) for c in build_callbacks(plain, build_system(plain)))
+
+
+def test_model_selection_sees_every_output(compose_cfg):
+    """val/loss is the training objective (every term); the best checkpoint and Optuna follow
+    the whole joint output (protocol 2); a GT-L*-guided net, with no own L*, falls back to protocol 1."""
+    from lightning.pytorch.callbacks import ModelCheckpoint
+
+    from joint_colsr.assembly import build_callbacks
+
+    cfg = compose_cfg(["model=sr_only", "debug=tiny", "model.net.blocks=1", "model.l_loss_weight=2.0"])
+    metrics = train(cfg)
+    # sr_only's a*b* are always 0: only the L* term can move val/loss (it used to be the a*b* MSE alone).
+    assert metrics["val/loss_l"] > 0
+    assert metrics["val/loss"] == pytest.approx(metrics["val/loss_ab"] + 2.0 * metrics["val/loss_l"], rel=1e-5)
+    assert metrics["val/psnr_joint"] != pytest.approx(metrics["val/psnr"])  # own L* vs ground-truth L*
+    assert "-psnr" in metrics["best_ckpt"] and not metrics["uses_ground_truth_l"]
+
+    guided = compose_cfg(_overrides("residual_joint_gt", "debug=tiny"))
+    system = build_system(guided)
+    assert system.uses_ground_truth_l and system.selection_metric == "val/psnr"
+    best = [c for c in build_callbacks(guided, system) if isinstance(c, ModelCheckpoint) and c.monitor]
+    assert [c.monitor for c in best] == ["val/psnr"] and "val/psnr_joint" not in best[0].filename
+    blind = build_system(compose_cfg(_overrides("residual_joint", "debug=tiny")))
+    assert not blind.uses_ground_truth_l and blind.selection_metric == "val/psnr_joint"

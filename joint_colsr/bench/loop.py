@@ -36,6 +36,40 @@ def synchronize(device: torch.device) -> None:
         torch.cuda.synchronize(device)
 
 
+class StepStamps:
+    """Time stamps at step boundaries that never make the host wait for the device.
+
+    On a GPU each stamp is a CUDA event (recorded when the host reaches it, completed when the
+    device does); durations are read once, after the last step (:meth:`seconds`), so the timed
+    steps run as in training, the host queueing ahead. On a CPU: the wall clock. Every stamp
+    also records the host's wall and process clocks (:attr:`wall`, :attr:`cpu`).
+    """
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.events: list[Any] = []
+        self.wall: list[float] = []
+        self.cpu: list[float] = []
+
+    def stamp(self) -> None:
+        if self.device.type == "cuda":
+            event = torch.cuda.Event(enable_timing=True)
+            event.record()
+            self.events.append(event)
+        self.wall.append(time.perf_counter())
+        self.cpu.append(time.process_time())
+
+    def __len__(self) -> int:
+        return len(self.wall)
+
+    def seconds(self) -> list[float]:
+        """Seconds between consecutive stamps (device time on a GPU: one wait, here, at the end)."""
+        if self.events:
+            self.events[-1].synchronize()
+            return [a.elapsed_time(b) / 1000 for a, b in zip(self.events, self.events[1:])]
+        return _diffs(self.wall)
+
+
 def accelerator_device(accelerator: str) -> torch.device:
     """``cpu`` | ``gpu`` | ``cuda`` | ``auto`` -> the torch device a one-device Trainer uses."""
     if accelerator in ("gpu", "cuda") or (accelerator == "auto" and torch.cuda.is_available()):
@@ -114,7 +148,8 @@ class PremadeTrainBatches(pl.LightningDataModule):
 
 
 class StepTimer(pl.Callback):
-    """Stamps the wall clock when each training batch reaches the step (after ``warmup`` batches).
+    """Stamps (:class:`StepStamps`: CUDA events on a GPU, no synchronization) when each training
+    batch reaches the step, after ``warmup`` batches.
 
     ``steps`` intervals are measured (``steps + 1`` stamps), or fewer once ``max_seconds``
     have passed; then it asks the Trainer to stop after the current batch. With
@@ -129,8 +164,9 @@ class StepTimer(pl.Callback):
             raise ValueError(f"need warmup >= 0 and steps >= 1, got warmup={warmup}, steps={steps}")
         self.warmup, self.steps, self.device, self.max_seconds = warmup, steps, device, max_seconds
         self.count_flops = count_flops
-        self.stamps: list[float] = []
-        self.cpu_stamps: list[float] = []
+        self.clock = StepStamps(device)
+        self.stamps = self.clock.wall  # host wall clock at each stamp
+        self.cpu_stamps = self.clock.cpu
         self.flops_per_image: float | None = None
         self._counter: FlopCounterMode | None = None
         self._batch_size = 0
@@ -138,9 +174,7 @@ class StepTimer(pl.Callback):
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         if batch_idx < self.warmup or trainer.should_stop:
             return
-        synchronize(self.device)
-        self.stamps.append(time.perf_counter())
-        self.cpu_stamps.append(time.process_time())
+        self.clock.stamp()
         out_of_time = self.max_seconds is not None and len(self.stamps) >= 2 and self.stamps[-1] - self.stamps[0] >= self.max_seconds
         if len(self.stamps) > self.steps or out_of_time:
             trainer.should_stop = True
@@ -157,8 +191,8 @@ class StepTimer(pl.Callback):
 
     @property
     def step_seconds(self) -> list[float]:
-        """Wall-clock seconds of each timed step."""
-        return _diffs(self.stamps)
+        """Seconds of each timed step (device time on a GPU, wall clock on a CPU)."""
+        return self.clock.seconds()
 
     @property
     def step_cpu_seconds(self) -> list[float]:
@@ -173,7 +207,7 @@ def _diffs(stamps: Sequence[float]) -> list[float]:
 def step_clock(device: torch.device) -> str:
     """Which clock compares two training loops fairly on ``device``.
 
-    On a GPU: the wall clock (the host waits for the device). On a CPU: this process's
+    On a GPU: the device's clock (CUDA events between steps; :class:`StepStamps`). On a CPU: this process's
     CPU time (``time.process_time``). With one torch thread it counts the work done and
     not the time spent waiting for a core, so other jobs on a shared machine change it
     far less than they change the wall clock.
@@ -283,14 +317,11 @@ def raw_loop_timed(
         ema = EMAModel(net, decay=float(ema_cfg.get("decay", 0.999)), use_buffers=bool(ema_cfg.get("use_buffers", True)))
         every = int(ema_cfg.get("update_every_n_steps", 1))
     autocast = _autocast(str(cfg.trainer.precision), device)
-    stamps: list[float] = []
-    cpu_stamps: list[float] = []
+    clock = StepStamps(device)
     for index, batch in enumerate(cycled_loader(batches, warmup + steps + 1)):
         batch = convert({k: v.to(device, non_blocking=True) for k, v in batch.items()}, 0)
         if index >= warmup:
-            synchronize(device)
-            stamps.append(time.perf_counter())
-            cpu_stamps.append(time.process_time())
+            clock.stamp()
         with autocast:
             ab_pred = net(batch["l_lowres"])
         loss = F.mse_loss(ab_pred.float(), batch["ab_target"])
@@ -299,7 +330,7 @@ def raw_loop_timed(
         optimizer.step()
         if ema is not None and every > 0 and index % every == 0:
             ema.update_parameters(net)
-    return _diffs(stamps), _diffs(cpu_stamps)
+    return clock.seconds(), _diffs(clock.cpu)
 
 
 def ema_callback_config(cfg: DictConfig) -> DictConfig | None:

@@ -32,8 +32,8 @@ from joint_colsr.bench.loop import (
     lightning_fit_timed,
     make_uint8_batches,
     step_clock,
+    StepStamps,
     summarize,
-    synchronize,
 )
 from joint_colsr.config_checks import check_config
 from joint_colsr.data import build_cache
@@ -104,16 +104,16 @@ def inference_timed(system: torch.nn.Module, batches: Sequence[dict[str, torch.T
     """Seconds of each ``system.infer`` call on the batches (eval mode, inference mode)."""
     device = batches[0]["l_lowres"].device
     system.to(device).eval()
-    stamps: list[float] = []
+    clock = StepStamps(device)  # CUDA events on a GPU: no wait inside the timed calls
     with torch.inference_mode(), _autocast(precision, device):
         for index in range(warmup + steps + 1):
             if index >= warmup:
-                synchronize(device)
-                stamps.append(time.perf_counter())
-                if len(stamps) > steps or (max_seconds is not None and len(stamps) >= 2 and stamps[-1] - stamps[0] >= max_seconds):
+                clock.stamp()
+                wall = clock.wall
+                if len(wall) > steps or (max_seconds is not None and len(wall) >= 2 and wall[-1] - wall[0] >= max_seconds):
                     break
             system.infer(batches[index % len(batches)])
-    return [b - a for a, b in zip(stamps, stamps[1:])]
+    return clock.seconds()
 
 
 def inference_flops_per_image(system: torch.nn.Module, batch: dict[str, torch.Tensor]) -> float:
@@ -253,6 +253,9 @@ def project_paper_schedule(
     data.cache=DIR``); otherwise ``data.num_workers`` workers decode and crop photos.
     """
     cfg = compose_train_config(["model=joint_paper", *overrides, f"data.batch_size={batch_size}"], width_mult)
+    # Steady state: the loaders' workers prefetch 2 batches each before the first step, so a
+    # warm-up shorter than that times batches that were ready in advance.
+    warmup = max(warmup, 2 * int(cfg.data.num_workers) + 4)
     torch.manual_seed(0)
     system = build_system(cfg)
     with tempfile.TemporaryDirectory(prefix="joint_colsr_bench_cache_") as tmp:

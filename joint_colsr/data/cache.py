@@ -44,7 +44,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 from tqdm.auto import tqdm
 
-from joint_colsr.data.datasets import VALIDATION_VIEWS, Box, multi_hot, random_resized_box, resize_box
+from joint_colsr.data.datasets import TRAIN_CROPS, VALIDATION_VIEWS, Box, multi_hot, random_resized_box, resize_box
 from joint_colsr.data.decode import ImageDecodeError, count_reasons, unusable_reason
 from joint_colsr.data.sampler import sample_seed
 from joint_colsr.data.sources import ImageItem, ImageSource
@@ -108,12 +108,12 @@ COLOUR_HANDLING = "embedded ICC profiles converted to sRGB (LittleCMS, relative 
 
 
 def _build_meta(source: ImageSource, output_size: int, train_size: int, shard_size: int,
-                min_side: int, max_aspect: float, exclude_grayscale: bool) -> dict[str, Any]:
+                min_side: int, max_aspect: float, exclude_grayscale: bool, val_size: int | None = None) -> dict[str, Any]:
     return {
         "version": CACHE_VERSION,
         "source": source.describe(),
         "output_size": int(output_size),
-        "sizes": {"train": int(train_size), "val": int(output_size)},
+        "sizes": {"train": int(train_size), "val": int(val_size or output_size)},
         "layout": "NCHW uint8 sRGB, whole photo squash-resized (antialiased bicubic)",
         "colour": COLOUR_HANDLING,
         "filters": {"min_side": int(min_side), "max_aspect": float(max_aspect), "exclude_grayscale": bool(exclude_grayscale)},
@@ -135,6 +135,7 @@ def build_cache(
     overwrite: bool = False,
     progress: bool = True,
     max_shards: int | None = None,
+    val_size: int | None = None,
 ) -> dict[str, Any]:
     """Decode every photo of ``source`` into a cache at ``cache_dir`` (resuming a partial one).
 
@@ -151,6 +152,9 @@ def build_cache(
         overwrite: delete a cache built with other settings instead of failing.
         progress: show a progress bar.
         max_shards: stop after writing this many shards in this call (the build resumes later).
+        val_size: side of cached validation images (``>= S``; default ``S``: the evaluation
+            protocol's images byte for byte). ``ceil(1.5 S)`` or more allows ``data.val_views > 1``
+            (its 2/3-side crops are then at least ``S`` pixels: never enlarged).
 
     Returns:
         The index (also written to ``cache_dir/index.json``).
@@ -158,6 +162,8 @@ def build_cache(
     train_size = int(train_size or output_size)
     if train_size < output_size:
         raise ValueError(f"train_size ({train_size}) must be >= data.output_size ({output_size})")
+    if val_size is not None and int(val_size) < output_size:
+        raise ValueError(f"val_size ({val_size}) must be >= data.output_size ({output_size})")
     if shard_size < 1:
         raise ValueError(f"shard_size must be >= 1, got {shard_size}")
     unknown = [s for s in splits if s not in SPLITS]
@@ -165,7 +171,7 @@ def build_cache(
         raise ValueError(f"splits: unknown {unknown}; choose from {list(SPLITS)}")
     root = Path(cache_dir).expanduser().resolve()
     root.mkdir(parents=True, exist_ok=True)
-    meta = _build_meta(source, output_size, train_size, shard_size, min_side, max_aspect, exclude_grayscale)
+    meta = _build_meta(source, output_size, train_size, shard_size, min_side, max_aspect, exclude_grayscale, val_size)
     index_path = root / INDEX_NAME
     index: dict[str, Any] = {**meta, "splits": {}}
     if index_path.exists():
@@ -418,10 +424,13 @@ class CachedImages(Dataset):
     """Reference images read from a cache split: the cached counterpart of
     :class:`joint_colsr.data.datasets.ReferenceImages` (same arguments, same sample dicts).
 
-    Training: photo ``index % len(split)``; a random resized crop (``crop_scale``) only when
-    the cached side exceeds ``output_size``, and a random horizontal flip; all drawn from the
-    sample seed. Validation: photo ``index // len(views)`` through view ``index % len(views)``;
-    the whole-photo view is the cached image itself, byte for byte.
+    Training: photo ``index % len(split)``; a random resized crop (``crop_scale``, no side
+    under ``output_size`` cached pixels: never an enlarged crop) only when the cached side
+    exceeds ``output_size`` and ``train_crop="random_resized"``, and a random horizontal flip;
+    all drawn from the sample seed. Validation: photo ``index // len(views)`` through view
+    ``index % len(views)``; the whole-photo view is the cached image itself, byte for byte.
+    Views other than the whole photo need a validation split cached at 1.5x the output size
+    or more (``preprocess val_size=``), so that they too are crops at their source resolution.
     """
 
     def __init__(
@@ -435,14 +444,23 @@ class CachedImages(Dataset):
         crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
         hflip: bool = True,
         label_columns: dict[int, int] | None = None,
+        train_crop: str = "random_resized",
     ) -> None:
         if len(split) == 0:
             raise ValueError(f"cache split '{split.name}' holds no images")
+        if train_crop not in TRAIN_CROPS:
+            raise ValueError(f"data.train_crop must be one of {', '.join(TRAIN_CROPS)}, got {train_crop!r}")
+        if not train and len(views) > 1 and split.size * 2 < 3 * int(output_size):
+            raise ValueError(
+                f"data.val_views={len(views)} from a cache whose validation images are {split.size}x{split.size}: its "
+                f"crops would be enlarged to {output_size} (blurred targets). Use data.val_views=1, or rebuild the cache "
+                f"with val_size={-(-3 * int(output_size) // 2)} (python -m joint_colsr.preprocess ... val_size=...)"
+            )
         self.split = split
         self.output_size = int(output_size)
         self.train = train
         self.views = tuple(views)
-        self.crop = train and split.size > self.output_size
+        self.crop = train and split.size > self.output_size and train_crop == "random_resized"
         self.crop_scale = tuple(crop_scale)
         self.crop_ratio = tuple(crop_ratio)
         self.hflip = hflip
@@ -464,7 +482,10 @@ class CachedImages(Dataset):
         side = self.split.size
         if self.train:
             rng = np.random.default_rng(seed)
-            box = random_resized_box(rng, side, side, self.crop_scale, self.crop_ratio) if self.crop else None
+            if self.crop:
+                box = random_resized_box(rng, side, side, self.crop_scale, self.crop_ratio, min_side=self.output_size)
+            else:  # the whole photo, resized down when cached larger
+                box = None if side == self.output_size else (0.0, 0.0, float(side), float(side))
             return index, index % len(self.split), box, bool(self.hflip and rng.random() < 0.5)
         photo, view = index // len(self.views), self.views[index % len(self.views)]
         whole = view == (0.0, 0.0, 1.0, 1.0) and side == self.output_size

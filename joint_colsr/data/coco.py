@@ -1,7 +1,17 @@
-"""MS-COCO 2017 through pycocotools: the paper's training data (train2017) and validation set (val2017).
+"""MS-COCO 2017 through pycocotools: the paper's training data (train2017) and test set (val2017).
 
-The split is COCO's own: ``train2017`` trains, ``val2017`` validates and evaluates. Each
-item carries its image-level labels (the COCO category ids of its annotations), which
+Two splits (``validation``):
+
+* ``heldout`` (``data=coco``'s default): a fixed slice of ``val_images`` train2017 photos
+  (5,000 by default) validates, the rest of train2017 trains, and val2017 is left for
+  ``eval`` alone: what picks the best checkpoint, drives the LR schedule and ranks Optuna
+  trials never sees the photos the reported numbers come from. The slice is the
+  ``val_images`` photos with the smallest ``sha256(f"{split_seed}:{key}")``: the same photos
+  on every machine, for every run seed, whatever order the annotations list them in.
+* ``val2017``: COCO's own split, train2017 trains and val2017 validates (what ``eval``
+  uses: it scores val2017).
+
+Each item carries its image-level labels (the COCO category ids of its annotations), which
 models with a classification branch can ask for (``data.with_labels=true``).
 
 Grayscale photos (about 1% of COCO, some stored as 3-channel RGB) are not found here:
@@ -14,6 +24,7 @@ without a cache, at decode time in the dataset (skipped and counted, like a corr
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import io
 import logging
 import os
@@ -33,6 +44,14 @@ COCO_LAYOUT_HELP = (
 
 #: COCO split folder -> our split.
 COCO_SPLITS = {"train2017": "train", "val2017": "val"}
+#: What validates: a held-out slice of train2017, or val2017.
+VALIDATIONS = ("heldout", "val2017")
+
+
+def heldout_keys(keys: Sequence[str], count: int, seed: int) -> set[str]:
+    """The ``count`` keys with the smallest ``sha256(f"{seed}:{key}")``: a fixed, seeded slice."""
+    ranked = sorted(keys, key=lambda k: hashlib.sha256(f"{seed}:{k}".encode()).hexdigest())
+    return set(ranked[:count])
 
 
 class CocoSource(ImageSource):
@@ -51,6 +70,10 @@ class CocoSource(ImageSource):
         max_bad_fraction: fail at start-up when more than this share of a split's listed
             images is missing (or unreadable, with ``check_headers``).
         check_headers: open every image's header at start-up (about a minute for train2017).
+        validation: ``heldout`` (a slice of train2017 validates; val2017 is for ``eval``) or
+            ``val2017`` (COCO's own split); see the module docs.
+        val_images: size of the held-out slice (``heldout`` only).
+        split_seed: seed of the held-out slice (fixed: not the run's seed).
     """
 
     name = "coco"
@@ -62,8 +85,17 @@ class CocoSource(ImageSource):
         max_images: int | None = None,
         max_bad_fraction: float = 0.01,
         check_headers: bool = False,
+        validation: str = "val2017",
+        val_images: int = 5000,
+        split_seed: int = 0,
     ) -> None:
         super().__init__()
+        if validation not in VALIDATIONS:
+            raise ValueError(f"data.source.validation must be one of {', '.join(VALIDATIONS)}, got {validation!r}")
+        if validation == "heldout" and int(val_images) < 1:
+            raise ValueError(f"data.source.val_images must be >= 1, got {val_images}")
+        self.validation, self.val_images, self.split_seed = validation, int(val_images), int(split_seed)
+        self._heldout: set[str] | None = None
         if root is None or str(root) in ("", "???"):
             raise ValueError("data.root is not set: pass data.root=DIR; " + COCO_LAYOUT_HELP)
         self.root = Path(root).expanduser().resolve()
@@ -175,11 +207,32 @@ class CocoSource(ImageSource):
         return [item for folder in COCO_SPLITS for item in self._items_of(folder)]
 
     def split(self) -> tuple[list[ImageItem], list[ImageItem]]:
-        """``(train2017 items, val2017 items)``."""
-        return self._items_of("train2017"), self._items_of("val2017")
+        """``(training items, validation items)``: train2017 minus the held-out slice and the
+        slice (``heldout``), or train2017 and val2017 (``val2017``)."""
+        train = self._items_of("train2017")
+        if self.validation == "val2017":
+            return train, self._items_of("val2017")
+        held = self._heldout_keys()
+        return [i for i in train if i.key not in held], [i for i in train if i.key in held]
+
+    def _heldout_keys(self) -> set[str]:
+        if self._heldout is None:
+            keys = [i.key for i in self._items_of("train2017")]
+            if self.val_images >= len(keys):
+                raise ValueError(f"data.source.val_images={self.val_images} held-out photos, but the selection holds only "
+                                 f"{len(keys)} train2017 photos: lower data.source.val_images")
+            self._heldout = heldout_keys(keys, self.val_images, self.split_seed)
+            log.info("COCO: %d train2017 photos held out for validation (split_seed %d); val2017 is left for eval",
+                     len(self._heldout), self.split_seed)
+        return self._heldout
 
     def is_validation_group(self, group: str) -> bool:
-        return group.startswith("val2017/")
+        if self.validation == "val2017":
+            return group.startswith("val2017/")
+        return group in self._heldout_keys()
 
     def describe(self) -> dict:
-        return {"name": self.name, "categories": self.category_names, "max_images": self.max_images}
+        out = {"name": self.name, "categories": self.category_names, "max_images": self.max_images}
+        if self.validation == "heldout":  # a cache built for one split must not serve another
+            out.update(validation=self.validation, val_images=self.val_images, split_seed=self.split_seed)
+        return out

@@ -13,7 +13,7 @@ from torch.utils.data import DataLoader
 
 from joint_colsr.color import rgb_uint8_to_lab_batch
 from joint_colsr.data.cache import CachedImages, ImageCache, collate_samples
-from joint_colsr.data.datasets import VALIDATION_VIEWS, ReferenceImages
+from joint_colsr.data.datasets import TRAIN_CROPS, VALIDATION_VIEWS, ReferenceImages
 from joint_colsr.data.sampler import EpochSeededSampler
 from joint_colsr.data.sources import ImageSource
 
@@ -38,8 +38,11 @@ class ColSRDataModule(pl.LightningDataModule):
         train_samples_per_epoch: random crops per training epoch (default: one per photo).
         val_views: fixed views per validation photo: 1 (the whole image, squash-resized:
             the evaluation protocol) up to 6 (plus centre and corner crops of 2/3 side).
-        crop_scale: area range of training crops.
+        crop_scale: area range of training crops (a crop never has a side under
+            ``output_size`` source pixels: no target is an enlarged crop).
         hflip: random horizontal flips in training.
+        train_crop: ``random_resized`` (crops of ``crop_scale``) or ``whole`` (the whole photo
+            squash-resized to ``output_size``: the paper's recipe, ``experiment=paper``).
         seed: base seed of sample order and augmentation (``None``: drawn and logged).
         root: the folder a file-based source reads (informational; the source uses it).
         categories, max_images: COCO selection keys (informational, like ``root``: the
@@ -68,6 +71,7 @@ class ColSRDataModule(pl.LightningDataModule):
         crop_scale: Sequence[float] = (0.25, 1.0),
         hflip: bool = True,
         seed: int | None = 0,
+        train_crop: str = "random_resized",
         root: str | None = None,
         categories: Sequence[str] | None = None,
         max_images: int | None = None,
@@ -102,6 +106,9 @@ class ColSRDataModule(pl.LightningDataModule):
         self.val_views = val_views
         self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
         self.hflip = hflip
+        if train_crop not in TRAIN_CROPS:
+            raise ValueError(f"data.train_crop must be one of {', '.join(TRAIN_CROPS)}, got {train_crop!r}")
+        self.train_crop = train_crop
         if seed is None:
             seed = random.SystemRandom().randrange(2**31)
             log.info("data.seed is null: drew sample seed %d", seed)
@@ -160,7 +167,7 @@ class ColSRDataModule(pl.LightningDataModule):
         if train_items:
             self.train_set = ReferenceImages(
                 train_items, self.output_size, train=True, length=self.train_samples_per_epoch,
-                crop_scale=self.crop_scale, hflip=self.hflip, label_columns=columns, **self.filters,
+                crop_scale=self.crop_scale, hflip=self.hflip, label_columns=columns, train_crop=self.train_crop, **self.filters,
             )
         self.val_set = ReferenceImages(val_items, self.output_size, train=False, views=VALIDATION_VIEWS[: self.val_views],
                                        label_columns=columns, **self.filters)
@@ -183,9 +190,10 @@ class ColSRDataModule(pl.LightningDataModule):
         if "train" in cache.splits:
             train = cache.splits["train"]
             self.train_set = CachedImages(train, self.output_size, train=True, length=self.train_samples_per_epoch,
-                                          crop_scale=self.crop_scale, hflip=self.hflip, label_columns=columns)
-            log.info("training from cache %s: %dx%d images; augmentation: %s", cache.root, train.size, train.size,
-                     "random resized crop + flip" if self.train_set.crop else "flip only (cached at the output size)")
+                                          crop_scale=self.crop_scale, hflip=self.hflip, label_columns=columns,
+                                          train_crop=self.train_crop)
+            log.info("training from cache %s: %dx%d images; augmentation: %s%s", cache.root, train.size, train.size,
+                     "random resized crop" if self.train_set.crop else "whole photo", " + flip" if self.hflip else "")
         self.val_set = CachedImages(cache.splits["val"], self.output_size, train=False,
                                     views=VALIDATION_VIEWS[: self.val_views], label_columns=columns)
 

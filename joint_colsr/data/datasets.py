@@ -35,12 +35,24 @@ VALIDATION_VIEWS: tuple[Box, ...] = (
 )
 
 
+#: Training crop modes: a random resized crop (``data.crop_scale``) or the whole photo
+#: squash-resized to the output size (the paper's recipe).
+TRAIN_CROPS = ("random_resized", "whole")
+
+
 def random_resized_box(
-    rng: np.random.Generator, width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float]
+    rng: np.random.Generator, width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float],
+    min_side: float = 0.0,
 ) -> tuple[float, float, float, float]:
     """A crop box in pixels covering ``scale`` of the area with aspect ratio in ``ratio``
     (log-uniform), as torchvision's ``RandomResizedCrop`` draws it; falls back to the
-    largest centred box of a ratio inside the range."""
+    largest centred box of a ratio inside the range.
+
+    ``min_side``: no side of the box is shorter than this (the output size): a box drawn
+    smaller is grown, keeping its aspect, so a crop is never *enlarged* to the target
+    (that would make a blurred "high-resolution" target). On a photo too small for that
+    the fallback box is used (the whole photo is then enlarged, as validation does).
+    """
     area = width * height
     log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
     for _ in range(10):
@@ -48,6 +60,9 @@ def random_resized_box(
         aspect = math.exp(rng.uniform(*log_ratio))
         w = math.sqrt(target * aspect)
         h = math.sqrt(target / aspect)
+        if 0 < min(w, h) < min_side:
+            grow = min_side / min(w, h)
+            w, h = w * grow, h * grow
         if 0 < w <= width and 0 < h <= height:
             x0 = rng.uniform(0, width - w)
             y0 = rng.uniform(0, height - h)
@@ -73,9 +88,12 @@ def resize_box(rgb: np.ndarray, box: tuple[float, float, float, float], size: in
 class ReferenceImages(Dataset):
     """Reference images (``S x S`` RGB uint8) made from photographs.
 
-    Training (``train=True``): each sample is a random resized crop of photo
-    ``index % len(items)`` with a random horizontal flip, drawn from the sample seed.
-    ``length`` sets how many samples make an epoch (few photos, many crops).
+    Training (``train=True``): each sample is photo ``index % len(items)``, either a random
+    resized crop (``train_crop="random_resized"``; no side under ``output_size`` source pixels,
+    so a target is never a crop enlarged beyond its source resolution) or the whole photo
+    squash-resized (``"whole"``: the paper's recipe), with a random horizontal flip when
+    ``hflip``; all drawn from the sample seed. ``length`` sets how many samples make an
+    epoch (few photos, many crops).
 
     Validation (``train=False``): photo ``index // len(views)`` seen through the fixed
     view ``index % len(views)``: deterministic.
@@ -110,9 +128,13 @@ class ReferenceImages(Dataset):
         exclude_grayscale: bool = True,
         min_side: int = 16,
         max_aspect: float = 10.0,
+        train_crop: str = "random_resized",
     ) -> None:
         if not items:
             raise ValueError("ReferenceImages needs at least one image item")
+        if train_crop not in TRAIN_CROPS:
+            raise ValueError(f"data.train_crop must be one of {', '.join(TRAIN_CROPS)}, got {train_crop!r}")
+        self.train_crop = train_crop
         self.items = list(items)
         self.output_size = int(output_size)
         self.train = train
@@ -138,8 +160,10 @@ class ReferenceImages(Dataset):
 
     def _make(self, rgb: np.ndarray, view: Box | None, rng: np.random.Generator) -> np.ndarray:
         height, width = rgb.shape[:2]
-        if view is None:
-            box = random_resized_box(rng, width, height, self.crop_scale, self.crop_ratio)
+        if view is None and self.train_crop == "random_resized":
+            box = random_resized_box(rng, width, height, self.crop_scale, self.crop_ratio, min_side=self.output_size)
+        elif view is None:
+            box = (0.0, 0.0, float(width), float(height))
         else:
             box = (view[0] * width, view[1] * height, view[2] * width, view[3] * height)
         out = resize_box(rgb, box, self.output_size)

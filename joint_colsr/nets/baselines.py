@@ -14,7 +14,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor, nn
 
-from joint_colsr.metrics import upscale_l
+from joint_colsr.color import upscale_l
 
 BASELINES = ("gray", "bicubic")
 

@@ -5,6 +5,8 @@ from __future__ import annotations
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from joint_colsr.color import resize_bicubic
+
 
 def scaled_width(channels: int, width_mult: float, minimum: int = 1) -> int:
     """``channels * width_mult`` rounded, at least ``minimum``: how tests build tiny nets."""
@@ -70,12 +72,16 @@ def check_image(x: Tensor, channels: int, name: str = "input") -> None:
 def resize(x: Tensor, size: tuple[int, int], mode: str = "bicubic") -> Tensor:
     """Resize ``(B, C, H, W)`` to ``size``; identity when already there.
 
-    ``mode``: ``bicubic`` | ``bilinear`` | ``nearest`` | ``area``. Downscaling with bicubic or
-    bilinear is antialiased (as PIL does), so a resize from 384 to 256 does not alias.
+    ``mode``: ``bicubic`` | ``bilinear`` | ``nearest`` | ``area``. ``bicubic`` is the suite's
+    one bicubic (:func:`joint_colsr.color.resize_bicubic`: PIL's kernel, both directions);
+    downscaling with bilinear is antialiased (as PIL does), so a resize from 384 to 256
+    does not alias.
     """
     if tuple(x.shape[-2:]) == tuple(size):
         return x
-    if mode in ("bicubic", "bilinear"):
+    if mode == "bicubic":
+        return resize_bicubic(x, size)
+    if mode == "bilinear":
         down = size[0] < x.shape[-2] or size[1] < x.shape[-1]
         return F.interpolate(x, size=size, mode=mode, align_corners=False, antialias=down)
     if mode == "nearest":

@@ -2,12 +2,22 @@
 
 * ``order=colorize_first``: f_r(f_c(x)). The Iizuka-style colorizer predicts a*b* at the
   input resolution; L* and a*b* together (3 channels) go through a 3-channel SRResNet,
-  which returns L* and a*b* at the target size.
+  which returns L* and a*b* at the target size (``ab_upscale=net``, the end-to-end
+  default). With ``ab_upscale=bicubic`` the upscaler is a 1-channel SRResNet on L* (an
+  ``sr_only`` network) and a*b* are upscaled by the suite's bicubic: the SR papers'
+  convention for colour (super-resolve luminance, interpolate chroma), and the form whose
+  stages can be trained separately (``python -m joint_colsr.two_stage``).
 * ``order=upscale_first``: f_c(f_r(x)). A 1-channel SRResNet upscales L*; the colorizer
   colorizes the upscaled L* at the target size (its global-features path still sees the
   image at the input size, so a colorizer trained as ``model=ic_only`` fits both orders).
 
 Both return ``{"ab", "l"}`` (the cascade's own L*, trained with the system's L* loss).
+
+Two ways to train it, labelled in :attr:`CascadeNet.training` and by ``eval``:
+
+* **end to end** (``model=cascade``): both stages trained together as one network;
+* **two-stage** (``python -m joint_colsr.two_stage``): ``ic_only`` and ``sr_only`` trained
+  separately, then composed and frozen (the paper's "colorizer followed by an upscaler").
 Either stage can start from a checkpoint (``colorizer_checkpoint`` / ``upscaler_checkpoint``:
 a Lightning checkpoint of ``ic_only``, ``sr_only`` or ``cascade``, or a plain state dict)
 and be frozen (``freeze_colorizer`` / ``freeze_upscaler``: no gradients, BatchNorm kept in
@@ -24,11 +34,14 @@ from typing import Any, Mapping
 import torch
 from torch import Tensor, nn
 
+from joint_colsr.color import resize_bicubic
 from joint_colsr.nets.blocks import check_image, check_sizes
 from joint_colsr.nets.iizuka import IizukaColorizer
 from joint_colsr.nets.srresnet import SRResNet
 
 ORDERS = ("colorize_first", "upscale_first")
+#: How a colorize-first cascade brings a*b* to the target size.
+AB_UPSCALES = ("net", "bicubic")
 #: Where a stage's weights sit in the checkpoints this suite writes (tried in this order).
 STAGE_PREFIXES = ("net.", "net.sr.", "net.colorizer.", "net.upscaler.", "")
 
@@ -78,6 +91,8 @@ class CascadeNet(nn.Module):
         upscaler: keyword arguments of :class:`SRResNet` (sizes and channels are set here).
         colorizer_checkpoint, upscaler_checkpoint: files to load a stage from (``None``: random init).
         freeze_colorizer, freeze_upscaler: keep that stage fixed.
+        ab_upscale: ``colorize_first`` only: ``net`` (a 3-channel upscaler on L*a*b*) or
+            ``bicubic`` (a 1-channel upscaler on L*; a*b* resized bicubically).
 
     Shapes:
         ``(B, 1, h, w) -> {"ab": (B, 2, h*s, w*s), "l": (B, 1, h*s, w*s)}`` (plus ``logits``
@@ -96,11 +111,17 @@ class CascadeNet(nn.Module):
         upscaler_checkpoint: str | None = None,
         freeze_colorizer: bool = False,
         freeze_upscaler: bool = False,
+        ab_upscale: str = "net",
     ) -> None:
         super().__init__()
         check_sizes(input_size, output_size, minimum=32)
         if order not in ORDERS:
             raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
+        if ab_upscale not in AB_UPSCALES:
+            raise ValueError(f"ab_upscale must be one of {', '.join(AB_UPSCALES)}, got {ab_upscale!r}")
+        if ab_upscale == "bicubic" and order != "colorize_first":
+            raise ValueError("ab_upscale=bicubic applies to order=colorize_first only (upscale_first colorizes at the target size)")
+        self.ab_upscale = ab_upscale
         self.input_size, self.output_size, self.order = int(input_size), int(output_size), order
         c_kwargs, u_kwargs = dict(colorizer or {}), dict(upscaler or {})
         for key in ("input_size", "output_size", "global_input_size", "in_channels", "out_channels"):
@@ -111,7 +132,8 @@ class CascadeNet(nn.Module):
         r, s = self.input_size, self.output_size
         if order == "colorize_first":
             self.colorizer = IizukaColorizer(input_size=r, output_size=r, global_input_size=r, **c_kwargs)
-            self.upscaler = SRResNet(input_size=r, output_size=s, in_channels=3, out_channels=3, **u_kwargs)
+            channels = 3 if ab_upscale == "net" else 1
+            self.upscaler = SRResNet(input_size=r, output_size=s, in_channels=channels, out_channels=channels, **u_kwargs)
         else:
             self.upscaler = SRResNet(input_size=r, output_size=s, in_channels=1, out_channels=1, **u_kwargs)
             self.colorizer = IizukaColorizer(input_size=s, output_size=s, global_input_size=r, **c_kwargs)
@@ -123,6 +145,8 @@ class CascadeNet(nn.Module):
         self.frozen = [name for name, flag in (("colorizer", freeze_colorizer), ("upscaler", freeze_upscaler)) if flag]
         for name in self.frozen:
             _freeze(getattr(self, name))
+        #: ``two-stage`` when both stages are fixed (trained separately), else ``end to end``.
+        self.training_kind = "two-stage" if len(self.frozen) == 2 else "end to end"
 
     def train(self, mode: bool = True) -> CascadeNet:
         super().train(mode)
@@ -139,7 +163,11 @@ class CascadeNet(nn.Module):
     def forward(self, l_lowres: Tensor) -> dict[str, Tensor]:
         """``(B, 1, h, w)`` normalized L* -> ``{"ab", "l"}`` at ``h*s, w*s``."""
         check_image(l_lowres, 1, "l_lowres")
-        if self.order == "colorize_first":
+        if self.order == "colorize_first" and self.ab_upscale == "bicubic":
+            ab_low, logits = self._colorize(l_lowres)
+            l_high = self.upscaler(l_lowres)
+            out = {"l": l_high, "ab": resize_bicubic(ab_low, tuple(l_high.shape[-2:]))}
+        elif self.order == "colorize_first":
             ab_low, logits = self._colorize(l_lowres)
             lab = self.upscaler(torch.cat([l_lowres, ab_low], dim=1))
             out = {"l": lab[:, :1], "ab": lab[:, 1:]}

@@ -17,7 +17,9 @@ answer to "where does the high-resolution L* come from". This net is that list:
 * ``gt``: the reference image's L* (the paper's exemplar setting). The net declares
   ``needs_l_highres = True``, and the system feeds it ``l_highres``.
 * ``interpolated``: the bicubic-upscaled input L* (the paper notes this "beats the point"
-  of a joint network; it is the honest non-exemplar baseline).
+  of a joint network; it is the honest non-exemplar baseline). The guide is also the L*
+  the net delivers (``l``): the suite's bicubic (:func:`joint_colsr.color.upscale_l`), so
+  its L* scores exactly as ``baseline=bicubic``.
 * ``predicted``: the net also predicts L* (bicubic input + a learned residual from the
   upsampled features) and uses its own prediction as guidance; it returns ``l`` and the
   system adds an L* loss (``l_loss_weight``): a true joint SR + colorization model.
@@ -27,6 +29,8 @@ from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
+
+from joint_colsr.color import upscale_l
 
 from joint_colsr.nets.blocks import (
     ConvBNAct,
@@ -63,7 +67,8 @@ class ResidualJointNet(nn.Module):
 
     Shapes:
         ``l_lowres (B, 1, h, w)`` [and ``l_highres (B, 1, h*s, w*s)`` for ``gt``] ->
-        ``(B, 2, h*s, w*s)`` a*b*; for ``predicted`` a dict ``{"ab", "l"}``.
+        ``(B, 2, h*s, w*s)`` a*b* for ``gt``; a dict ``{"ab", "l"}`` for ``interpolated`` and
+        ``predicted`` (``l``: the L* the net delivers, its guide).
     """
 
     def __init__(
@@ -113,7 +118,7 @@ class ResidualJointNet(nn.Module):
         nn.init.zeros_(self.head_ab.bias)
 
     def forward(self, l_lowres: Tensor, l_highres: Tensor | None = None) -> Tensor | dict[str, Tensor]:
-        """``(B, 1, h, w)`` normalized L* -> a*b* ``(B, 2, h*s, w*s)`` (dict with ``l`` for ``predicted``)."""
+        """``(B, 1, h, w)`` normalized L* -> a*b* ``(B, 2, h*s, w*s)`` (a dict with ``l`` unless ``gt``)."""
         check_image(l_lowres, 1, "l_lowres")
         out_hw = scaled_hw(tuple(l_lowres.shape[-2:]), self.scale)
         if self.needs_l_highres:
@@ -128,11 +133,11 @@ class ResidualJointNet(nn.Module):
         if self.l_source == "gt":
             guide = l_highres
         else:
-            guide = resize(l_lowres, out_hw, "bicubic")
+            guide = upscale_l(l_lowres, out_hw)
             if self.l_source == "predicted":
                 guide = guide + self.l_head(feat)
         ab = self.head_activation(self.head_ab(self.decoder(torch.cat([feat, guide.to(feat.dtype)], dim=1))))
-        if self.l_source == "predicted":
-            return {"ab": ab, "l": guide}
-        return ab
+        if self.l_source == "gt":
+            return ab
+        return {"ab": ab, "l": guide}
 

@@ -21,6 +21,8 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
+from joint_colsr.color import resize_bicubic
+
 from joint_colsr.nets.blocks import (
     PixelShuffleUpsampler,
     ResidualBlock,
@@ -99,7 +101,7 @@ class SRResNet(nn.Module):
         feat = resize(self.upsample(feat), out_hw, self.final_resize)
         out = self.tail(feat)
         if self.input_residual:
-            out = out + resize(x, out_hw, "bicubic")
+            out = out + resize_bicubic(x, out_hw)
         return out
 
 
@@ -109,7 +111,7 @@ class SROnlyNet(nn.Module):
     For the joint task it returns ``{"l": SR(L*), "ab": 0}``: a super-resolution network
     without colorization. Trained on the L* loss (``l_loss_weight`` of the system), it is
     measured with the same metrics: ``val/psnr`` (ground-truth L* + its a*b* = 0) equals the
-    gray baseline by construction, and ``val/psnr_own_l`` (its own L* + a*b* = 0) shows what
+    gray baseline by construction, and ``val/psnr_joint`` (its own L* + a*b* = 0) shows what
     SR alone costs or gains on the full colour image. Arguments are :class:`SRResNet`'s.
     """
 

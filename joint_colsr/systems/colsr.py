@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from joint_colsr.color import upscale_l
 from joint_colsr.metrics import colorization_psnr
 
 #: Checkpoint entries written by :meth:`ColSRSystem.on_save_checkpoint`: the class that wrote
@@ -21,7 +22,13 @@ from joint_colsr.metrics import colorization_psnr
 SYSTEM_CLASS_KEY = "system_class"
 DATA_TASK_KEY = "data_task"
 #: The data module attributes that define the task (what eval / predict must reproduce).
-DATA_TASK_FIELDS = ("input_size", "output_size", "lowres_interpolation", "with_labels")
+DATA_TASK_FIELDS = ("input_size", "output_size", "lowres_interpolation", "with_labels", "filters")
+
+
+def uses_ground_truth_l(net: nn.Module) -> bool:
+    """Whether ``net`` takes the ground-truth high-resolution L* (``needs_l_highres``): the
+    ``residual_joint`` net with ``l_source=gt`` and the ``gray`` baseline."""
+    return bool(getattr(net, "needs_l_highres", False))
 
 
 def _plain(cfg: Any) -> Any:
@@ -56,11 +63,16 @@ class ColSRSystem(pl.LightningModule):
     each term present only when the net returns that output.
 
     Logged: ``train/loss`` (and ``train/loss_ab``, ``train/loss_l``, ``train/loss_cls`` when
-    there is more than one term); ``val/loss`` (a*b* MSE, comparable across nets),
-    ``val/psnr`` (protocol in :mod:`joint_colsr.metrics`), ``val/psnr_gray`` (the same images
-    with a* = b* = 0); for nets that return ``l``: ``val/loss_l`` and ``val/psnr_own_l`` (the
-    net's own L* + its a*b*: the full joint output); ``data/skipped`` (photos replaced
-    because they could not be used, per epoch, summed over ranks).
+    there is more than one term); ``val/loss``: the same weighted sum on the validation
+    images (what the LR scheduler watches: it moves with every output the net has);
+    ``val/loss_ab`` (a*b* MSE alone, comparable across nets); ``val/psnr`` (protocol 1:
+    ground-truth L* + predicted a*b*, see :mod:`joint_colsr.metrics`); ``val/psnr_joint``
+    (protocol 2, the name ``eval`` uses too: the net's own L*, or its input L* upscaled by
+    :func:`~joint_colsr.color.upscale_l` when it has none, + its a*b*: the whole joint
+    output, what the best checkpoint is chosen by); not for nets guided by the ground-truth
+    L* (:attr:`uses_ground_truth_l`), whose L* is given, not produced); ``val/psnr_gray``
+    (the same images with a* = b* = 0); for nets that return ``l``: ``val/loss_l``;
+    ``data/skipped`` (photos replaced because they could not be used, per epoch, summed over ranks).
     """
 
     #: Hyper-parameters :meth:`from_checkpoint` overrides for inference (eval, predict).
@@ -84,11 +96,14 @@ class ColSRSystem(pl.LightningModule):
              "l_loss_weight": l_loss_weight, "classification_loss_weight": classification_loss_weight}
         )
         self.net = instantiate(net)
-        self.val_loss = MeanMetric()
-        self.val_psnr = MeanMetric()
-        self.val_psnr_gray = MeanMetric()
-        self.val_loss_l = MeanMetric()
-        self.val_psnr_own_l = MeanMetric()
+        # nan_strategy="disable": MeanMetric's default checks every update for NaN with a host
+        # read (a GPU sync per batch and metric); a NaN shows in the epoch's mean anyway.
+        self.val_loss = MeanMetric(nan_strategy="disable")
+        self.val_loss_ab = MeanMetric(nan_strategy="disable")
+        self.val_psnr = MeanMetric(nan_strategy="disable")
+        self.val_psnr_gray = MeanMetric(nan_strategy="disable")
+        self.val_loss_l = MeanMetric(nan_strategy="disable")
+        self.val_psnr_joint = MeanMetric(nan_strategy="disable")
         self._skipped_in_epoch: Tensor | None = None
         #: First validation batch of the epoch, kept on CPU for the image-grid callback.
         self.val_examples: dict[str, Tensor] | None = None
@@ -140,6 +155,18 @@ class ColSRSystem(pl.LightningModule):
 
     def _data_task_from_net(self) -> dict[str, Any]:
         return {k: v for k in ("input_size", "output_size") if (v := model_size(self, k)) is not None}
+
+    @property
+    def uses_ground_truth_l(self) -> bool:
+        """True when the net takes the ground-truth high-resolution L* as input (guidance):
+        an advantage no blind model has; every table marks such a model "GT-L* guided"."""
+        return uses_ground_truth_l(self.net)
+
+    @property
+    def selection_metric(self) -> str:
+        """What the best checkpoint and a hyper-parameter search should maximize:
+        ``val/psnr_joint`` (the whole joint output), or ``val/psnr`` for GT-L*-guided nets."""
+        return "val/psnr" if self.uses_ground_truth_l else "val/psnr_joint"
 
     @property
     def eval_net(self) -> nn.Module:
@@ -218,7 +245,9 @@ class ColSRSystem(pl.LightningModule):
 
     def _log_train_losses(self, losses: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> None:
         n = batch["l_lowres"].shape[0]
-        self.log("train/loss", losses["loss"], prog_bar=True, batch_size=n)
+        # Not prog_bar=True: Lightning reads progress-bar values back every batch (a GPU sync);
+        # joint_colsr.callbacks.ProgressBar shows the value read at logging steps instead.
+        self.log("train/loss", losses["loss"], batch_size=n)
         if len(losses) > 2:  # more than one term: log each
             for name, value in losses.items():
                 if name != "loss":
@@ -245,22 +274,23 @@ class ColSRSystem(pl.LightningModule):
     def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
         out = self.infer(batch)
         ab_pred = out["ab"]
-        self._check_sizes(ab_pred, batch["ab_target"])
+        losses = self.supervised_losses(out, batch)  # the training objective, every term
         n = ab_pred.shape[0]
-        per_image_mse = (ab_pred.float() - batch["ab_target"]).pow(2).mean(dim=(1, 2, 3))
-        self.val_loss.update(per_image_mse)
+        self.val_loss.update(losses["loss"], weight=n)
+        self.val_loss_ab.update(losses["loss_ab"], weight=n)
         self.val_psnr.update(colorization_psnr(batch["l_highres"], ab_pred, batch["rgb_target"]))
         self.val_psnr_gray.update(colorization_psnr(batch["l_highres"], torch.zeros_like(ab_pred), batch["rgb_target"]))
         self.log("val/loss", self.val_loss, prog_bar=True, batch_size=n)
+        self.log("val/loss_ab", self.val_loss_ab, batch_size=n)
         self.log("val/psnr", self.val_psnr, prog_bar=True, batch_size=n)
         self.log("val/psnr_gray", self.val_psnr_gray, batch_size=n)
         if "l" in out:
-            l_pred = out["l"].float()
-            self._check_sizes(l_pred, batch["l_highres"], "L*")
-            self.val_loss_l.update((l_pred - batch["l_highres"]).pow(2).mean(dim=(1, 2, 3)))
-            self.val_psnr_own_l.update(colorization_psnr(l_pred, ab_pred, batch["rgb_target"]))
+            self.val_loss_l.update(losses["loss_l"], weight=n)
             self.log("val/loss_l", self.val_loss_l, batch_size=n)
-            self.log("val/psnr_own_l", self.val_psnr_own_l, batch_size=n)
+        if not self.uses_ground_truth_l:
+            l_own = out["l"].float() if "l" in out else upscale_l(batch["l_lowres"], tuple(ab_pred.shape[-2:]))
+            self.val_psnr_joint.update(colorization_psnr(l_own, ab_pred, batch["rgb_target"]))
+            self.log("val/psnr_joint", self.val_psnr_joint, prog_bar=True, batch_size=n)
         if batch_idx == 0:
             keep = ("l_lowres", "l_highres", "rgb_target")
             self.val_examples = {k: batch[k][:16].detach().cpu() for k in keep}

@@ -1,0 +1,303 @@
+"""Lightning callbacks of the suite (the rest come from Lightning itself)."""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from lightning.pytorch.accelerators import CPUAccelerator
+from lightning.pytorch.callbacks import EMAWeightAveraging, TQDMProgressBar
+from lightning.pytorch.utilities import rank_zero_only
+
+from joint_colsr.averaging import EMAModel
+from joint_colsr.checkpointing import checkpoint_paths
+from joint_colsr.syncs import is_logging_batch
+from joint_colsr.viz import colorization_rows, make_grid, save_png
+
+log = logging.getLogger(__name__)
+
+
+class ValidationImageGrid(pl.Callback):
+    """After each validation epoch, save (and log) a grid of the first validation images.
+
+    Columns: input L* upscaled (bicubic) | prediction (ground-truth L* + predicted a*b*) |
+    ground truth. Files: ``DIR/val_epoch{NNN}.png`` and ``DIR/val_latest.png``. Loggers that
+    take images (wandb) get it as ``val/examples``.
+
+    Args:
+        dirpath: where PNGs go.
+        num_images: rows of the grid.
+    """
+
+    def __init__(self, dirpath: str, num_images: int = 8) -> None:
+        super().__init__()
+        self.dirpath = Path(dirpath)
+        self.num_images = num_images
+        self.last_path: Path | None = None
+
+    @rank_zero_only
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        examples = getattr(pl_module, "val_examples", None)
+        if not examples or trainer.sanity_checking:
+            return
+        rows = colorization_rows(
+            examples["l_lowres"], examples["l_highres"], examples["ab_pred"], examples["rgb_target"], limit=self.num_images
+        )
+        grid = make_grid(rows)
+        epoch = trainer.current_epoch
+        self.last_path = save_png(grid, self.dirpath / f"val_epoch{epoch:03d}.png")
+        save_png(grid, self.dirpath / "val_latest.png")
+        for logger in trainer.loggers:
+            if hasattr(logger, "log_image"):
+                logger.log_image(
+                    key="val/examples", images=[grid], step=trainer.global_step,
+                    caption=["input L* (bicubic) | prediction | ground truth"],
+                )
+
+
+class ProgressBar(TQDMProgressBar):
+    """Lightning's TQDM progress bar, showing training values read at logging steps only.
+
+    A value logged with ``prog_bar=True`` is read back to the host by Lightning after every
+    batch, whether the bar shows it or not (a GPU sync per step). The systems log their
+    losses without it; this bar reads ``keys`` from the logged values at the steps where
+    Lightning reads them for the loggers (every ``trainer.log_every_n_steps``) and shows
+    those until the next one.
+
+    Args:
+        refresh_rate: redraw every N batches.
+        keys: logged names to show (missing ones are skipped).
+    """
+
+    def __init__(self, refresh_rate: int = 1, keys: tuple[str, ...] | list[str] = ("train/loss",)) -> None:
+        super().__init__(refresh_rate=refresh_rate)
+        self.keys = tuple(keys)
+        self._shown: dict[str, float] = {}
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if is_logging_batch(trainer):
+            logged = trainer.callback_metrics
+            self._shown.update({k: float(logged[k]) for k in self.keys if k in logged})
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
+    def on_train_epoch_start(self, trainer: pl.Trainer, *args: Any) -> None:
+        super().on_train_epoch_start(trainer, *args)
+        self._shown = {}
+
+    def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
+        return {**super().get_metrics(trainer, pl_module), **{k: f"{v:.4g}" for k, v in self._shown.items()}}
+
+
+class NonFiniteLossError(RuntimeError):
+    """Training produced NaN or Inf; the message names the step and the values."""
+
+
+class StopOnNonFinite(pl.Callback):
+    """Stop training on a NaN/Inf loss or gradient; the last checkpoint on disk stays the last good one.
+
+    With ``check_every_n_steps=1`` (the default) the check runs *before* every optimizer
+    step: the weights are never updated with the bad values, and the error names the global
+    step, the epoch, the batch and the loss values. It costs one device-to-host read per
+    step: the loss and every gradient are folded into a single finiteness flag on the
+    device (``torch.nn.utils.get_total_norm``); names of the bad parameters are looked up
+    only after it fails. (Reading each gradient back, as a first version did, made the
+    Lightning step 1.16x the raw loop in ``make bench``.)
+
+    With ``check_every_n_steps=N > 1`` the flag is only accumulated on the device (with
+    the step it first went bad) and read every N steps, at each validation and before
+    every checkpoint is written. On a GPU that removes the per-step wait for the device
+    (Lightning itself reads the loss back only every ``trainer.log_every_n_steps``); the
+    price is that up to N-1 optimizer steps may apply bad values in memory before the run
+    stops. No checkpoint is written after them (weights-only checkpoints excepted: those
+    skip callback hooks), and the error still names the first bad step.
+
+    ``check_every_n_steps="auto"`` (the default) is 1 on CPUs, where reading the flag costs
+    nothing, and ``trainer.log_every_n_steps`` on accelerators (GPUs), so that the flag is read
+    at the steps where Lightning reads the logged loss anyway: no step of a GPU run waits for
+    the check, and no checkpoint ever holds bad weights.
+
+    Args:
+        check_gradients: also check every gradient before each optimizer step.
+        check_every_n_steps: how often the host reads the flag (see above): a count >= 1 or ``"auto"``.
+    """
+
+    def __init__(self, check_gradients: bool = True, check_every_n_steps: int | str = "auto") -> None:
+        super().__init__()
+        if check_every_n_steps != "auto" and (not isinstance(check_every_n_steps, int) or check_every_n_steps < 1):
+            raise ValueError(f"callbacks.stop_on_non_finite.check_every_n_steps must be an integer >= 1 or 'auto', "
+                             f"got {check_every_n_steps!r}")
+        self.check_gradients = check_gradients
+        self._check_every_n_steps = check_every_n_steps
+        self.check_every_n_steps = 1 if check_every_n_steps == "auto" else int(check_every_n_steps)
+        self._loss: torch.Tensor | None = None
+        # Deferred mode: steps recorded since the last read, and the first bad one among
+        # them (1-based, 0 = none yet); both live on the device.
+        self._steps_since_read: torch.Tensor | None = None
+        self._first_bad: torch.Tensor | None = None
+        self._step_at_read = -1  # global step of the last step recorded before the last read
+        self._last_recorded_step = -1
+
+    def _where(self, trainer: pl.Trainer) -> str:
+        batch = trainer.fit_loop.epoch_loop.batch_progress.current.ready - 1
+        ckpt = checkpoint_paths(trainer)["last_ckpt"]
+        last = f"; the last good checkpoint is {ckpt}" if ckpt else ""
+        return f"at global step {trainer.global_step} (epoch {trainer.current_epoch}, batch {batch}){last}"
+
+    def _loss_error(self, trainer: pl.Trainer, loss: torch.Tensor) -> NonFiniteLossError:
+        logged = {k: float(v) for k, v in trainer.callback_metrics.items() if k.startswith("train/")}
+        return NonFiniteLossError(
+            f"non-finite training loss {loss.float().tolist()} {self._where(trainer)}; last logged {logged}. "
+            "Lower the learning rate, check the data, or try trainer.precision=32-true."
+        )
+
+    @property
+    def deferred(self) -> bool:
+        return self.check_every_n_steps > 1
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self._check_every_n_steps == "auto":
+            on_cpu = isinstance(trainer.accelerator, CPUAccelerator)
+            self.check_every_n_steps = 1 if on_cpu else max(1, int(trainer.log_every_n_steps))
+        self._steps_since_read = self._first_bad = None
+        self._step_at_read = self._last_recorded_step = trainer.global_step - 1
+
+    def on_before_backward(self, trainer: pl.Trainer, pl_module: pl.LightningModule, loss: Any) -> None:
+        self._loss = loss.detach()
+        if self.check_gradients:
+            return
+        if self.deferred:
+            self._record(trainer, self._loss.float().sum())
+        elif not torch.isfinite(self._loss).all():
+            raise self._loss_error(trainer, self._loss)
+
+    def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
+        if not self.check_gradients:
+            return
+        grads = [p.grad for p in pl_module.parameters() if p.grad is not None]
+        total = torch.nn.utils.get_total_norm(grads, norm_type=2.0) if grads else torch.zeros((), device=pl_module.device)
+        flag = total.float()
+        if self._loss is not None:
+            flag = flag + self._loss.float().sum().to(flag.device)
+        if self.deferred:
+            self._record(trainer, flag)
+            return
+        if bool(torch.isfinite(flag)):  # the one host read of the step
+            return
+        if self._loss is not None and not torch.isfinite(self._loss).all():
+            raise self._loss_error(trainer, self._loss)
+        bad = [n for n, p in pl_module.named_parameters() if p.grad is not None and not torch.isfinite(p.grad).all()]
+        if bad:
+            raise NonFiniteLossError(f"non-finite gradients in {len(bad)} parameters (first: {bad[:3]}) {self._where(trainer)}")
+
+    # -- deferred mode ------------------------------------------------------------------------
+
+    def _record(self, trainer: pl.Trainer, flag: torch.Tensor) -> None:
+        """Fold one step's flag into the device-side state; read it every N steps."""
+        if self._steps_since_read is None:
+            self._steps_since_read = torch.zeros((), dtype=torch.long, device=flag.device)
+            self._first_bad = torch.zeros((), dtype=torch.long, device=flag.device)
+        self._steps_since_read += 1
+        newly_bad = (~torch.isfinite(flag)) & (self._first_bad == 0)
+        self._first_bad = torch.where(newly_bad, self._steps_since_read, self._first_bad)
+        self._last_recorded_step = trainer.global_step
+        if (trainer.global_step + 1) % self.check_every_n_steps == 0:
+            self._read(trainer)
+
+    def _read(self, trainer: pl.Trainer) -> None:
+        if self._first_bad is None:
+            return
+        first = int(self._first_bad)  # the host read
+        if first:
+            bad_step = self._step_at_read + first
+            raise NonFiniteLossError(
+                f"non-finite training loss or gradients first at global step {bad_step}, found {self._where(trainer)} "
+                f"(callbacks.stop_on_non_finite.check_every_n_steps={self.check_every_n_steps}: the weights in memory "
+                "took the bad values since, none were saved). Lower the learning rate, check the data, or try "
+                "trainer.precision=32-true; check_every_n_steps=1 stops before the first bad update."
+            )
+        self._steps_since_read.zero_()
+        self._step_at_read = self._last_recorded_step
+
+    def on_validation_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if trainer.training or trainer.state.fn == "fit":
+            self._read(trainer)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        self._read(trainer)  # raising here stops the write: no checkpoint holds the bad weights
+
+
+class EMA(EMAWeightAveraging):
+    """Lightning's :class:`EMAWeightAveraging` (when to update, validation on the averaged
+    weights, checkpoints holding both) with :class:`~joint_colsr.averaging.EMAModel` as the average.
+
+    Same update, ``ema = decay * ema + (1 - decay) * current`` per optimizer step, but fused
+    into one ``foreach`` op per dtype and with no device-to-host read per step (torch's
+    ``AveragedModel`` makes one, which stalls a GPU loop). Also picklable: Lightning's version
+    keeps a closure, so ``trainer.strategy=ddp_spawn`` could not start with it.
+    """
+
+    def __init__(self, decay: float = 0.999, **kwargs: Any) -> None:
+        if not 0.0 <= decay <= 1.0:
+            raise ValueError(f"callbacks.ema.decay must be in [0, 1], got {decay}")
+        super().__init__(decay=decay, **kwargs)
+        self.decay = float(decay)
+        self._kwargs.pop("avg_fn", None)  # unpicklable, and EMAModel does the averaging
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        # Built here, before the strategy places the module, because a resumed checkpoint is
+        # loaded into the average before ``on_fit_start``; placed on the module's device there.
+        if stage == "fit":
+            device = self._device or pl_module.device
+            self._average_model = EMAModel(pl_module, decay=self.decay, device=device, use_buffers=self._use_buffers)
+
+    def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # The module is on its device now (and in its memory layout): the average follows it,
+        # with any state already loaded from a checkpoint. An explicit ``device`` is kept.
+        if self._average_model is not None and self._device is None:
+            self._average_model.place_like(pl_module)
+
+
+def images_to_channels_last(batch: Any) -> Any:
+    """Put every floating ``(B, C, H, W)`` tensor of a batch dict in channels-last memory, in place.
+
+    Integer tensors (``rgb_target``, used only by metrics) are left alone. Returns the batch.
+    """
+    if isinstance(batch, dict):
+        for key, value in batch.items():
+            if isinstance(value, torch.Tensor) and value.dim() == 4 and value.is_floating_point():
+                batch[key] = value.contiguous(memory_format=torch.channels_last)
+    return batch
+
+
+class ChannelsLast(pl.Callback):
+    """Keep the model's 4-D weights and the batch's float images in channels-last (NHWC) memory.
+
+    Convolutions on tensor cores and oneDNN run NHWC natively; mixing layouts makes every
+    layer transpose. The batch is converted in ``on_*_batch_start``, i.e. after
+    :meth:`ColSRDataModule.on_after_batch_transfer` has made the LAB tensors on the
+    device (the data module owns that hook). Turned on by ``speed.channels_last=true``.
+    """
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        pl_module.to(memory_format=torch.channels_last)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        images_to_channels_last(batch)
+
+    def on_validation_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        images_to_channels_last(batch)
+
+    def on_test_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        images_to_channels_last(batch)
+
+    def on_predict_batch_start(
+        self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int, dataloader_idx: int = 0
+    ) -> None:
+        images_to_channels_last(batch)

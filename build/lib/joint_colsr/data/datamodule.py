@@ -1,0 +1,284 @@
+"""The LightningDataModule: sources -> uint8 reference images -> LAB batches on the device."""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+from typing import Any, Callable, Sequence
+
+import lightning.pytorch as pl
+import torch
+from torch.utils.data import DataLoader
+
+from joint_colsr.color import rgb_uint8_to_lab_batch
+from joint_colsr.data.cache import CachedImages, ImageCache, collate_samples
+from joint_colsr.data.datasets import VALIDATION_VIEWS, ReferenceImages
+from joint_colsr.data.sampler import EpochSeededSampler
+from joint_colsr.data.sources import ImageSource
+
+log = logging.getLogger(__name__)
+
+
+class ColSRDataModule(pl.LightningDataModule):
+    """Reference images from any :class:`ImageSource`, as the joint task needs them.
+
+    Workers decode and resize to ``output_size`` RGB uint8 and move only uint8. On the
+    device, :meth:`on_after_batch_transfer` turns each batch into float32 L*a*b* with
+    kornia (outside autocast): ``l_lowres`` (input at ``input_size``), ``l_highres`` and
+    ``ab_target`` (at ``output_size``), and ``rgb_target`` (uint8, for metrics).
+
+    Args:
+        source: where the photos come from; it split them by photo.
+        batch_size: per device.
+        num_workers: DataLoader worker processes (0: decode in the main process).
+        input_size: side of the low-resolution L* input (96 in the paper).
+        output_size: side of the reference image and the a*b* target (256 in the paper).
+        lowres_interpolation: how L* is downscaled: bicubic, bilinear or area (antialiased).
+        train_samples_per_epoch: random crops per training epoch (default: one per photo).
+        val_views: fixed views per validation photo: 1 (the whole image, squash-resized:
+            the evaluation protocol) up to 6 (plus centre and corner crops of 2/3 side).
+        crop_scale: area range of training crops.
+        hflip: random horizontal flips in training.
+        seed: base seed of sample order and augmentation (``None``: drawn and logged).
+        root: the folder a file-based source reads (informational; the source uses it).
+        categories, max_images: COCO selection keys (informational, like ``root``: the
+            config passes them on to the source, which uses them).
+        pin_memory: pin host memory when training on a GPU.
+        cache: folder of a decoded-image cache built from this source
+            (``python -m joint_colsr.preprocess``); read instead of decoding files.
+        cache_verify: how the cache is checked when opened: quick, full (sha256) or none.
+        with_labels: batches carry ``labels``, a ``(B, num_classes)`` float multi-hot
+            tensor of the photo's categories (sources with categories: COCO).
+        exclude_grayscale: skip photos without colour (also those stored as RGB).
+        min_side: skip photos whose shorter side is below this.
+        max_aspect: skip photos more elongated than this (longer / shorter side).
+    """
+
+    def __init__(
+        self,
+        source: ImageSource | None,
+        batch_size: int = 16,
+        num_workers: int = 2,
+        input_size: int = 96,
+        output_size: int = 256,
+        lowres_interpolation: str = "bicubic",
+        train_samples_per_epoch: int | None = None,
+        val_views: int = 1,
+        crop_scale: Sequence[float] = (0.25, 1.0),
+        hflip: bool = True,
+        seed: int | None = 0,
+        root: str | None = None,
+        categories: Sequence[str] | None = None,
+        max_images: int | None = None,
+        pin_memory: bool = True,
+        cache: str | None = None,
+        cache_verify: str = "quick",
+        with_labels: bool = False,
+        exclude_grayscale: bool = True,
+        min_side: int = 16,
+        max_aspect: float = 10.0,
+    ) -> None:
+        super().__init__()
+        if batch_size < 1:
+            raise ValueError(f"data.batch_size must be >= 1, got {batch_size}")
+        if num_workers < 0:
+            raise ValueError(f"data.num_workers must be >= 0, got {num_workers}")
+        if not 1 <= input_size <= output_size:
+            raise ValueError(f"data.input_size ({input_size}) must be in [1, data.output_size ({output_size})]")
+        if not 1 <= val_views <= len(VALIDATION_VIEWS):
+            raise ValueError(f"data.val_views must be in [1, {len(VALIDATION_VIEWS)}], got {val_views}")
+        if lowres_interpolation not in ("bicubic", "bilinear", "area"):
+            raise ValueError(f"data.lowres_interpolation must be bicubic, bilinear or area, got {lowres_interpolation!r}")
+        if source is None and not cache:
+            raise ValueError("data.source is missing: set data.root, or data.cache=DIR to train from a decoded-image cache alone")
+        self.source = source
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.input_size = input_size
+        self.output_size = output_size
+        self.lowres_interpolation = lowres_interpolation
+        self.train_samples_per_epoch = train_samples_per_epoch
+        self.val_views = val_views
+        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+        self.hflip = hflip
+        if seed is None:
+            seed = random.SystemRandom().randrange(2**31)
+            log.info("data.seed is null: drew sample seed %d", seed)
+        self.seed = int(seed)
+        if cache_verify not in ("quick", "full", "none"):
+            raise ValueError(f"data.cache_verify must be quick, full or none, got {cache_verify!r}")
+        if min_side < 1 or max_aspect < 1:
+            raise ValueError(f"data.min_side ({min_side}) and data.max_aspect ({max_aspect}) must be >= 1")
+        self.root = root
+        self.selection = {"categories": categories, "max_images": max_images}
+        self.pin_memory = pin_memory
+        self.cache = cache
+        self.cache_verify = cache_verify
+        self.with_labels = with_labels
+        self.filters = {"exclude_grayscale": bool(exclude_grayscale), "min_side": int(min_side), "max_aspect": float(max_aspect)}
+        #: Label id -> ``{"name", "supercategory"}`` (COCO), known after :meth:`setup`.
+        self.categories: dict[int, dict[str, str]] = {}
+        self.train_set: ReferenceImages | CachedImages | None = None
+        self.val_set: ReferenceImages | CachedImages | None = None
+        self._samplers: dict[str, EpochSeededSampler] = {}
+        #: Run the device-side LAB conversion through torch.compile (set by ``speed.compile``).
+        self.compile_lab_conversion = False
+
+    # -- datasets ---------------------------------------------------------------------------
+
+    @property
+    def source_name(self) -> str:
+        """The source's name, or the cache's folder when training from a cache alone."""
+        return self.source.name if self.source is not None else f"cache {self.cache}"
+
+    @property
+    def num_classes(self) -> int:
+        """Width of the ``labels`` multi-hot vector (0 for sources without categories)."""
+        return len(self.categories)
+
+    def _label_columns(self) -> dict[int, int] | None:
+        if not self.with_labels:
+            return None
+        if not self.categories:
+            raise ValueError(f"data.with_labels=true needs a source with categories (coco); '{self.source_name}' has none")
+        return {cat: col for col, cat in enumerate(sorted(self.categories))}
+
+    def setup(self, stage: str | None = None) -> None:
+        if self.train_set is not None or (stage not in (None, "fit") and self.val_set is not None):
+            return
+        if self.cache:
+            self._setup_from_cache(stage)
+            return
+        train_items, val_items = self.source.split()
+        self.categories = self.source.categories
+        columns = self._label_columns()
+        if stage in (None, "fit") and not train_items:
+            raise RuntimeError(f"data source '{self.source.name}' has no training images after the split")
+        if not val_items:
+            raise RuntimeError(f"data source '{self.source.name}' has no validation images after the split")
+        if train_items:
+            self.train_set = ReferenceImages(
+                train_items, self.output_size, train=True, length=self.train_samples_per_epoch,
+                crop_scale=self.crop_scale, hflip=self.hflip, label_columns=columns, **self.filters,
+            )
+        self.val_set = ReferenceImages(val_items, self.output_size, train=False, views=VALIDATION_VIEWS[: self.val_views],
+                                       label_columns=columns, **self.filters)
+        log.info(
+            "data '%s': %d training photos (%d samples/epoch), %d validation photos (%d samples)",
+            self.source.name, len(train_items), len(self.train_set) if self.train_set else 0, len(val_items), len(self.val_set),
+        )
+
+    def _setup_from_cache(self, stage: str | None) -> None:
+        splits = ("train", "val") if stage in (None, "fit") else ("val",)
+        cache = ImageCache.open(self.cache, verify=self.cache_verify, splits=splits)
+        cache.check_matches(self.source, self.output_size)
+        if self.source is None:
+            log.info("data.root not set: training from cache %s alone (built from %s)", cache.root, cache.index["source"])
+        built = cache.index["filters"]
+        if built != self.filters:
+            log.warning("data.cache=%s was built with filters %s, the data config asks for %s: the cache's apply", self.cache, built, self.filters)
+        self.categories = cache.categories
+        columns = self._label_columns()
+        if "train" in cache.splits:
+            train = cache.splits["train"]
+            self.train_set = CachedImages(train, self.output_size, train=True, length=self.train_samples_per_epoch,
+                                          crop_scale=self.crop_scale, hflip=self.hflip, label_columns=columns)
+            log.info("training from cache %s: %dx%d images; augmentation: %s", cache.root, train.size, train.size,
+                     "random resized crop + flip" if self.train_set.crop else "flip only (cached at the output size)")
+        self.val_set = CachedImages(cache.splits["val"], self.output_size, train=False,
+                                    views=VALIDATION_VIEWS[: self.val_views], label_columns=columns)
+
+    # -- loaders ----------------------------------------------------------------------------
+
+    def _rank_world(self) -> tuple[int, int]:
+        trainer = self.trainer
+        if trainer is None:
+            return 0, 1
+        return trainer.global_rank, trainer.world_size
+
+    def _batches_done(self) -> int:
+        """Training batches this rank finished in the current epoch (Lightning's own count)."""
+        if self.trainer is None:
+            return 0
+        return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
+
+    def _loader(self, dataset: ReferenceImages, split: str, shuffle: bool) -> DataLoader:
+        rank, world = self._rank_world()
+        sampler = EpochSeededSampler(len(dataset), shuffle=shuffle, seed=self.seed, rank=rank, world_size=world)
+        # The epoch must be right before the first iterator exists: Lightning creates it (and
+        # worker processes start drawing indices) before it calls set_epoch, and on a resume
+        # that first iterator is the one used. Same value Lightning passes to set_epoch.
+        sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0)
+        self._samplers[split] = sampler
+        on_gpu = self.trainer is not None and self.trainer.accelerator is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
+        loader_cls = ResumableDataLoader if split == "train" else DataLoader
+        extra = {"batches_done": self._batches_done} if split == "train" else {}
+        return loader_cls(
+            dataset,
+            batch_size=self.batch_size,
+            sampler=sampler,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory and on_gpu,
+            drop_last=shuffle and len(sampler) >= 2 * self.batch_size,
+            persistent_workers=self.num_workers > 0,
+            collate_fn=collate_samples,
+            # Each worker gets one torch thread: workers only resize uint8 images.
+            worker_init_fn=_single_thread_worker,
+            **extra,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        if self.train_set is None:
+            self.setup("fit")
+        return self._loader(self.train_set, "train", shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        if self.val_set is None:
+            self.setup("validate")
+        return self._loader(self.val_set, "val", shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        return self.val_dataloader()
+
+    # -- device-side conversion ------------------------------------------------------------
+
+    def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
+        if isinstance(batch, dict) and "rgb" in batch:
+            lab = rgb_uint8_to_lab_batch(batch["rgb"], self.input_size, self.lowres_interpolation, compiled=self.compile_lab_conversion)
+            lab["index"] = batch["index"]
+            lab["skipped"] = batch["skipped"]
+            if "labels" in batch:
+                lab["labels"] = batch["labels"].float()  # moved as uint8, used as float
+            return lab
+        return batch
+
+
+class ResumableDataLoader(DataLoader):
+    """A DataLoader that Lightning can resume mid-epoch.
+
+    Lightning stores ``state_dict()`` in every checkpoint and, when it restarts inside an
+    epoch, calls ``load_state_dict`` before iterating. The state is the epoch and the
+    number of samples this rank already trained on; the :class:`EpochSeededSampler` then
+    skips exactly those, so no sample is repeated or skipped (the order and every crop are
+    pure functions of seed, epoch and index).
+    """
+
+    def __init__(self, *args: Any, batches_done: Callable[[], int], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._batches_done = batches_done
+
+    def state_dict(self) -> dict[str, int]:
+        sampler = self.sampler
+        return {"epoch": sampler.epoch, "samples_done": self._batches_done() * self.batch_size}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        sampler = self.sampler
+        if state.get("epoch") == sampler.epoch:
+            sampler.start = min(int(state.get("samples_done", 0)), len(sampler))
+            log.info("resuming epoch %d after %d samples", sampler.epoch, sampler.start)
+
+
+def _single_thread_worker(worker_id: int) -> None:
+    torch.set_num_threads(1)
+    os.environ["OMP_NUM_THREADS"] = "1"

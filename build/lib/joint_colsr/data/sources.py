@@ -1,0 +1,291 @@
+"""Data sources: where reference photographs come from, and how they split by photo.
+
+A source lists :class:`ImageItem` objects (a key, a group, and a way to get the pixels)
+and splits them into training and validation **by group**, so that no crop, flip or
+near-duplicate of a validation photo is ever trained on. Sources check everything they
+can at construction time (paths, layout, headers): a wrong ``data.root`` fails at
+start-up, not an hour into an epoch.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Sequence
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from joint_colsr.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, SkipReason, count_reasons, decode_image, probe_image
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class ImageItem:
+    """One reference photograph.
+
+    Attributes:
+        key: unique name (a relative path, or a sample photo's name).
+        group: items sharing a group always land in the same split (a stereo pair, say).
+        path: file to decode, or ``None`` when ``array`` holds the pixels.
+        array: ``(H, W, 3)`` uint8 pixels already in memory, or ``None``.
+        labels: optional image-level labels (COCO category ids), for models that use them.
+    """
+
+    key: str
+    group: str
+    path: str | None = None
+    array: np.ndarray | None = field(default=None, repr=False, compare=False)
+    labels: tuple[int, ...] = ()
+
+    def load(self) -> np.ndarray:
+        """``(H, W, 3)`` uint8 RGB; raises :class:`ImageDecodeError` for a bad file."""
+        if self.array is not None:
+            return self.array
+        if self.path is None:
+            raise ImageDecodeError(self.key, SkipReason.UNREADABLE, "item has neither a path nor pixels")
+        return decode_image(self.path)
+
+
+@dataclass
+class SkipReport:
+    """Files a source passed over, with the reason for each."""
+
+    skipped: dict[str, str] = field(default_factory=dict)
+
+    def add(self, path: str, reason: str) -> None:
+        """``reason``: the recorded text of a :class:`SkipReason` (``err.reason``, ``SkipReason.X.describe()``)."""
+        self.skipped[path] = reason
+
+    def __len__(self) -> int:
+        return len(self.skipped)
+
+    def summary(self, limit: int = 10) -> str:
+        if not self.skipped:
+            return "skipped 0 files"
+        reasons = count_reasons(self.skipped.values())
+        head = "; ".join(f"{n} {r}" for r, n in reasons.most_common())
+        examples = "\n".join(f"  {p}: {r}" for p, r in list(self.skipped.items())[:limit])
+        more = f"\n  ... and {len(self.skipped) - limit} more" if len(self.skipped) > limit else ""
+        return f"skipped {len(self.skipped)} files ({head}):\n{examples}{more}"
+
+
+class ImageSource:
+    """Base class: a named list of items and a split by group.
+
+    ``categories`` maps label ids to ``{"name", "supercategory"}`` for sources whose items
+    carry labels (COCO); it is empty otherwise.
+    """
+
+    name = "source"
+
+    def __init__(self) -> None:
+        self.skip_report = SkipReport()
+
+    @property
+    def categories(self) -> dict[int, dict[str, str]]:
+        return {}
+
+    def describe(self) -> dict:
+        """What selects and splits this source's photos (not where they live): a cache
+        built from one source is only read back under the same description."""
+        return {"name": self.name}
+
+    def items(self) -> list[ImageItem]:
+        raise NotImplementedError
+
+    def is_validation_group(self, group: str) -> bool:
+        raise NotImplementedError
+
+    def split(self) -> tuple[list[ImageItem], list[ImageItem]]:
+        """``(train, val)``: every group entirely on one side."""
+        train, val = [], []
+        for item in self.items():
+            (val if self.is_validation_group(item.group) else train).append(item)
+        return train, val
+
+
+# ---------------------------------------------------------------------------------------
+# Embedded sample photographs (scikit-image and scikit-learn ship them: no download)
+# ---------------------------------------------------------------------------------------
+
+
+def _skimage_photo(name: str) -> np.ndarray:
+    # The file, through the suite's own decoder (not skimage's loader): rocket.jpg carries
+    # an Adobe RGB (1998) profile, which decode_image converts to sRGB like any photo.
+    import skimage.data
+
+    for ext in (".png", ".jpg"):
+        path = Path(skimage.data.data_dir) / f"{name}{ext}"
+        if path.is_file():
+            return decode_image(path)
+    raise FileNotFoundError(f"scikit-image sample photo {name!r} is not in {skimage.data.data_dir}")
+
+
+def _matplotlib_photo(filename: str) -> np.ndarray:
+    from matplotlib import cbook
+
+    return decode_image(cbook.get_sample_data(filename, asfileobj=False))
+
+
+def _sklearn_photo(name: str) -> np.ndarray:
+    import sklearn.datasets
+
+    return decode_image(Path(sklearn.datasets.__file__).parent / "images" / f"{name}.jpg")
+
+
+#: The real colour photographs that install with pip (scikit-image, scikit-learn,
+#: matplotlib): name -> (group, loader).
+#: Excluded on purpose: immunohistochemistry, retina (microscopy / medical), colorwheel
+#: and logo (synthetic), and skimage's ``cat`` (the same pixels as ``chelsea``).
+SAMPLE_PHOTOS: dict[str, tuple[str, Callable[[], np.ndarray]]] = {
+    "astronaut": ("astronaut", lambda: _skimage_photo("astronaut")),
+    "chelsea": ("chelsea", lambda: _skimage_photo("chelsea")),
+    "coffee": ("coffee", lambda: _skimage_photo("coffee")),
+    "rocket": ("rocket", lambda: _skimage_photo("rocket")),
+    "hubble_deep_field": ("hubble_deep_field", lambda: _skimage_photo("hubble_deep_field")),
+    # A stereo pair: near-duplicates, so one group.
+    "motorcycle_left": ("motorcycle", lambda: _skimage_photo("motorcycle_left")),
+    "motorcycle_right": ("motorcycle", lambda: _skimage_photo("motorcycle_right")),
+    "china": ("china", lambda: _sklearn_photo("china")),
+    "flower": ("flower", lambda: _sklearn_photo("flower")),
+    "grace_hopper": ("grace_hopper", lambda: _matplotlib_photo("grace_hopper.jpg")),
+}
+
+
+class SamplePhotos(ImageSource):
+    """The photographs bundled with scikit-image, scikit-learn and matplotlib (10 photos, 9 scenes).
+
+    Args:
+        val_photos: names whose groups form the validation split.
+        photos: names to use (default: all of :data:`SAMPLE_PHOTOS`).
+    """
+
+    name = "samples"
+
+    def __init__(self, val_photos: Sequence[str] = ("chelsea", "china"), photos: Sequence[str] | None = None) -> None:
+        super().__init__()
+        photos = list(SAMPLE_PHOTOS) if photos is None else list(photos)
+        unknown = [p for p in [*photos, *val_photos] if p not in SAMPLE_PHOTOS]
+        if unknown:
+            raise ValueError(f"data.source: unknown sample photo(s) {unknown}; choose from {sorted(SAMPLE_PHOTOS)}")
+        missing_val = [p for p in val_photos if p not in photos]
+        if missing_val:
+            raise ValueError(f"data.source.val_photos {missing_val} are not in data.source.photos {photos}")
+        self.photos = photos
+        self.val_photos = list(val_photos)
+        self.val_groups = {SAMPLE_PHOTOS[p][0] for p in val_photos}
+        if not self.val_groups:
+            raise ValueError("data.source.val_photos is empty: name at least one photo to validate on")
+        if all(SAMPLE_PHOTOS[p][0] in self.val_groups for p in photos):
+            raise ValueError(f"data.source.val_photos {list(val_photos)} leave no photo to train on")
+        self._items: list[ImageItem] | None = None
+
+    def items(self) -> list[ImageItem]:
+        if self._items is None:
+            self._items = []
+            for name in self.photos:
+                group, load = SAMPLE_PHOTOS[name]
+                arr = np.ascontiguousarray(load()[..., :3], dtype=np.uint8)
+                self._items.append(ImageItem(key=name, group=group, array=arr))
+        return self._items
+
+    def is_validation_group(self, group: str) -> bool:
+        return group in self.val_groups
+
+    def describe(self) -> dict:
+        return {"name": self.name, "photos": self.photos, "val_photos": self.val_photos}
+
+
+# ---------------------------------------------------------------------------------------
+# Any folder of images
+# ---------------------------------------------------------------------------------------
+
+FOLDER_LAYOUT_HELP = (
+    "expected a folder holding image files ({exts}), at any depth, e.g.\n"
+    "  DIR/beach.jpg\n  DIR/trip/IMG_0001.JPG\n  DIR/scans/page.png"
+)
+
+
+def _stable_fraction(text: str) -> float:
+    """A number in [0, 1) that depends on ``text`` alone (not on Python's hash seed)."""
+    return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "big") / 2**64
+
+
+class ImageFolder(ImageSource):
+    """Every image below ``root`` (recursively), split by file into train and validation.
+
+    The split is a stable hash of each file's relative path, so adding files never moves
+    an existing file to the other side. ``val_fraction=1.0`` puts every file in
+    validation (what evaluation uses).
+
+    Args:
+        root: the folder.
+        val_fraction: share of files held out for validation (at least one file when > 0).
+        extensions: file endings to read (case-insensitive).
+        max_bad_fraction: fail at start-up when more than this share of files is unreadable.
+        check_headers: open every file's header at start-up (fast) to skip non-images early.
+    """
+
+    name = "folder"
+
+    def __init__(
+        self,
+        root: str,
+        val_fraction: float = 0.1,
+        extensions: Sequence[str] = IMAGE_EXTENSIONS,
+        max_bad_fraction: float = 0.5,
+        check_headers: bool = True,
+    ) -> None:
+        super().__init__()
+        if root is None or str(root) in ("", "???"):
+            raise ValueError("data.root is not set: pass data.root=DIR, " + FOLDER_LAYOUT_HELP.format(exts=", ".join(extensions)))
+        self.root = Path(root).expanduser().resolve()
+        if not self.root.is_dir():
+            raise FileNotFoundError(
+                f"data.root={root!r} ({self.root}) is not a folder; " + FOLDER_LAYOUT_HELP.format(exts=", ".join(extensions))
+            )
+        if not 0.0 <= val_fraction <= 1.0:
+            raise ValueError(f"data.source.val_fraction must be in [0, 1], got {val_fraction}")
+        self.val_fraction = float(val_fraction)
+        self.extensions = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
+        files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in self.extensions)
+        if not files:
+            raise FileNotFoundError(f"data.root={self.root} holds no image files; " + FOLDER_LAYOUT_HELP.format(exts=", ".join(self.extensions)))
+        good = []
+        for path in tqdm(files, desc=f"checking {self.root.name}/", unit="file", disable=not check_headers or len(files) < 500):
+            if check_headers:
+                try:
+                    probe_image(path)
+                except ImageDecodeError as err:
+                    self.skip_report.add(str(path), err.reason)
+                    continue
+            good.append(path)
+        if self.skip_report:
+            log.warning("data.root=%s: %s", self.root, self.skip_report.summary())
+        if len(self.skip_report) > max_bad_fraction * len(files) or not good:
+            raise RuntimeError(
+                f"data.root={self.root}: {len(self.skip_report)} of {len(files)} image files are unreadable "
+                f"(more than data.source.max_bad_fraction={max_bad_fraction}). {self.skip_report.summary(limit=50)}"
+            )
+        keys = [p.relative_to(self.root).as_posix() for p in good]
+        self._items = [ImageItem(key=k, group=k, path=str(p)) for k, p in zip(keys, good)]
+        self._val_keys = {k for k in keys if _stable_fraction(k) < self.val_fraction}
+        # Tiny folders: keep at least one file on each side when both sides are asked for.
+        if 0.0 < self.val_fraction < 1.0 and len(keys) >= 2:
+            if not self._val_keys:
+                self._val_keys = {min(keys, key=_stable_fraction)}
+            if len(self._val_keys) == len(keys):
+                self._val_keys.discard(max(keys, key=_stable_fraction))
+
+    def items(self) -> list[ImageItem]:
+        return self._items
+
+    def is_validation_group(self, group: str) -> bool:
+        return group in self._val_keys
+
+    def describe(self) -> dict:
+        return {"name": self.name, "val_fraction": self.val_fraction, "extensions": list(self.extensions)}

@@ -1,0 +1,300 @@
+"""Evaluate a checkpoint or a baseline: ``python -m joint_colsr.eval ckpt_path=CKPT data=... [data.root=DIR]``
+(config: ``conf/eval.yaml``; ``baseline=gray|bicubic`` instead of ``ckpt_path`` for the floors).
+
+Every image of the evaluation split is squash-resized to the output size (as validation
+data is), its L* downscaled to the model's input, and scored with every metric of
+:mod:`joint_colsr.metrics`. ``data=folder`` scores every image of the folder (no
+train/validation split); ``data=coco`` scores val2017; ``data=samples`` the validation photos.
+
+The run directory receives:
+
+* ``metrics.json``: ``psnr`` (protocol 1: ground-truth L* + predicted a*b*), ``psnr_joint``
+  (protocol 2: the model's own L* + predicted a*b*), ``ssim``, ``ssim_joint``, ``psnr_ab``,
+  ``psnr_y``, ``auc_ab``, ``colorfulness``, ``colorfulness_gt``, ``colorfulness_gap``,
+  ``psnr_gray`` (the same images with a* = b* = 0), ``num_images``, what was evaluated,
+  ``skipped`` / ``skipped_photos`` (photos that could not be decoded or used: not scored),
+  and ``by_supercategory`` for sources with categories (COCO);
+* ``metrics.md``: the same as a markdown table (plus the per-supercategory table);
+* ``per_image.csv``: one row per image;
+* ``best_worst.png``: the ``num_examples`` best and worst images by ``psnr`` (the paper's Fig. 1);
+* ``category.png``: the first ``num_examples`` images showing ``grid_category`` (COCO; the paper's Fig. 2).
+"""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+from collections import defaultdict
+from pathlib import Path
+from typing import Any, Callable, Mapping
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig, open_dict
+from torch import Tensor
+
+from joint_colsr import CONFIG_DIR
+from joint_colsr.assembly import build_datamodule, build_eval_system, build_trainer, start_run
+from joint_colsr.config_checks import ConfigError, check_config
+from joint_colsr.metrics import PER_IMAGE_METRICS, colorization_psnr, image_metrics, summarize, upscale_l
+from joint_colsr.outputs import print_run_summary, write_json
+from joint_colsr.systems import run_system
+from joint_colsr.viz import evaluation_row, make_grid, save_png
+
+log = logging.getLogger(__name__)
+
+#: Columns of the results table, in order, with their headers.
+TABLE_COLUMNS: dict[str, str] = {
+    "psnr": "PSNR (GT L*)",
+    "psnr_joint": "PSNR (own L*)",
+    "ssim": "SSIM (GT L*)",
+    "ssim_joint": "SSIM (own L*)",
+    "psnr_ab": "PSNR a*b*",
+    "psnr_y": "Y-PSNR",
+    "auc_ab": "AuC a*b*",
+    "colorfulness": "CF",
+    "colorfulness_gap": "dCF",
+    "psnr_gray": "gray PSNR",
+}
+
+PROTOCOL_NOTE = (
+    "All numbers at the output size, per image then averaged. PSNR/SSIM on 8-bit sRGB over the whole image: "
+    "'GT L*' = ground-truth L* + predicted a*b* (the colorization protocol, the paper's Table III); "
+    "'own L*' = the model's own L* (its predicted L*, or the input L* upscaled bicubically) + predicted a*b*. "
+    "PSNR a*b*: CIE units, peak 220. Y-PSNR: BT.601 Y of the model's own L* with ground-truth a*b*, "
+    "border of {crop} px cropped. AuC a*b*: Zhang et al. 2016, thresholds 0..150. CF / dCF: Hasler-Suesstrunk "
+    "colourfulness of the GT-L* prediction and |mean CF(pred) - mean CF(gt)|. gray PSNR: a*=b*=0 with GT L* on the same images."
+)
+
+
+def resolve_crop_border(value: Any, input_size: int, output_size: int) -> int:
+    """``crop_border``: an integer, or ``auto`` = ceil(output / input) (SR papers crop the scale)."""
+    if value in (None, "auto"):
+        return int(math.ceil(output_size / input_size)) if output_size > input_size else 0
+    if isinstance(value, bool) or not isinstance(value, int) or value < 0:
+        raise ConfigError(f"crop_border must be 'auto' or a non-negative integer, got {value!r}")
+    return value
+
+
+def photo_lookup(dataset: Any) -> Callable[[int], tuple[str, tuple[int, ...]]]:
+    """Sample index -> (photo key, label ids) for the evaluation datasets: decoded files
+    (``items``) or a decoded-image cache (``split.keys`` / ``split.labels``); otherwise ``#index``."""
+    views = len(getattr(dataset, "views", (None,)))
+    items = getattr(dataset, "items", None)
+    if items:
+        return lambda index: (items[index // views].key, tuple(items[index // views].labels or ()))
+    split = getattr(dataset, "split", None)
+    keys, labels = getattr(split, "keys", None), getattr(split, "labels", None)
+    if isinstance(keys, (list, tuple)):
+        return lambda index: (str(keys[index // views]), tuple(labels[index // views]) if labels else ())
+    return lambda index: (f"#{index}", ())
+
+
+class Evaluator(pl.LightningModule):
+    """Runs a system over the evaluation images and keeps per-image metrics and example images.
+
+    Args:
+        system: any system of the suite (``infer`` contract), or a baseline.
+        crop_border: border removed for Y-PSNR.
+        num_examples: images kept for the best, the worst and the category grid.
+        grid_category: category name (COCO) whose images fill the category grid.
+    """
+
+    def __init__(self, system: pl.LightningModule, crop_border: int, num_examples: int = 6, grid_category: str | None = "person") -> None:
+        super().__init__()
+        self.system = system
+        self.crop_border = crop_border
+        self.num_examples = num_examples
+        self.grid_category = grid_category
+        self.rows: list[dict[str, Any]] = []
+        self.best: list[tuple[float, int, list[Tensor]]] = []
+        self.worst: list[tuple[float, int, list[Tensor]]] = []
+        self.category_examples: list[list[Tensor]] = []
+        #: Photos that could not be used (corrupt, grayscale, ...): not scored, listed in metrics.json.
+        self.skipped_keys: list[str] = []
+        self.categories: dict[int, dict[str, str]] = {}
+        self._lookup = None
+
+    def on_test_start(self) -> None:
+        self.system.eval()
+        datamodule = self.trainer.datamodule
+        self.categories = dict(getattr(datamodule, "categories", None) or getattr(datamodule.source, "categories", None) or {})
+        self._lookup = photo_lookup(datamodule.val_set)
+
+    def _describe(self, index: int) -> dict[str, Any]:
+        key, labels = self._lookup(index) if self._lookup else (f"#{index}", ())
+        names = sorted({self.categories[c]["name"] for c in labels if c in self.categories})
+        supers = sorted({self.categories[c]["supercategory"] for c in labels if c in self.categories})
+        return {"key": key, "categories": names, "supercategories": supers}
+
+    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        out = run_system(self.system, batch)
+        ab = out["ab"]
+        size = tuple(batch["l_highres"].shape[-2:])
+        if tuple(ab.shape[-2:]) != size:
+            raise ValueError(f"the model returns a*b* of {tuple(ab.shape[-2:])}, the data is {size}: data.output_size must match the model")
+        l_own = out["l"] if out.get("l") is not None else upscale_l(batch["l_lowres"], size)
+        m = image_metrics(batch["l_highres"], l_own, ab, batch["ab_target"], batch["rgb_target"], self.crop_border)
+        m["psnr_gray"] = colorization_psnr(batch["l_highres"], torch.zeros_like(ab), batch["rgb_target"])
+        skipped = batch.get("skipped", torch.zeros_like(batch["index"])).tolist()
+        for i, index in enumerate(batch["index"].tolist()):
+            if skipped[i]:
+                # The dataset put the next usable photo in place of an unusable one: that photo
+                # is scored at its own index, so this sample would count it twice.
+                self.skipped_keys.append(self._describe(index)["key"])
+                continue
+            row = {"index": index, **self._describe(index)}
+            row.update({k: float(m[k][i]) for k in (*PER_IMAGE_METRICS, "psnr_gray")})
+            self.rows.append(row)
+            self._keep_examples(row, batch["l_lowres"][i], m["rgb"][i], m["rgb_joint"][i], batch["rgb_target"][i])
+
+    def _keep_examples(self, row: dict, l_lowres: Tensor, rgb: Tensor, rgb_joint: Tensor, target: Tensor) -> None:
+        n = self.num_examples
+        if n <= 0:
+            return
+        text = f"{row['psnr']:.2f} / {row['psnr_joint']:.2f} dB  {Path(str(row['key'])).stem[:24]}"
+
+        def images() -> list[Tensor]:
+            return evaluation_row(l_lowres.cpu(), rgb.cpu(), rgb_joint.cpu(), target.cpu(), text)
+
+        psnr = row["psnr"]
+        if len(self.best) < n or psnr > self.best[-1][0]:
+            self.best = sorted([*self.best, (psnr, row["index"], images())], key=lambda e: (-e[0], e[1]))[:n]
+        if len(self.worst) < n or psnr < self.worst[-1][0]:
+            self.worst = sorted([*self.worst, (psnr, row["index"], images())], key=lambda e: (e[0], e[1]))[:n]
+        if self.grid_category and self.grid_category in row["categories"] and len(self.category_examples) < n:
+            self.category_examples.append(images())
+
+
+def _group_rows(rows: list[dict[str, Any]], field: str) -> dict[str, dict[str, float]]:
+    """Mean metrics of the images in each group (an image counts in every group it belongs to)."""
+    groups: dict[str, list[dict[str, Any]]] = defaultdict(list)
+    for row in rows:
+        for name in row[field] or ["(no annotations)"]:
+            groups[name].append(row)
+    table = {}
+    for name, members in groups.items():
+        per_image = {k: torch.tensor([r[k] for r in members], dtype=torch.float64) for k in (*PER_IMAGE_METRICS, "psnr_gray")}
+        summary = summarize(per_image)
+        summary["psnr_gray"] = float(per_image["psnr_gray"].mean())
+        summary["gain_over_gray"] = summary["psnr"] - summary["psnr_gray"]
+        table[name] = summary
+    return dict(sorted(table.items(), key=lambda kv: kv[1]["psnr"]))
+
+
+def _fmt(value: Any) -> str:
+    if isinstance(value, float):
+        if not math.isfinite(value):
+            return str(value)
+        return f"{value:.4f}" if abs(value) < 1.5 else f"{value:.2f}"
+    return str(value)
+
+
+def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
+    """A GitHub markdown table."""
+    lines = ["| " + " | ".join(header) + " |", "| " + " | ".join("---" for _ in header) + " |"]
+    lines += ["| " + " | ".join(_fmt(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines) + "\n"
+
+
+def describe_model(cfg: DictConfig, system: pl.LightningModule) -> str:
+    if cfg.get("baseline"):
+        return f"baseline={cfg.baseline}"
+    return f"{type(getattr(system, 'net', system)).__name__} ({Path(str(cfg.ckpt_path)).name})"
+
+
+def _prepare_data_config(cfg: DictConfig) -> None:
+    with open_dict(cfg):
+        # Sources that split a folder by file: evaluation scores every file.
+        if "val_fraction" in cfg.data.get("source", {}):
+            cfg.data.source.val_fraction = 1.0
+
+
+def evaluate(cfg: DictConfig) -> dict[str, Any]:
+    """Evaluate ``cfg.ckpt_path`` (or ``cfg.baseline``) on ``cfg.data``; write the run's files; return the metrics."""
+    system = build_eval_system(cfg)
+    _prepare_data_config(cfg)
+    check_config(cfg)
+    output_dir = start_run(cfg)
+    crop = resolve_crop_border(cfg.get("crop_border"), cfg.data.input_size, cfg.data.output_size)
+    num_examples = int(cfg.get("num_examples", 6))
+    datamodule = build_datamodule(cfg)
+    evaluator = Evaluator(system, crop, num_examples, cfg.get("grid_category"))
+    trainer = build_trainer(cfg)
+    trainer.test(evaluator, datamodule=datamodule, verbose=False)
+    if not trainer.is_global_zero:
+        return {}
+
+    rows = evaluator.rows
+    if not rows:
+        raise RuntimeError(f"no usable image to evaluate: every photo was skipped ({evaluator.skipped_keys[:10]})")
+    per_image = {k: torch.tensor([r[k] for r in rows], dtype=torch.float64) for k in (*PER_IMAGE_METRICS, "psnr_gray")}
+    metrics: dict[str, Any] = summarize(per_image)
+    metrics["psnr_gray"] = float(per_image["psnr_gray"].mean())
+    metrics["skipped"] = len(evaluator.skipped_keys)
+    metrics["skipped_photos"] = evaluator.skipped_keys
+    metrics.update(
+        model=describe_model(cfg, system),
+        ckpt_path=str(cfg.ckpt_path) if cfg.get("ckpt_path") else None,
+        baseline=cfg.get("baseline"),
+        data=datamodule.source_name,
+        data_root=str(cfg.data.get("root")) if cfg.data.get("root") else None,
+        input_size=int(cfg.data.input_size),
+        output_size=int(cfg.data.output_size),
+        y_crop_border=crop,
+    )
+    if any(r["supercategories"] for r in rows):
+        metrics["by_supercategory"] = _group_rows(rows, "supercategories")
+    write_outputs(output_dir, metrics, rows, evaluator, crop)
+    _print_summary(metrics, output_dir)
+    return metrics
+
+
+def write_outputs(output_dir: Path, metrics: dict[str, Any], rows: list[dict[str, Any]], evaluator: Evaluator, crop: int) -> None:
+    write_json(output_dir / "metrics.json", metrics)
+
+    header = ["model", "images", *TABLE_COLUMNS.values()]
+    md = ["# Evaluation", "", f"data: `{metrics['data']}`" + (f" (`{metrics['data_root']}`)" if metrics.get("data_root") else "")
+          + f", {metrics['input_size']} -> {metrics['output_size']}", ""]
+    md.append(markdown_table(header, [[metrics["model"], metrics["num_images"], *(metrics.get(k, "") for k in TABLE_COLUMNS)]]))
+    md += [PROTOCOL_NOTE.format(crop=crop), ""]
+    if "by_supercategory" in metrics:
+        md += ["## By COCO supercategory (worst first; an image counts in every supercategory it shows)", ""]
+        cols = ["psnr", "psnr_joint", "psnr_gray", "gain_over_gray", "colorfulness_gap", "auc_ab"]
+        md.append(markdown_table(["supercategory", "images", *cols],
+                                 [[name, s["num_images"], *(s[c] for c in cols)] for name, s in metrics["by_supercategory"].items()]))
+    (output_dir / "metrics.md").write_text("\n".join(md))
+
+    fields = ["index", "key", "categories", "supercategories", *PER_IMAGE_METRICS, "psnr_gray"]
+    with open(output_dir / "per_image.csv", "w", newline="") as f:
+        writer = csv.DictWriter(f, fieldnames=fields)
+        writer.writeheader()
+        for row in sorted(rows, key=lambda r: r["index"]):
+            writer.writerow({**row, "categories": ";".join(row["categories"]), "supercategories": ";".join(row["supercategories"])})
+
+    if evaluator.best:
+        # Best on the left, worst on the right; columns: input L* | GT L* + pred | own L* + pred | ground truth.
+        grid_rows = [b[2] + w[2] for b, w in zip(evaluator.best, evaluator.worst)]
+        save_png(make_grid(grid_rows), output_dir / "best_worst.png")
+    if evaluator.category_examples:
+        save_png(make_grid(evaluator.category_examples), output_dir / "category.png")
+
+
+def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
+    print_run_summary(output_dir, [
+        f"{metrics['model']} on {metrics['num_images']} images of '{metrics['data']}': "
+        f"PSNR {metrics['psnr']:.2f} dB (GT L*), {metrics['psnr_joint']:.2f} dB (own L*), "
+        f"gray {metrics['psnr_gray']:.2f} dB; SSIM {metrics['ssim']:.4f}; tables in {output_dir / 'metrics.md'}"
+    ])
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+def main(cfg: DictConfig) -> float | None:
+    metrics = evaluate(cfg)
+    return metrics.get("psnr")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,320 @@
+"""The supervised LightningModule: any network mapping low-res L* to high-res a*b*, trained with MSE."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any, Mapping
+
+import lightning.pytorch as pl
+import torch
+import torch.nn.functional as F
+from hydra.utils import instantiate
+from omegaconf import DictConfig, OmegaConf
+from torch import Tensor, nn
+from torchmetrics import MeanMetric
+
+from joint_colsr.metrics import colorization_psnr
+
+#: Checkpoint entries written by :meth:`ColSRSystem.on_save_checkpoint`: the class that wrote
+#: it (``module.Class``) and the data task it was trained on (:attr:`ColSRSystem.data_task`).
+SYSTEM_CLASS_KEY = "system_class"
+DATA_TASK_KEY = "data_task"
+#: The data module attributes that define the task (what eval / predict must reproduce).
+DATA_TASK_FIELDS = ("input_size", "output_size", "lowres_interpolation", "with_labels")
+
+
+def _plain(cfg: Any) -> Any:
+    """DictConfig -> plain dict/list (what goes into hparams and checkpoints)."""
+    if isinstance(cfg, DictConfig):
+        return OmegaConf.to_container(cfg, resolve=True)
+    return cfg
+
+
+class ColSRSystem(pl.LightningModule):
+    """Joint colorization + super-resolution, supervised.
+
+    The network and optimizer arrive as *configs* (dicts with ``_target_``), not objects:
+    they are stored in the checkpoint's hyper-parameters, so
+    ``ColSRSystem.load_from_checkpoint(path)`` rebuilds the exact network with no Hydra
+    config at hand, and no ``nn.Module`` is ever pickled into hparams. Each checkpoint also
+    names its system class and data task, so :meth:`from_checkpoint` rebuilds the right
+    subclass (``GANSystem`` ...) from the file alone, wherever it was copied.
+
+    Args:
+        net: config of an ``nn.Module`` mapping ``(B, 1, r, r)`` normalized L* to
+            ``(B, 2, S, S)`` normalized a*b* (or a dict of outputs: see :meth:`infer`).
+        optimizer: config of a ``torch.optim`` optimizer with ``_partial_: true``.
+        scheduler: config of an LR scheduler with ``_partial_: true``, or ``None``.
+        scheduler_monitor: metric a ReduceLROnPlateau-style scheduler watches.
+        scheduler_interval: ``epoch`` or ``step``.
+        l_loss_weight: weight of the MSE on the net's own L* (only for nets that return ``l``).
+        classification_loss_weight: weight of the multi-label BCE on ``logits`` against the
+            batch's ``labels`` (only for nets that return ``logits``; Iizuka et al. used 1/300).
+
+    The training loss is ``MSE(ab) + l_loss_weight * MSE(l) + classification_loss_weight * BCE(logits)``,
+    each term present only when the net returns that output.
+
+    Logged: ``train/loss`` (and ``train/loss_ab``, ``train/loss_l``, ``train/loss_cls`` when
+    there is more than one term); ``val/loss`` (a*b* MSE, comparable across nets),
+    ``val/psnr`` (protocol in :mod:`joint_colsr.metrics`), ``val/psnr_gray`` (the same images
+    with a* = b* = 0); for nets that return ``l``: ``val/loss_l`` and ``val/psnr_own_l`` (the
+    net's own L* + its a*b*: the full joint output); ``data/skipped`` (photos replaced
+    because they could not be used, per epoch, summed over ranks).
+    """
+
+    #: Hyper-parameters :meth:`from_checkpoint` overrides for inference (eval, predict).
+    inference_hparams: dict[str, Any] = {}
+
+    def __init__(
+        self,
+        net: Mapping[str, Any],
+        optimizer: Mapping[str, Any],
+        scheduler: Mapping[str, Any] | None = None,
+        scheduler_monitor: str = "val/loss",
+        scheduler_interval: str = "epoch",
+        l_loss_weight: float = 1.0,
+        classification_loss_weight: float = 1.0 / 300,
+    ) -> None:
+        super().__init__()
+        net, optimizer, scheduler = _plain(net), _plain(optimizer), _plain(scheduler)
+        self.save_hyperparameters(
+            {"net": net, "optimizer": optimizer, "scheduler": scheduler,
+             "scheduler_monitor": scheduler_monitor, "scheduler_interval": scheduler_interval,
+             "l_loss_weight": l_loss_weight, "classification_loss_weight": classification_loss_weight}
+        )
+        self.net = instantiate(net)
+        # nan_strategy="disable": MeanMetric's default checks every update for NaN with a host
+        # read (a GPU sync per batch and metric); a NaN shows in the epoch's mean anyway.
+        self.val_loss = MeanMetric(nan_strategy="disable")
+        self.val_psnr = MeanMetric(nan_strategy="disable")
+        self.val_psnr_gray = MeanMetric(nan_strategy="disable")
+        self.val_loss_l = MeanMetric(nan_strategy="disable")
+        self.val_psnr_own_l = MeanMetric(nan_strategy="disable")
+        self._skipped_in_epoch: Tensor | None = None
+        #: First validation batch of the epoch, kept on CPU for the image-grid callback.
+        self.val_examples: dict[str, Tensor] | None = None
+        #: The data the weights were trained on (``input_size``, ``output_size``,
+        #: ``lowres_interpolation``, ``with_labels``): set when loaded from a checkpoint.
+        self.data_task: dict[str, Any] | None = None
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, map_location: Any = "cpu", inference: bool = False,
+                        **kwargs: Any) -> "ColSRSystem":
+        """Rebuild the system that wrote ``path``, with its weights, from the file alone.
+
+        The class is the one the checkpoint names (``GANSystem`` for a ``model=srgan`` run;
+        checkpoints without the entry: told apart by their hyper-parameters), the network
+        comes from the saved hyper-parameters, and :attr:`data_task` from the saved data task
+        (older checkpoints: the network's sizes). ``inference=True`` leaves out what only
+        training needs (the class's :attr:`inference_hparams`, e.g. the GAN's VGG file, which
+        may not exist where the checkpoint was copied to). ``kwargs`` override
+        hyper-parameters, as in ``load_from_checkpoint``.
+
+        Raises:
+            FileNotFoundError: ``path`` is not a file.
+            ValueError: the file is not a checkpoint of this suite, or its class is not ``cls``
+                or a subclass.
+        """
+        from hydra.utils import get_class
+
+        path = Path(path).expanduser()
+        if not path.is_file():
+            raise FileNotFoundError(f"{path} is not a file")
+        try:  # mmap: only the small entries are read here
+            checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+        except Exception as err:  # noqa: BLE001 - torch raises several kinds for a bad file
+            raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
+        if not isinstance(checkpoint, dict) or "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
+            raise ValueError(f"{path} is not a checkpoint of this suite (no hyper_parameters / state_dict)")
+        target = checkpoint.get(SYSTEM_CLASS_KEY) or system_class_from_hparams(checkpoint["hyper_parameters"])
+        try:
+            system_class = get_class(target)
+        except Exception as err:  # noqa: BLE001 - Hydra raises several kinds for an unknown target
+            raise ValueError(f"{path} was written by {target}, which cannot be imported: {err}") from None
+        if not issubclass(system_class, cls):
+            raise ValueError(f"{path} holds a {system_class.__name__}, not a {cls.__name__}")
+        del checkpoint
+        overrides = {**(system_class.inference_hparams if inference else {}), **kwargs}
+        return system_class.load_from_checkpoint(str(path), map_location=map_location, **overrides)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[SYSTEM_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        task = {k: getattr(datamodule, k) for k in DATA_TASK_FIELDS if hasattr(datamodule, k)}
+        checkpoint[DATA_TASK_KEY] = task or self.data_task or self._data_task_from_net()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.data_task = dict(checkpoint.get(DATA_TASK_KEY) or self._data_task_from_net())
+
+    def _data_task_from_net(self) -> dict[str, Any]:
+        return {k: v for k in ("input_size", "output_size") if (v := model_size(self, k)) is not None}
+
+    @property
+    def eval_net(self) -> nn.Module:
+        """The network :meth:`infer` runs in eval mode (subclasses may return averaged weights)."""
+        return self.net
+
+    def forward(self, l_lowres: Tensor, l_highres: Tensor | None = None) -> Tensor:
+        """``(B, 1, r, r)`` normalized L* -> ``(B, 2, S, S)`` normalized a*b*."""
+        return self.infer({"l_lowres": l_lowres, "l_highres": l_highres})["ab"]
+
+    def infer(self, batch: Mapping[str, Tensor], net: nn.Module | None = None) -> dict[str, Tensor]:
+        """Run the network on a batch and return its outputs by name.
+
+        The network contract (every net in :mod:`joint_colsr.nets`):
+
+        * input: ``net(l_lowres)``; a net whose attribute ``needs_l_highres`` is true is
+          called as ``net(l_lowres, l_highres=...)`` (ground-truth L* as guidance);
+        * output: a tensor of a*b*, or a dict with ``"ab"`` and optionally ``"l"``
+          (its own high-resolution L*, normalized) and ``"logits"`` (class scores).
+
+        Args:
+            batch: at least ``l_lowres`` (and ``l_highres`` for guided nets).
+            net: the network to run; default: ``self.net`` in training mode, :attr:`eval_net`
+                in eval mode (validation, evaluation, prediction: EMA weights where there are any).
+
+        Returns:
+            dict with ``"ab"`` ``(B, 2, S, S)`` and whatever else the net returned.
+        """
+        if net is None:
+            net = self.net if self.training else self.eval_net
+        kwargs = {}
+        if getattr(net, "needs_l_highres", False):
+            if batch.get("l_highres") is None:
+                raise ValueError(f"{type(net).__name__} needs ground-truth L* (l_highres) as guidance")
+            kwargs["l_highres"] = batch["l_highres"]
+        out = net(batch["l_lowres"], **kwargs)
+        return dict(out) if isinstance(out, Mapping) else {"ab": out}
+
+    def supervised_losses(self, out: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
+        """The weighted pixel (and label) losses of the net's outputs.
+
+        Returns:
+            ``{"loss": total, "loss_ab": ...}`` plus ``"loss_l"`` when the net returns ``l``
+            and ``"loss_cls"`` when it returns ``logits``.
+        """
+        hp = self.hparams
+        self._check_sizes(out["ab"], batch["ab_target"])
+        losses = {"loss_ab": F.mse_loss(out["ab"].float(), batch["ab_target"])}
+        total = losses["loss_ab"]
+        if "l" in out:
+            self._check_sizes(out["l"], batch["l_highres"], "L*")
+            losses["loss_l"] = F.mse_loss(out["l"].float(), batch["l_highres"])
+            total = total + hp.l_loss_weight * losses["loss_l"]
+        if "logits" in out:
+            labels = batch.get("labels")
+            if labels is None:
+                raise ValueError(
+                    "model.net.classification=true needs image-level labels: batches must carry 'labels' "
+                    "(B, num_classes) multi-hot floats, and this data source gives none "
+                    "(use COCO data with labels, or set model.net.classification=false)"
+                )
+            if labels.shape != out["logits"].shape:
+                raise ValueError(f"batch labels {tuple(labels.shape)} do not match the net's logits "
+                                 f"{tuple(out['logits'].shape)}: set model.net.num_classes to the data's class count")
+            losses["loss_cls"] = F.binary_cross_entropy_with_logits(out["logits"].float(), labels.float())
+            total = total + hp.classification_loss_weight * losses["loss_cls"]
+        losses["loss"] = total
+        return losses
+
+    def _check_sizes(self, pred: Tensor, target: Tensor, what: str = "a*b*") -> None:
+        if pred.shape != target.shape:
+            raise ValueError(
+                f"network {what} output {tuple(pred.shape)} does not match target {tuple(target.shape)}: "
+                "model.net.output_size must equal data.output_size"
+            )
+
+    def _log_train_losses(self, losses: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> None:
+        n = batch["l_lowres"].shape[0]
+        # Not prog_bar=True: Lightning reads progress-bar values back every batch (a GPU sync);
+        # joint_colsr.callbacks.ProgressBar shows the value read at logging steps instead.
+        self.log("train/loss", losses["loss"], batch_size=n)
+        if len(losses) > 2:  # more than one term: log each
+            for name, value in losses.items():
+                if name != "loss":
+                    self.log(f"train/{name}", value, batch_size=n)
+        self._count_skipped(batch)
+
+    def _count_skipped(self, batch: Mapping[str, Tensor]) -> None:
+        # Summed on the device and logged once per epoch: a self.log call per step costs
+        # about 0.4 ms of host time (make bench: lightning_self_log_call_ms).
+        if "skipped" in batch:
+            count = batch["skipped"].sum()
+            self._skipped_in_epoch = count if self._skipped_in_epoch is None else self._skipped_in_epoch + count
+
+    def on_train_epoch_end(self) -> None:
+        if self._skipped_in_epoch is not None:
+            self.log("data/skipped", self._skipped_in_epoch.float(), on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True)
+            self._skipped_in_epoch = None
+
+    def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
+        losses = self.supervised_losses(self.infer(batch), batch)
+        self._log_train_losses(losses, batch)
+        return losses["loss"]
+
+    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+        out = self.infer(batch)
+        ab_pred = out["ab"]
+        self._check_sizes(ab_pred, batch["ab_target"])
+        n = ab_pred.shape[0]
+        per_image_mse = (ab_pred.float() - batch["ab_target"]).pow(2).mean(dim=(1, 2, 3))
+        self.val_loss.update(per_image_mse)
+        self.val_psnr.update(colorization_psnr(batch["l_highres"], ab_pred, batch["rgb_target"]))
+        self.val_psnr_gray.update(colorization_psnr(batch["l_highres"], torch.zeros_like(ab_pred), batch["rgb_target"]))
+        self.log("val/loss", self.val_loss, prog_bar=True, batch_size=n)
+        self.log("val/psnr", self.val_psnr, prog_bar=True, batch_size=n)
+        self.log("val/psnr_gray", self.val_psnr_gray, batch_size=n)
+        if "l" in out:
+            l_pred = out["l"].float()
+            self._check_sizes(l_pred, batch["l_highres"], "L*")
+            self.val_loss_l.update((l_pred - batch["l_highres"]).pow(2).mean(dim=(1, 2, 3)))
+            self.val_psnr_own_l.update(colorization_psnr(l_pred, ab_pred, batch["rgb_target"]))
+            self.log("val/loss_l", self.val_loss_l, batch_size=n)
+            self.log("val/psnr_own_l", self.val_psnr_own_l, batch_size=n)
+        if batch_idx == 0:
+            keep = ("l_lowres", "l_highres", "rgb_target")
+            self.val_examples = {k: batch[k][:16].detach().cpu() for k in keep}
+            self.val_examples["ab_pred"] = ab_pred[:16].detach().float().cpu()
+
+    def configure_optimizers(self) -> Any:
+        hp = self.hparams
+        optimizer = instantiate(hp.optimizer)(params=[p for p in self.parameters() if p.requires_grad])
+        if not hp.scheduler:
+            return optimizer
+        scheduler = instantiate(hp.scheduler)(optimizer=optimizer)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "monitor": hp.scheduler_monitor, "interval": hp.scheduler_interval},
+        }
+
+
+def system_class_from_hparams(hparams: Mapping[str, Any]) -> str:
+    """The system class of a checkpoint that does not name one (written before it did)."""
+    if "discriminator" in hparams:
+        return "joint_colsr.systems.gan.GANSystem"
+    return "joint_colsr.systems.colsr.ColSRSystem"
+
+
+def model_size(system: pl.LightningModule, key: str) -> int | None:
+    """``input_size`` or ``output_size`` of a system's network (hyper-parameters, then the net)."""
+    net_hparams = getattr(system, "hparams", {}).get("net") or {}
+    value = net_hparams.get(key) if isinstance(net_hparams, Mapping) else None
+    if value is None:
+        value = getattr(getattr(system, "net", None), key, None)
+    return int(value) if value is not None else None
+
+
+def eval_network(system: pl.LightningModule) -> Any:
+    """The network inference uses: a system's averaged weights where it keeps them (``eval_net``)."""
+    return getattr(system, "eval_net", None) or system.net
+
+
+def run_system(system: pl.LightningModule, batch: Any) -> dict[str, Any]:
+    """``system.infer`` on the inference network: ``{"ab", "l"?, "logits"?}``."""
+    net = eval_network(system)
+    if net is system.net:
+        return system.infer(batch)
+    return system.infer(batch, net=net)

@@ -1,0 +1,139 @@
+"""Train a model: ``python -m joint_colsr.train [hydra overrides]`` (config: ``conf/train.yaml``).
+
+``train(cfg)`` returns the final metrics and writes them to ``<run dir>/metrics.json``;
+the checkpoint of the last epoch is ``<run dir>/checkpoints/last.ckpt``.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import torch
+import wandb
+from lightning.pytorch.loggers import WandbLogger
+from omegaconf import DictConfig
+
+from joint_colsr import CONFIG_DIR
+from joint_colsr.assembly import (
+    build_callbacks,
+    build_datamodule,
+    build_loggers,
+    build_system,
+    build_trainer,
+    resolved_config,
+    start_run,
+)
+from joint_colsr.checkpointing import checkpoint_paths, find_resume_checkpoint
+from joint_colsr.config_checks import check_config
+from joint_colsr.hydra_callbacks import check_ddp_launch
+from joint_colsr.nets import count_parameters
+from joint_colsr.outputs import jsonable, print_run_summary, write_json
+
+log = logging.getLogger(__name__)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Fit the configured model on the configured data; return the final metrics."""
+    check_config(cfg)
+    check_ddp_launch(cfg)
+    output_dir = start_run(cfg)
+
+    system = build_system(cfg, startup_checks=True)  # output size (and determinism on CUDA) before any data is read
+    datamodule = build_datamodule(cfg)
+    callbacks = build_callbacks(cfg, system)
+    loggers = build_loggers(cfg)
+    trainer = build_trainer(cfg, callbacks, loggers)
+    resolved = resolved_config(cfg)
+    for logger in trainer.loggers:
+        logger.log_hyperparams({**resolved, "model/params": count_parameters(system.net)})
+
+    ckpt_path = cfg.get("ckpt_path")
+    if ckpt_path is None and cfg.get("auto_resume"):
+        found = find_resume_checkpoint(output_dir)
+        if found is not None:
+            log.info("auto_resume: continuing from %s", found)
+            ckpt_path = str(found)
+    start = time.perf_counter()
+    try:
+        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+    except BaseException:
+        _finish_wandb(trainer, {}, exit_code=1)  # mark the run failed; the next multirun job starts a fresh one
+        raise
+    elapsed = time.perf_counter() - start
+
+    metrics: dict[str, Any] = {k: jsonable(v) for k, v in trainer.callback_metrics.items()}
+    metrics.update(
+        epochs=trainer.current_epoch,
+        global_step=trainer.global_step,
+        fit_seconds=round(elapsed, 2),
+        params=count_parameters(system.net),
+    )
+    if not trainer.fast_dev_run:
+        metrics.update(checkpoint_paths(trainer))
+        _steps_from_spawned_ranks(metrics, output_dir)
+    if trainer.is_global_zero:
+        write_json(output_dir / "metrics.json", metrics)
+        _print_summary(metrics, output_dir)
+    _finish_wandb(trainer, metrics, exit_code=0)
+    return metrics
+
+
+def _steps_from_spawned_ranks(metrics: dict[str, Any], output_dir: Path) -> None:
+    """With ``trainer.strategy=ddp_spawn`` the ranks trained in child processes; Lightning
+    sends back their metrics and weights but neither the loop counters nor the last
+    checkpoint's path, so this process's trainer still says step 0. The last checkpoint the
+    ranks wrote has them."""
+    if metrics.get("global_step"):
+        return
+    last = metrics.get("last_ckpt") or find_resume_checkpoint(output_dir)
+    if not last or not Path(last).is_file():
+        return
+    metrics["last_ckpt"] = str(last)
+    state = torch.load(last, map_location="cpu", mmap=True, weights_only=False)  # mmap: no tensor is read
+    if state.get("global_step"):
+        metrics["global_step"] = int(state["global_step"])
+        metrics["epochs"] = int(state.get("epoch", -1)) + 1
+
+
+def _finish_wandb(trainer: pl.Trainer, summary: dict[str, Any], exit_code: int) -> None:
+    """End this job's wandb run (each multirun job is its own run), final metrics in its summary.
+
+    ``wandb.teardown()`` drops wandb's process-wide settings too, so the next job of an
+    in-process sweep reads its own ``WANDB_NAME`` / ``WANDB_RUN_GROUP`` afresh.
+    """
+    for logger in trainer.loggers:
+        if isinstance(logger, WandbLogger) and trainer.is_global_zero:
+            run = logger.experiment
+            run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
+            run.finish(exit_code=exit_code)
+            wandb.teardown()
+
+
+def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
+    psnr, gray = metrics.get("val/psnr"), metrics.get("val/psnr_gray")
+    lines = []
+    if isinstance(psnr, float) and isinstance(gray, float):
+        lines.append(
+            f"Validation PSNR (GT L* + predicted a*b*, 8-bit sRGB): {psnr:.2f} dB | "
+            f"gray baseline (a*=b*=0): {gray:.2f} dB | gain {psnr - gray:+.2f} dB"
+        )
+    grid = output_dir / "images" / "val_latest.png"
+    if grid.exists():
+        lines.append(f"Validation grid: {grid}")
+    print_run_summary(output_dir, lines)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+def main(cfg: DictConfig) -> float | None:
+    metrics = train(cfg)
+    key = cfg.get("optimized_metric")
+    return metrics.get(key) if key else None
+
+
+if __name__ == "__main__":
+    main()

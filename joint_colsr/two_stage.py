@@ -1,0 +1,158 @@
+"""The paper's cascade, as it poses it: two networks trained separately, then composed.
+
+``python -m joint_colsr.two_stage order=colorize_first|upscale_first [overrides=[...]]``
+(config: ``conf/two_stage.yaml``) runs, into its run directory:
+
+1. ``colorizer/``: ``python -m joint_colsr.train model=ic_only`` (the colorizer, on L*);
+2. ``upscaler/``: ``python -m joint_colsr.train model=sr_only`` (SRResNet on L*);
+3. ``cascade/checkpoints/last.ckpt``: the two composed into a
+   :class:`~joint_colsr.nets.CascadeNet` with both stages frozen (``training_kind``
+   ``two-stage``), a checkpoint ``eval`` and ``predict`` take like any other;
+4. with ``finetune_epochs=N``: ``finetuned/``, the composed cascade trained N more epochs
+   end to end (both stages unfrozen, starting from the two stages' weights).
+
+``colorize_first`` colorizes at the input size, super-resolves L* with the ``sr_only`` net
+and upscales a*b* bicubically (``ab_upscale=bicubic``: the SR convention for colour);
+``upscale_first`` super-resolves L* first and colorizes at the target size. Both stages
+are trained with ``overrides`` (data, trainer, debug, seed: the same for each) plus their
+own ``colorizer_overrides`` / ``upscaler_overrides``; ``two_stage.json`` records what ran.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import hydra
+import lightning.pytorch as pl
+import torch
+from omegaconf import DictConfig, OmegaConf
+
+from joint_colsr import CONFIG_DIR
+from joint_colsr.config_checks import ConfigError
+from joint_colsr.nets.cascade import ORDERS
+
+log = logging.getLogger(__name__)
+
+#: Keys of a stage's net config that the cascade sets itself.
+_SET_BY_CASCADE = ("_target_", "input_size", "output_size", "global_input_size", "in_channels", "out_channels")
+
+
+def _train(run_dir: Path, overrides: list[str]) -> Path:
+    """One ``python -m joint_colsr.train`` run into ``run_dir``; its ``last.ckpt``."""
+    cmd = [sys.executable, "-m", "joint_colsr.train", *overrides, f"hydra.run.dir={run_dir}"]
+    log.info("two_stage: %s", " ".join(cmd))
+    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(CONFIG_DIR).parent), os.environ.get("PYTHONPATH")]))}
+    proc = subprocess.run(cmd, env=env)
+    if proc.returncode != 0:
+        raise RuntimeError(f"two_stage: the stage run {run_dir} failed (exit {proc.returncode}); its log is above")
+    ckpt = run_dir / "checkpoints" / "last.ckpt"
+    if not ckpt.is_file():
+        raise RuntimeError(f"two_stage: {run_dir} left no checkpoints/last.ckpt")
+    return ckpt
+
+
+def _hparams(ckpt: Path) -> dict[str, Any]:
+    return torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]
+
+
+def _stage_kwargs(net_cfg: dict[str, Any]) -> dict[str, Any]:
+    return {k: v for k, v in net_cfg.items() if k not in _SET_BY_CASCADE}
+
+
+def cascade_net_config(order: str, colorizer_ckpt: Path, upscaler_ckpt: Path, freeze: bool = True) -> dict[str, Any]:
+    """The ``CascadeNet`` config composing an ``ic_only`` and an ``sr_only`` checkpoint."""
+    colorizer, upscaler = _hparams(colorizer_ckpt)["net"], _hparams(upscaler_ckpt)["net"]
+    if not colorizer["_target_"].endswith("IizukaColorizer") or not upscaler["_target_"].endswith("SROnlyNet"):
+        raise ConfigError(f"two_stage needs an ic_only colorizer and an sr_only upscaler, got {colorizer['_target_']} "
+                          f"and {upscaler['_target_']}")
+    sizes = {k: (colorizer[k], upscaler[k]) for k in ("input_size", "output_size")}
+    if any(a != b for a, b in sizes.values()):
+        raise ConfigError(f"the two stages were trained at different sizes: {sizes} (colorizer, upscaler)")
+    c_kwargs = {k: v for k, v in _stage_kwargs(colorizer).items() if k != "output_resize"}
+    return {
+        "_target_": "joint_colsr.nets.CascadeNet",
+        "input_size": colorizer["input_size"],
+        "output_size": colorizer["output_size"],
+        "order": order,
+        "ab_upscale": "bicubic" if order == "colorize_first" else "net",
+        "colorizer": c_kwargs,
+        "upscaler": _stage_kwargs(upscaler),
+        "colorizer_checkpoint": str(colorizer_ckpt),
+        "upscaler_checkpoint": str(upscaler_ckpt),
+        "freeze_colorizer": freeze,
+        "freeze_upscaler": freeze,
+    }
+
+
+def compose(order: str, colorizer_ckpt: Path, upscaler_ckpt: Path, out_ckpt: Path) -> Path:
+    """Write the frozen two-stage cascade as a checkpoint of :class:`ColSRSystem`.
+
+    The weights are in the checkpoint itself: its hyper-parameters name no stage file
+    (the cascade is rebuilt from them, then the state dict fills it), so it can be copied
+    anywhere.
+    """
+    from joint_colsr.systems import ColSRSystem
+
+    net = cascade_net_config(order, colorizer_ckpt, upscaler_ckpt)
+    upscaler_hp = _hparams(upscaler_ckpt)
+    system = ColSRSystem(net=net, optimizer=_hparams(colorizer_ckpt)["optimizer"], scheduler=None,
+                         l_loss_weight=upscaler_hp.get("l_loss_weight", 1.0))
+    hparams = dict(system.hparams)
+    hparams["net"] = {**net, "colorizer_checkpoint": None, "upscaler_checkpoint": None}
+    out_ckpt.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({"state_dict": system.state_dict(), "hyper_parameters": hparams, "epoch": 0, "global_step": 0,
+                "pytorch-lightning_version": pl.__version__}, out_ckpt)
+    return out_ckpt
+
+
+def _override_value(value: Any) -> str:
+    """A Python value in Hydra's override grammar (flow dicts and lists, quoted strings)."""
+    if isinstance(value, dict):
+        return "{" + ", ".join(f"{k}: {_override_value(v)}" for k, v in value.items()) + "}"
+    if isinstance(value, (list, tuple)):
+        return "[" + ", ".join(_override_value(v) for v in value) + "]"
+    if value is None:
+        return "null"
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, (int, float)):
+        return repr(value)
+    return "'" + str(value).replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def two_stage(cfg: DictConfig) -> dict[str, Any]:
+    if cfg.order not in ORDERS:
+        raise ConfigError(f"order must be one of {', '.join(ORDERS)}, got {cfg.order!r}")
+    out = Path(str(cfg.paths.output_dir)).absolute()
+    common = [str(o) for o in cfg.overrides] + [f"seed={cfg.seed}"]
+    colorizer = _train(out / "colorizer", ["model=ic_only", *common, *map(str, cfg.colorizer_overrides)])
+    upscaler = _train(out / "upscaler", ["model=sr_only", *common, *map(str, cfg.upscaler_overrides)])
+    cascade = compose(cfg.order, colorizer, upscaler, out / "cascade" / "checkpoints" / "last.ckpt")
+    record: dict[str, Any] = {"order": cfg.order, "colorizer": str(colorizer), "upscaler": str(upscaler), "cascade": str(cascade),
+                              "stage_metrics": {name: json.loads((ckpt.parent.parent / "metrics.json").read_text())
+                                                for name, ckpt in (("colorizer", colorizer), ("upscaler", upscaler))}}
+    if int(cfg.finetune_epochs) > 0:
+        net = cascade_net_config(cfg.order, colorizer, upscaler, freeze=False)
+        record["finetuned"] = str(_train(out / "finetuned", [
+            "model=cascade", *common, "~model.net", f"+model.net={_override_value(net)}",
+            f"trainer.max_epochs={int(cfg.finetune_epochs)}",
+        ]))
+    (out / "two_stage.json").write_text(json.dumps(record, indent=2) + "\n")
+    print(f"two-stage cascade ({cfg.order}): {cascade}" + (f"; fine-tuned end to end: {record['finetuned']}" if "finetuned" in record else "")
+          + f"\nevaluate it: python -m joint_colsr.eval ckpt_path={cascade} data=...")
+    return record
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="two_stage")
+def main(cfg: DictConfig) -> None:
+    two_stage(cfg)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,66 @@
+"""``make gpu-check``: what can be checked without a GPU (the GPU numbers come from a GPU node)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from joint_colsr.bench.gpu_check import NO_GPU_EXIT, determinism, small_run, write_synthetic_cache
+
+from .conftest import REPO
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
+def test_without_a_gpu_it_says_so_in_one_line_and_fails():
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-m", "joint_colsr.bench", "--gpu-check"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == NO_GPU_EXIT
+    lines = (proc.stdout + proc.stderr).strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("gpu-check: no CUDA GPU"), lines
+
+
+def test_synthetic_cache_is_a_cache_the_data_module_trains_from(tmp_path):
+    from joint_colsr.data import ColSRDataModule
+    from joint_colsr.data.cache import ImageCache
+
+    root = write_synthetic_cache(tmp_path / "cache", train_images=10, val_images=3, size=32, shard_size=16)
+    cache = ImageCache.open(root, verify="full")
+    assert (len(cache.splits["train"]), len(cache.splits["val"])) == (10, 3)
+    dm = ColSRDataModule(source=None, root=None, cache=str(root), batch_size=4, num_workers=0, input_size=8, output_size=32)
+    dm.setup("fit")
+    batch = next(iter(dm.train_dataloader()))
+    rgb = batch["rgb"]
+    assert rgb.shape == (4, 3, 32, 32) and rgb.dtype == torch.uint8
+    assert len({tuple(img.flatten()[:64].tolist()) for img in rgb}) == 4  # no two images alike
+    assert 20 < rgb.float().std() < 120  # not flat, not noise alone
+
+
+@pytest.mark.slow
+def test_small_runs_report_the_average_device_and_seeded_runs_are_equal():
+    run = small_run(["debug=tiny"])
+    assert run["devices"] == {"ema": "cpu", "module": "cpu"}
+    assert "val/psnr" in run["metrics"] and run["global_step"] == 2
+    result = determinism(["debug=tiny"])
+    assert result["equal"] and result["max_abs_weight_diff"] == 0.0
+
+
+@pytest.mark.slow
+def test_paper_recipe_run_and_step_work_run_on_cpu_too(tmp_path):
+    # The GPU numbers come from a GPU node; here the code path: the paper recipe from a
+    # synthetic cache, blocks of steps timed, the FLOPs and bytes of a step counted.
+    from joint_colsr.bench.gpu_check import paper_recipe_run, step_work_per_image
+    from joint_colsr.bench.models import compose_train_config
+
+    tiny = ["model.net.width_mult=0.0625", "trainer.accelerator=cpu", "data.num_workers=0", "data.input_size=24",
+            "data.output_size=64"]
+    cache = write_synthetic_cache(tmp_path / "cache", train_images=12, val_images=2, size=64)
+    run = paper_recipe_run(cache, batch_size=2, fast=False, warmup=1, steps=4, block=2, extra=tiny)
+    assert len(run["block_images_per_s"]) == 2 and run["images_per_s"] > 0
+    assert run["syncs_per_step"] is None and run["sync_checked_steps"] == 0  # CUDA's sync debug mode: GPUs only
+    work = step_work_per_image(compose_train_config(["experiment=paper", "data.root=unused", *tiny]), batch_size=2, device="cpu")
+    assert work["flops"] > 1e6 and work["bytes"] > 64 * 64 * 2 * 4
