@@ -203,7 +203,9 @@ class StopOnNonFinite(pl.Callback):
         newly_bad = (~torch.isfinite(flag)) & (self._first_bad == 0)
         self._first_bad = torch.where(newly_bad, self._steps_since_read, self._first_bad)
         self._last_recorded_step = trainer.global_step
-        if (trainer.global_step + 1) % self.check_every_n_steps == 0:
+        # Counted in training batches that stepped, as Lightning counts for logging (a GAN's
+        # batch makes two optimizer steps): the reads fall on Lightning's logging batches.
+        if (trainer.fit_loop.epoch_loop._batches_that_stepped + 1) % self.check_every_n_steps == 0:
             self._read(trainer)
 
     def _read(self, trainer: pl.Trainer) -> None:

@@ -82,10 +82,18 @@ def psnr_uint8(pred: Tensor, target: Tensor) -> Tensor:
         ``(B,)`` float32 PSNR; identical images give ``inf``.
     """
     _check_pair(pred, target)
-    # torchmetrics' peak_signal_noise_ratio gives the same numbers but builds its pixel count
-    # with torch.tensor(..., device=...) on every call: a host-to-device copy that waits on a GPU.
-    mse = (pred.float() - target.float()).pow(2).mean(dim=(1, 2, 3))
-    return 10.0 * torch.log10(255.0**2 / mse)
+    return _per_image_psnr(pred.float(), target.float(), 255.0)
+
+
+def _per_image_psnr(pred: Tensor, target: Tensor, peak: float) -> Tensor:
+    """``10 log10(peak^2 / MSE)`` per image of ``(B, C, H, W)``; identical images give ``inf``.
+
+    torchmetrics' ``peak_signal_noise_ratio`` gives the same numbers but builds its pixel
+    count with ``torch.tensor(..., device=...)`` on every call: a host-to-device copy that
+    makes the host wait on a GPU, once per validation batch and metric.
+    """
+    mse = (pred - target).pow(2).mean(dim=(1, 2, 3))
+    return 10.0 * torch.log10(peak**2 / mse)
 
 
 def ssim_uint8(pred: Tensor, target: Tensor) -> Tensor:
@@ -157,10 +165,7 @@ def psnr_ab(ab_pred: Tensor, ab_target: Tensor) -> Tensor:
         ``(B,)`` float32 PSNR in dB.
     """
     _check_pair(ab_pred, ab_target, channels=2)
-    return peak_signal_noise_ratio(
-        denormalize_ab(ab_pred.float()), denormalize_ab(ab_target.float()), data_range=AB_PSNR_PEAK,
-        reduction="none", dim=(1, 2, 3),
-    )
+    return _per_image_psnr(denormalize_ab(ab_pred.float()), denormalize_ab(ab_target.float()), AB_PSNR_PEAK)
 
 
 def colorfulness(rgb255: Tensor) -> Tensor:

@@ -66,14 +66,21 @@ def write_synthetic_cache(root: Path, train_images: int, val_images: int, size: 
     """A decoded-image cache (:mod:`joint_colsr.data.cache` layout) of random-texture images.
 
     The bytes are what COCO's cache holds per image (``(3, size, size)`` uint8); only the
-    content is synthetic (smooth colour gradients plus noise, so no two images are equal).
+    content is synthetic (colour gradients plus noise, each image of a shard with its own
+    colour offset; every shard holds the same images).
     Written directly, without decoding photos: gigabytes take seconds.
     """
     from joint_colsr.data.cache import CACHE_VERSION, COLOUR_HANDLING, INDEX_NAME, _sha256
 
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
+    # A pool of textures made once; each image is one of them plus its own colour offset
+    # (uint8 arithmetic: gigabytes in seconds).
     ramp = np.linspace(0, 1, size, dtype=np.float32)
+    base = rng.integers(0, 256, (32, 3, 1, 1)).astype(np.float32)
+    tilt = rng.uniform(-120, 120, (32, 3, 2)).astype(np.float32)
+    pool = base + tilt[..., :1, None] * ramp[None, None, :, None] + tilt[..., 1:, None] * ramp[None, None, None, :]
+    pool = np.clip(pool + rng.integers(-24, 25, (32, 3, size, size)), 0, 255).astype(np.uint8)
     index: dict[str, Any] = {
         "version": CACHE_VERSION,
         "source": {"type": "synthetic", "seed": seed},
@@ -86,20 +93,21 @@ def write_synthetic_cache(root: Path, train_images: int, val_images: int, size: 
         "splits": {},
         "categories": {},
     }
+    # One shard's images, written under every shard's name: the files (and so the reads and
+    # the page cache) are as large as a real cache's, at the cost of writing them.
+    full = pool[rng.integers(0, len(pool), shard_size)] + rng.integers(0, 256, (shard_size, 3, 1, 1), dtype=np.uint8)
+    digests: dict[int, str] = {}
     for name, count in (("train", train_images), ("val", val_images)):
         shards = []
         for first in range(0, count, shard_size):
             n = min(shard_size, count - first)
-            base = rng.integers(0, 256, (n, 3, 1, 1)).astype(np.float32)
-            tilt = rng.uniform(-120, 120, (n, 3, 2)).astype(np.float32)
-            images = base + tilt[..., :1, None] * ramp[None, None, :, None] + tilt[..., 1:, None] * ramp[None, None, None, :]
-            images = images + rng.integers(-24, 25, (1, 3, size, size)).astype(np.float32)
-            array = np.clip(images, 0, 255).astype(np.uint8)
             file_name = f"{name}-{first // shard_size:05d}.npy"
-            np.save(root / file_name, array)
+            np.save(root / file_name, full[:n])
+            if n not in digests:
+                digests[n] = _sha256(root / file_name)
             keys = [f"{name}{i}" for i in range(first, first + n)]
             shards.append({"file": file_name, "first_item": first, "num_items": n, "items_sha1": "synthetic", "count": n,
-                           "bytes": (root / file_name).stat().st_size, "sha256": _sha256(root / file_name),
+                           "bytes": (root / file_name).stat().st_size, "sha256": digests[n],
                            "keys": keys, "labels": [[] for _ in keys], "excluded": {}})
         index["splits"][name] = {"num_items": count, "shards": shards, "complete": True}
     (root / INDEX_NAME).write_text(json.dumps(index))

@@ -115,6 +115,9 @@ class GANSystem(ColSRSystem):
         self.perceptual = VGG19Features(perceptual_weights_path, perceptual_layer) if perceptual_weights_path else None
         # Generator steps taken, saved with the weights: warm-up survives a resume.
         self.register_buffer("generator_steps", torch.zeros((), dtype=torch.long))
+        # The same count on the host, so that no step reads the device buffer back (a GPU
+        # sync per step); None after a load: read once.
+        self._generator_steps_on_host: int | None = 0
 
     @property
     def eval_net(self) -> nn.Module:
@@ -128,7 +131,13 @@ class GANSystem(ColSRSystem):
         return torch.cat([l_norm.to(ab_norm.dtype), ab_norm], dim=1)
 
     def adversarial_active(self) -> bool:
-        return int(self.generator_steps) >= self.hparams.discriminator_warmup_steps
+        if self._generator_steps_on_host is None:
+            self._generator_steps_on_host = int(self.generator_steps)  # the one host read, after a load
+        return self._generator_steps_on_host >= self.hparams.discriminator_warmup_steps
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+        self._generator_steps_on_host = None  # generator_steps came from the state dict
 
     def generator_losses(self, out: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """Pixel (supervised), adversarial and perceptual terms and their weighted total ``loss``."""
@@ -192,6 +201,7 @@ class GANSystem(ColSRSystem):
         opt_g.step()
         self.untoggle_optimizer(opt_g)
         self.generator_steps += 1
+        self._generator_steps_on_host = None if self._generator_steps_on_host is None else self._generator_steps_on_host + 1
         if self.net_ema is not None:
             self.net_ema.update_parameters(self.net)
 
