@@ -9,7 +9,7 @@ ARGS ?=
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast bench gpu-check wheelhouse clean sweep-section4 sweep-variants sweep-seeds sweep-optuna cascade-colorize-first cascade-upscale-first compare
+.PHONY: help install train test test-fast bench gpu-check wheelhouse clean sweep-section4 sweep-variants sweep-seeds sweep-optuna cascade-colorize-first cascade-upscale-first compare slurm-local slurm-local-down
 
 help: ## show this help
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "}; {printf "  make %-15s %s\n", $$1, $$2}'
@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 
 install: $(STAMP) ## create .venv and install the package with its dev extras
 
-train: $(STAMP) ## train the paper's joint network on the embedded sample photos (about 10 min on 2 CPU cores)
+train: $(STAMP) ## train the paper's joint network on the embedded sample photos (time: README, Quick start)
 	$(PY) -m joint_colsr.train $(ARGS)
 
 test: $(STAMP) ## run the whole test suite (CPU, tiny widths)
@@ -54,6 +54,15 @@ cascade-upscale-first: $(STAMP) ## the same, upscale first
 
 compare: $(STAMP) ## joint or cascade? every contender at equal training FLOPs, N seeds, both protocols -> comparison.md/.json/.png
 	$(PY) -m joint_colsr.compare $(ARGS)
+
+# A one-node SLURM cluster on this machine (root; Debian: apt-get install slurm-wlm munge),
+# to try hydra/launcher=slurm (docs/sweeps.md). State, logs and slurm.conf: $(SLURM_LOCAL_DIR).
+SLURM_LOCAL_DIR ?= /tmp/joint_colsr-slurm
+slurm-local: ## start a one-node SLURM cluster here (root); then export SLURM_CONF as it prints
+	$(PYTHON) -m joint_colsr.slurm_local up --dir $(SLURM_LOCAL_DIR)
+
+slurm-local-down: ## cancel its jobs and stop its daemons
+	$(PYTHON) -m joint_colsr.slurm_local down --dir $(SLURM_LOCAL_DIR)
 
 bench: $(STAMP) ## measure speed (models, Lightning vs raw loop, fast paths, data); writes benchmarks/results.json and RESULTS.md
 	$(PY) -m joint_colsr.bench $(ARGS)

@@ -17,7 +17,7 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from joint_colsr.callbacks import ChannelsLast
+from joint_colsr.callbacks import ChannelsLast, ValidationImageGrid
 from joint_colsr.config_checks import ConfigError, cache_only, check_deterministic, check_model_output, instantiate, select
 
 log = logging.getLogger(__name__)
@@ -98,6 +98,12 @@ def build_callbacks(cfg: DictConfig, system: pl.LightningModule | None = None) -
     """The ``callbacks`` group; given the system, leaves out weight averaging where the system
     averages its own weights (``averages_own_weights = True``, e.g. the GAN's generator EMA)."""
     callbacks = _instantiate_group(select(cfg, "callbacks"), "callbacks")
+    if select(cfg, "trainer.fast_dev_run"):
+        # fast_dev_run writes no files: Lightning skips checkpoints during it, except the
+        # last.ckpt a save_last ModelCheckpoint still writes when fit ends; no image grids either.
+        from lightning.pytorch.callbacks import ModelCheckpoint
+
+        callbacks = [c for c in callbacks if not isinstance(c, (ModelCheckpoint, ValidationImageGrid))]
     if system is not None and getattr(system, "averages_own_weights", False):
         from lightning.pytorch.callbacks import WeightAveraging
 

@@ -40,9 +40,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             fs.rm(path, recursive=True)
 
 
+def resume_checkpoint_path(output_dir: str | os.PathLike) -> Path:
+    """``<run dir>/checkpoints/last.ckpt``: where the last checkpoint goes and resuming looks."""
+    return Path(output_dir) / "checkpoints" / "last.ckpt"
+
+
 def find_resume_checkpoint(output_dir: str | os.PathLike) -> Path | None:
     """The run directory's ``checkpoints/last.ckpt`` if it exists and loads, else ``None``."""
-    last = Path(output_dir) / "checkpoints" / "last.ckpt"
+    last = resume_checkpoint_path(output_dir)
     if not last.is_file():
         return None
     try:
@@ -54,11 +59,13 @@ def find_resume_checkpoint(output_dir: str | os.PathLike) -> Path | None:
 
 
 def checkpoint_paths(trainer: Any) -> dict[str, str | None]:
-    """``best_ckpt`` (by the monitored metric) and ``last_ckpt`` among the trainer's ModelCheckpoints."""
+    """``best_ckpt`` (by the monitored metric) and ``last_ckpt`` among the trainer's ModelCheckpoints:
+    a ``save_last`` file, or the one checkpoint of an unmonitored callback (``conf/callbacks/default.yaml``
+    writes ``last.ckpt`` that way)."""
     best = last = None
     for cb in trainer.checkpoint_callbacks:
         if getattr(cb, "monitor", None) and cb.best_model_path and best is None:
             best = cb.best_model_path
-        if getattr(cb, "last_model_path", "") and last is None:
-            last = cb.last_model_path
+        if last is None:
+            last = getattr(cb, "last_model_path", "") or (cb.best_model_path if getattr(cb, "monitor", 0) is None else "") or None
     return {"best_ckpt": best, "last_ckpt": last}

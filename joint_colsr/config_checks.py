@@ -8,15 +8,20 @@ console commands print its message alone (no traceback; ``HYDRA_FULL_ERROR=1`` f
 
 from __future__ import annotations
 
+import functools
 import inspect
+import linecache
 import logging
+import os
+import sys
 import types
 import typing
-from typing import Any, Union
+from typing import Any, Callable, Union
 
 import lightning.pytorch as pl
 import torch
 from hydra.errors import InstantiationException
+from hydra.types import RunMode
 from hydra.utils import instantiate as _hydra_instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
@@ -33,10 +38,12 @@ class ConfigError(ValueError):
 
 
 def instantiate(config: Any, *args: Any, **kwargs: Any) -> Any:
-    """``hydra.utils.instantiate`` that re-raises our own start-up errors as themselves.
+    """``hydra.utils.instantiate`` that re-raises what a ``_target_`` raised as itself.
 
     Hydra wraps every exception raised by a ``_target_`` in ``InstantiationException``;
-    a user should see "data.root=... is not a folder", not a page of Hydra internals.
+    a user should see "data.root=... is not a folder", not a page of Hydra internals. The
+    exception keeps its own traceback (a bug in a constructor shows where it is);
+    :func:`command` decides what the user sees.
     """
     try:
         return _hydra_instantiate(config, *args, **kwargs)
@@ -44,9 +51,56 @@ def instantiate(config: Any, *args: Any, **kwargs: Any) -> Any:
         cause = err.__cause__
         while isinstance(cause, InstantiationException) and cause.__cause__ is not None:
             cause = cause.__cause__
-        if isinstance(cause, (ValueError, TypeError, FileNotFoundError, RuntimeError, NotImplementedError)):
-            raise cause.with_traceback(None) from None
-        raise
+        if cause is None:
+            raise
+        raise cause from None
+
+
+#: Exceptions the suite raises on purpose, with a message for the user (bad value, missing file, unusable data).
+_STATED_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError)
+
+
+def is_expected_error(err: BaseException) -> bool:
+    """A :class:`ConfigError`, or one of :data:`_STATED_ERRORS` raised by a ``raise``
+    statement of this package (its message is the whole story). Anything raised inside a
+    library, or of another type, is a bug or a surprise and keeps its traceback."""
+    if isinstance(err, ConfigError):
+        return True
+    if not isinstance(err, _STATED_ERRORS) or err.__traceback__ is None:
+        return False
+    tb = err.__traceback__
+    while tb.tb_next is not None:
+        tb = tb.tb_next
+    frame = tb.tb_frame
+    if not str(frame.f_globals.get("__name__", "")).startswith("joint_colsr"):
+        return False
+    return linecache.getline(frame.f_code.co_filename, tb.tb_lineno).strip().startswith("raise ")
+
+
+def command(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Decorate a console command's task function (under ``@hydra.main``): an expected error
+    (:func:`is_expected_error`) ends a single run with its message alone on stderr and exit
+    status 1, no traceback. ``HYDRA_FULL_ERROR=1`` shows the full traceback; in a multirun
+    the error propagates, so the sweep summary records it and the next job runs."""
+
+    @functools.wraps(task)
+    def run(cfg: DictConfig) -> Any:
+        try:
+            return task(cfg)
+        except Exception as err:
+            multirun = OmegaConf.select(cfg, "hydra.mode", default=None) == RunMode.MULTIRUN or _hydra_mode() == RunMode.MULTIRUN
+            if os.environ.get("HYDRA_FULL_ERROR") == "1" or multirun or not is_expected_error(err):
+                raise
+            print(f"Error: {err}\n(the full traceback: HYDRA_FULL_ERROR=1)", file=sys.stderr)
+            raise SystemExit(1) from None
+
+    return run
+
+
+def _hydra_mode() -> Any:
+    from hydra.core.hydra_config import HydraConfig
+
+    return HydraConfig.get().mode if HydraConfig.initialized() else None
 
 
 def select(cfg: DictConfig, key: str) -> Any:
@@ -54,9 +108,13 @@ def select(cfg: DictConfig, key: str) -> Any:
     return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
 
 
-def check_config(cfg: DictConfig) -> None:
-    """Fail fast, naming the key, on configs that would fail later."""
-    for group in ("data", "model", "trainer"):
+def check_config(cfg: DictConfig, groups: tuple[str, ...] = ("data", "model", "trainer")) -> None:
+    """Fail fast, naming the key, on configs that would fail later.
+
+    ``groups``: the config groups the command needs (``eval`` takes its model from the
+    checkpoint and needs no ``model`` group).
+    """
+    for group in groups:
         if select(cfg, group) is None:
             raise ConfigError(f"config has no '{group}' group; pick one with {group}=NAME")
     missing = sorted(str(k) for k in cfg.data if OmegaConf.is_missing(cfg.data, k))
@@ -89,6 +147,11 @@ def check_config(cfg: DictConfig) -> None:
     mode = select(cfg, "speed.compile_mode")
     if mode not in COMPILE_MODES:
         raise ConfigError(f"speed.compile_mode must be one of {list(COMPILE_MODES)}, got {mode!r}")
+    accelerator = select(cfg, "trainer.accelerator")
+    if accelerator in ("gpu", "cuda") and not torch.cuda.is_available() and not torch.backends.mps.is_available():
+        raise ConfigError(f"trainer.accelerator={accelerator} (trainer=gpu) but torch sees no GPU "
+                          f"(torch {torch.__version__}, CUDA build: {torch.version.cuda or 'no'}): train on the CPU with "
+                          "trainer=cpu (or the default trainer, accelerator=auto), or install a CUDA build of torch")
     if select(cfg, "trainer.use_distributed_sampler"):
         raise ConfigError("trainer.use_distributed_sampler must stay false: the data module shards each epoch itself")
     for group in ("data", "model", "trainer", "callbacks", "logger"):

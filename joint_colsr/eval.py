@@ -41,12 +41,12 @@ from torch import Tensor
 from joint_colsr import CONFIG_DIR
 from joint_colsr.assembly import build_datamodule, build_eval_system, build_trainer, start_run
 from joint_colsr.color import upscale_l
-from joint_colsr.config_checks import ConfigError, check_config
+from joint_colsr.config_checks import ConfigError, check_config, command
 from joint_colsr.metrics import PER_IMAGE_METRICS, colorization_psnr, image_metrics, summarize
 from joint_colsr.outputs import print_run_summary, write_json
 from joint_colsr.systems import run_system
 from joint_colsr.systems.colsr import uses_ground_truth_l
-from joint_colsr.viz import evaluation_row, make_grid, save_png
+from joint_colsr.viz import EVALUATION_COLUMNS, evaluation_row, make_grid, save_png
 
 log = logging.getLogger(__name__)
 
@@ -174,7 +174,7 @@ class Evaluator(pl.LightningModule):
         if n <= 0:
             return
         joint = "GT L*" if row["psnr_joint"] is None else f"{row['psnr_joint']:.2f}"
-        text = f"{row['psnr']:.2f} / {joint} dB  {Path(str(row['key'])).stem[:24]}"
+        text = f"PSNR {row['psnr']:.2f} | own L* {joint}  {Path(str(row['key'])).stem[:16]}"
 
         def images() -> list[Tensor]:
             return evaluation_row(l_lowres.cpu(), rgb.cpu(), rgb_joint.cpu(), target.cpu(), text)
@@ -256,7 +256,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` (or ``cfg.baseline``) on ``cfg.data``; write the run's files; return the metrics."""
     system = build_eval_system(cfg)
     _prepare_data_config(cfg)
-    check_config(cfg)
+    check_config(cfg, groups=("data", "trainer"))
     output_dir = start_run(cfg)
     crop = resolve_crop_border(cfg.get("crop_border"), cfg.data.input_size, cfg.data.output_size)
     num_examples = int(cfg.get("num_examples", 6))
@@ -317,11 +317,12 @@ def write_outputs(output_dir: Path, metrics: dict[str, Any], rows: list[dict[str
             writer.writerow({**{k: ("" if v is None else v) for k, v in row.items()}, "categories": ";".join(row["categories"]), "supercategories": ";".join(row["supercategories"])})
 
     if evaluator.best:
-        # Best on the left, worst on the right; columns: input L* | GT L* + pred | own L* + pred | ground truth.
+        # Best on the left, worst on the right; each row's first image names its PSNR (GT L* / own L*).
         grid_rows = [b[2] + w[2] for b, w in zip(evaluator.best, evaluator.worst)]
-        save_png(make_grid(grid_rows), output_dir / "best_worst.png")
+        titles = [f"best: {EVALUATION_COLUMNS[0]}", *EVALUATION_COLUMNS[1:], f"worst: {EVALUATION_COLUMNS[0]}", *EVALUATION_COLUMNS[1:]]
+        save_png(make_grid(grid_rows, column_titles=titles), output_dir / "best_worst.png")
     if evaluator.category_examples:
-        save_png(make_grid(evaluator.category_examples), output_dir / "category.png")
+        save_png(make_grid(evaluator.category_examples, column_titles=EVALUATION_COLUMNS), output_dir / "category.png")
 
 
 def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
@@ -334,6 +335,7 @@ def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+@command
 def main(cfg: DictConfig) -> float | None:
     metrics = evaluate(cfg)
     return metrics.get("psnr")

@@ -70,6 +70,17 @@ def _numeric_metrics(job_dir: Path) -> dict[str, float]:
     return {k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _scheduler_job() -> dict[str, str]:
+    """Inside a submitit job (``hydra/launcher=slurm`` / ``submitit_local``): the job id and
+    the log files of this task, where a job's output and a crash outside Python end up."""
+    if "SUBMITIT_EXECUTOR" not in os.environ:
+        return {}
+    import submitit
+
+    env = submitit.JobEnvironment()
+    return {"scheduler_job_id": env.job_id, "log_out": str(env.paths.stdout), "log_err": str(env.paths.stderr)}
+
+
 #: How a sweep summary marks a job whose model is fed the ground-truth L* (never ranked unmarked).
 GUIDED_MARK = "GT-L* guided"
 
@@ -141,8 +152,11 @@ def _markdown(summary: dict[str, Any]) -> str:
     ]
     for job in summary["jobs"]:
         m = job["metrics"]
+        error = (job["error"] or "").replace("|", "/").replace("\n", " ")
+        if error and job.get("log_err"):
+            error += f" (job {job['scheduler_job_id']}; log: {job['log_err']})"
         cells = [job["num"], job["status"], _overrides_cell(job), m.get("val/psnr", ""), m.get("val/psnr_joint", ""),
-                 m.get("val/psnr_gray", ""), m.get("fit_seconds", ""), (job["error"] or "").replace("|", "/").replace("\n", " ")]
+                 m.get("val/psnr_gray", ""), m.get("fit_seconds", ""), error]
         lines.append("| " + " | ".join(_fmt(c) for c in cells) + " |")
     for metric in ("val/psnr", "val/psnr_joint"):
         multi = [g for g in summary["over_seeds"] if len(g["jobs"]) > 1 and metric in g["metrics"]]
@@ -198,6 +212,7 @@ class SweepSummary(Callback):
             "metrics": _numeric_metrics(job_dir),
             "uses_ground_truth_l": bool(_read_metrics(job_dir).get("uses_ground_truth_l", False)),
             "error": None,
+            **_scheduler_job(),
         }
         try:
             value = job_return.return_value  # a failed job's exception is raised here

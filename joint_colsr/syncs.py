@@ -15,11 +15,10 @@ debug mode over the training batches that should not sync.
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import sys
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Callable
 
 import torch
 from lightning.pytorch import Callback
@@ -40,9 +39,6 @@ HOST_READS = {
 }
 #: Factories that copy Python data to the device when given one (a blocking pageable copy on CUDA).
 FACTORIES = {torch.tensor: "tensor", torch.as_tensor: "as_tensor"}
-
-SYNC_DEBUG_MODES = ("off", "warn", "error")
-
 
 @dataclass
 class HostRead:
@@ -111,23 +107,6 @@ def _caller() -> str:
     return f"{short}:{frame.f_lineno} {frame.f_code.co_name}"
 
 
-@contextlib.contextmanager
-def sync_debug_mode(mode: str | None) -> Iterator[None]:
-    """``torch.cuda.set_sync_debug_mode`` for the block: ``warn`` prints, ``error`` raises, at
-    every synchronizing CUDA call. Off (``None``/``off``) or without CUDA it does nothing."""
-    if mode not in (None, *SYNC_DEBUG_MODES):
-        raise ValueError(f"sync debug mode must be null, off, warn or error, got {mode!r}")
-    if mode in (None, "off") or not torch.cuda.is_available():
-        yield
-        return
-    previous = torch.cuda.get_sync_debug_mode()
-    torch.cuda.set_sync_debug_mode(mode)
-    try:
-        yield
-    finally:
-        torch.cuda.set_sync_debug_mode(previous)
-
-
 def is_logging_batch(trainer: Any) -> bool:
     """Whether Lightning reads the logged values back after this training batch (every
     ``trainer.log_every_n_steps`` optimizer steps; Lightning's own test)."""
@@ -149,14 +128,16 @@ class SyncDebug(Callback):
             raise ValueError(f"speed.sync_debug must be null, warn or error, got {mode!r}")
         self.mode = mode
         self._active = False
+        self._batches = 0  # training batches started in this fit (a resumed run's first one too reads state back)
 
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
+        self._batches = 0
         if not torch.cuda.is_available():
             log.warning("speed.sync_debug=%s does nothing without CUDA (use tests/test_host_syncs.py's recorder on CPU)", self.mode)
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
-        first = trainer.fit_loop.epoch_loop.batch_progress.total.ready <= 1
-        if torch.cuda.is_available() and not first and not is_logging_batch(trainer):
+        self._batches += 1
+        if torch.cuda.is_available() and self._batches > 1 and not is_logging_batch(trainer):
             torch.cuda.set_sync_debug_mode(self.mode)
             self._active = True
 

@@ -53,8 +53,9 @@ class WheelhouseError(RuntimeError):
 def read_pins(path: Path | None) -> dict[str, str]:
     """``name==version`` lines (``pip freeze`` or a constraints file) -> {canonical name: version}.
 
-    Local version labels (``+cpu``, ``+cu130``) are dropped; comments, ``-e`` and ``@`` (direct
-    URL) lines give the name with an empty version.
+    Local version labels (``+cpu``, ``+cu130``) are dropped; a bare name, and ``@`` (direct
+    URL) lines, give the name with an empty version (known present, version unknown);
+    comments and options (``-e ...``) are skipped.
     """
     pins: dict[str, str] = {}
     if path is None:
@@ -66,9 +67,9 @@ def read_pins(path: Path | None) -> dict[str, str]:
         if " @ " in line:
             pins[canonicalize_name(line.split(" @ ", 1)[0])] = ""
             continue
-        match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*===?\s*([^\s;]+)", line)
+        match = re.match(r"^([A-Za-z0-9][A-Za-z0-9._-]*)\s*(?:\[[^\]]*\])?\s*(?:===?\s*([^\s;]+))?\s*$", line)
         if match:
-            pins[canonicalize_name(match.group(1))] = match.group(2).split("+", 1)[0]
+            pins[canonicalize_name(match.group(1))] = (match.group(2) or "").split("+", 1)[0]
     return pins
 
 

@@ -75,3 +75,29 @@ def tiny_ckpt(tmp_path_factory) -> Path:
     train(compose_config("train", ["debug=tiny", "callbacks.model_summary.max_depth=1"], output_dir=out))
     GlobalHydra.instance().clear()
     return out / "checkpoints" / "last.ckpt"
+
+
+@pytest.fixture(scope="session")
+def slurm_cluster(tmp_path_factory):
+    """A one-node SLURM cluster on this machine for the session (``joint_colsr.slurm_local``):
+    started on first use, every job cancelled and the daemons stopped at the end. Clients
+    (sbatch, submitit, the tests' subprocesses) find it through ``SLURM_CONF``.
+    Skips where SLURM is not installed (Debian: ``apt-get install slurm-wlm munge``) or
+    the tests do not run as root."""
+    from joint_colsr.slurm_local import LocalCluster, unavailable_reason
+
+    reason = unavailable_reason()
+    if reason:
+        pytest.skip(reason)
+    cluster = LocalCluster(tmp_path_factory.mktemp("slurm"))
+    cluster.start()
+    saved = os.environ.get("SLURM_CONF")
+    os.environ["SLURM_CONF"] = str(cluster.conf)
+    try:
+        yield cluster
+    finally:
+        if saved is None:
+            os.environ.pop("SLURM_CONF", None)
+        else:
+            os.environ["SLURM_CONF"] = saved
+        cluster.stop()

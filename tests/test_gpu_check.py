@@ -47,6 +47,13 @@ def test_small_runs_report_the_average_device_and_seeded_runs_are_equal():
     assert "val/psnr" in run["metrics"] and run["global_step"] == 2
     result = determinism(["debug=tiny"])
     assert result["equal"] and result["max_abs_weight_diff"] == 0.0
+    from joint_colsr.bench.gpu_check import _without_weights, render_markdown
+
+    env = {"device": "CPU stand-in", "memory_gib": 0, "multiprocessors": 0, "torch": torch.__version__, "cuda": None,
+           "cudnn": None, "cpu_cores": 2}
+    report = render_markdown({"date": "now", "environment": env, "seconds": 1.0, "smoke": _without_weights(run),
+                              "determinism": result})
+    assert "EMA average on cpu, model on cpu" in report and "give equal weights" in report
 
 
 @pytest.mark.slow
@@ -64,3 +71,16 @@ def test_paper_recipe_run_and_step_work_run_on_cpu_too(tmp_path):
     assert run["syncs_per_step"] is None and run["sync_checked_steps"] == 0  # CUDA's sync debug mode: GPUs only
     work = step_work_per_image(compose_train_config(["experiment=paper", "data.root=unused", *tiny]), batch_size=2, device="cpu")
     assert work["flops"] > 1e6 and work["bytes"] > 64 * 64 * 2 * 4
+    # The report renders from what the runs return (device facts given here: no GPU).
+    from joint_colsr.bench.gpu_check import render_markdown
+
+    env = {"device": "CPU stand-in", "memory_gib": 0, "multiprocessors": 0, "torch": torch.__version__, "cuda": None,
+           "cudnn": None, "cpu_cores": 2}
+    ceilings = {"bf16_matmul_tflops": 1.0, "copy_gb_per_s": 10.0}
+    report = render_markdown({
+        "date": "now", "environment": env, "seconds": 1.0, "ceilings": ceilings, "work_per_image": work,
+        "roofs": {"flops_images_per_s": 1e12 / work["flops"], "memory_images_per_s": 1e10 / work["bytes"]},
+        "cache_images": 12, "paper_recipe": [run, {"batch_size": 256, "channels_last_compile": True, "skipped": "skipped: budget"}],
+        "smoke": {"skipped": "skipped: budget"},
+    })
+    assert f"| 2 | False | {run['images_per_s']:,.0f} |" in report and "skipped: budget" in report

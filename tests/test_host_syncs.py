@@ -17,7 +17,7 @@ import lightning.pytorch as pl
 import pytest
 
 from joint_colsr.callbacks import StopOnNonFinite
-from joint_colsr.syncs import HostReadRecorder, sync_debug_mode
+from joint_colsr.syncs import HostReadRecorder, SyncDebug
 from joint_colsr.train import train
 
 LOG_EVERY = 4
@@ -88,18 +88,9 @@ def test_nan_check_auto_reads_at_logging_steps_on_accelerators():
         StopOnNonFinite(check_every_n_steps="sometimes")
 
 
-def test_sync_debug_mode_checks_its_value_and_is_a_no_op_without_cuda():
-    with pytest.raises(ValueError, match="sync debug mode"):
-        with sync_debug_mode("loud"):
-            pass
-    with sync_debug_mode("error"):  # no CUDA here: nothing to set, nothing raised
-        pass
-
-
 def test_speed_sync_debug_adds_the_callback_and_checks_its_value(compose_cfg):
     from joint_colsr.assembly import build_callbacks
     from joint_colsr.config_checks import ConfigError, check_config
-    from joint_colsr.syncs import SyncDebug
 
     cfg = compose_cfg(["debug=tiny", "speed.sync_debug=error"])
     check_config(cfg)
@@ -107,3 +98,5 @@ def test_speed_sync_debug_adds_the_callback_and_checks_its_value(compose_cfg):
     assert not any(isinstance(c, SyncDebug) for c in build_callbacks(compose_cfg(["debug=tiny"])))
     with pytest.raises(ConfigError, match="speed.sync_debug"):
         check_config(compose_cfg(["debug=tiny", "speed.sync_debug=loud"]))
+    with pytest.raises(ValueError, match="speed.sync_debug"):
+        SyncDebug("loud")

@@ -79,6 +79,22 @@ def test_slurm_launcher_follows_the_trainer(compose_cfg):
     launcher = cfg.hydra.launcher
     assert launcher._target_.endswith("SlurmLauncher")
     assert (launcher.tasks_per_node, launcher.gpus_per_node, launcher.nodes) == (4, 4, 2)
+    assert launcher.cpus_per_task == 1 + cfg.data.num_workers  # the training process and its data workers
+
+
+def test_slurm_launcher_sizes_cpu_jobs_and_refuses_devices_auto_on_gpus(compose_cfg):
+    from omegaconf.errors import InterpolationResolutionError
+
+    cpu = compose_cfg(["hydra/launcher=slurm", "trainer=ddp", "trainer.accelerator=cpu", "trainer.devices=auto",
+                       "data.num_workers=3"]).hydra.launcher
+    assert (cpu.tasks_per_node, cpu.gpus_per_node, cpu.nodes, cpu.cpus_per_task) == (1, None, 1, 4)
+    plain = compose_cfg(["hydra/launcher=slurm"]).hydra.launcher  # trainer=default has no num_nodes
+    assert (plain.nodes, plain.tasks_per_node) == (1, 1)
+    listed = compose_cfg(["hydra/launcher=slurm", "trainer=ddp", "trainer.accelerator=gpu", "trainer.devices=[0,1]"])
+    assert (listed.hydra.launcher.tasks_per_node, listed.hydra.launcher.gpus_per_node) == (2, 2)
+    gpu = compose_cfg(["hydra/launcher=slurm", "trainer=ddp"])  # devices=auto, accelerator=auto
+    with pytest.raises(InterpolationResolutionError, match="trainer.devices=N"):
+        _ = gpu.hydra.launcher.tasks_per_node
 
 
 def test_confidence_interval_matches_student_t():

@@ -10,6 +10,7 @@ from torch import nn
 
 from joint_colsr.assembly import build_eval_system, build_system
 from joint_colsr.color import resize_bicubic, upscale_l
+from joint_colsr.config_checks import ConfigError
 from joint_colsr.model_table import BEGIN, END, markdown, model_names, replace_between_markers
 from joint_colsr.nets import (
     CascadeNet,
@@ -309,6 +310,9 @@ def test_srgan_tiny_run_with_ema_perceptual_schedulers_and_resume(compose_cfg, t
     torch.save(old, shared)
     loaded = ColSRSystem.from_checkpoint(shared, inference=True)
     assert type(loaded) is GANSystem and loaded.data_task == {"input_size": 96, "output_size": 256}
+    # Resuming it into another system class names the model= to add.
+    with pytest.raises(ConfigError, match=r"written by a GANSystem, but this config builds a ColSRSystem \(add model=srgan"):
+        train(compose_cfg(["debug=tiny", f"ckpt_path={shared}"]))
 
 
 def test_srgan_warmup_keeps_adversarial_loss_off(compose_cfg):

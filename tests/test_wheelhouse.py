@@ -24,8 +24,9 @@ from .conftest import REPO
 def test_pins_and_freezes_are_read_by_canonical_name(tmp_path):
     freeze = tmp_path / "freeze.txt"
     freeze.write_text("# pip freeze of a GPU node\ntorch==2.11.0+cu130\nPyYAML==6.0.2\nkornia_rs==0.2.0\n"
-                      "mypkg @ file:///src/mypkg\n-e git+https://example.org/x.git#egg=x\nnumpy===2.5.2\n\n")
-    assert read_pins(freeze) == {"torch": "2.11.0", "pyyaml": "6.0.2", "kornia-rs": "0.2.0", "mypkg": "", "numpy": "2.5.2"}
+                      "mypkg @ file:///src/mypkg\n-e git+https://example.org/x.git#egg=x\nnumpy===2.5.2\nscipy\n\n")
+    assert read_pins(freeze) == {"torch": "2.11.0", "pyyaml": "6.0.2", "kornia-rs": "0.2.0", "mypkg": "", "numpy": "2.5.2",
+                                 "scipy": ""}
     pins = read_pins(REPO / "requirements" / "constraints.txt")
     assert pins["antlr4-python3-runtime"] == "4.9.3" and "+" not in pins["torch"]
 

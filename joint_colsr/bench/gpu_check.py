@@ -386,8 +386,10 @@ def render_markdown(r: dict[str, Any]) -> str:
             tflops = run["images_per_s"] * work["flops"] / 1e12 if work else float("nan")
             share = f" ({100 * tflops / ceil['bf16_matmul_tflops']:.0f}%)" if ceil else ""
             hours = 118287 * 148 / run["images_per_s"] / 3600
+            memory = "n/a" if run["peak_memory_gib"] is None else f"{run['peak_memory_gib']:.1f}"
+            syncs = "n/a" if run["syncs_per_step"] is None else f"{run['syncs_per_step']:.2f} ({run['sync_checked_steps']} steps)"
             lines.append(f"| {run['batch_size']} | {run['channels_last_compile']} | {run['images_per_s']:,.0f} | {tflops:.0f}{share} | "
-                         f"{run['peak_memory_gib']:.1f} | {run['syncs_per_step']} | {hours:.2f} h |")
+                         f"{memory} | {syncs} | {hours:.2f} h |")
         lines.append("")
     for key, title in (("smoke", "2-epoch smoke run"), ("determinism", "Determinism")):
         part = r.get(key)

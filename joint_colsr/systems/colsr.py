@@ -134,22 +134,13 @@ class ColSRSystem(pl.LightningModule):
         from hydra.utils import get_class
 
         path = Path(path).expanduser()
-        if not path.is_file():
-            raise FileNotFoundError(f"{path} is not a file")
-        try:  # mmap: only the small entries are read here
-            checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-        except Exception as err:  # noqa: BLE001 - torch raises several kinds for a bad file
-            raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
-        if not isinstance(checkpoint, dict) or "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
-            raise ValueError(f"{path} is not a checkpoint of this suite (no hyper_parameters / state_dict)")
-        target = checkpoint.get(SYSTEM_CLASS_KEY) or system_class_from_hparams(checkpoint["hyper_parameters"])
+        target = saved_system_class(path)
         try:
             system_class = get_class(target)
         except Exception as err:  # noqa: BLE001 - Hydra raises several kinds for an unknown target
             raise ValueError(f"{path} was written by {target}, which cannot be imported: {err}") from None
         if not issubclass(system_class, cls):
             raise ValueError(f"{path} holds a {system_class.__name__}, not a {cls.__name__}")
-        del checkpoint
         overrides = {**(system_class.inference_hparams if inference else {}), **kwargs}
         return system_class.load_from_checkpoint(str(path), map_location=map_location, **overrides)
 
@@ -315,6 +306,25 @@ class ColSRSystem(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "monitor": hp.scheduler_monitor, "interval": hp.scheduler_interval},
         }
+
+
+def saved_system_class(path: str | os.PathLike) -> str:
+    """``module.Class`` of the system that wrote the checkpoint at ``path``.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: the file is not a checkpoint of this suite.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is not a file")
+    try:  # mmap: only the small entries are read
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - torch raises several kinds for a bad file
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(checkpoint, dict) or "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
+        raise ValueError(f"{path} is not a checkpoint of this suite (no hyper_parameters / state_dict)")
+    return str(checkpoint.get(SYSTEM_CLASS_KEY) or system_class_from_hparams(checkpoint["hyper_parameters"]))
 
 
 def system_class_from_hparams(hparams: Mapping[str, Any]) -> str:
