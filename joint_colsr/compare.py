@@ -302,9 +302,10 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return parser.parse_args(argv)
 
 
-def main(argv: list[str] | None = None) -> dict[str, Any]:
+def main(argv: list[str] | None = None) -> None:
+    """Console entry point (``joint-colsr-compare``): returns nothing, so the exit status is 0 on success."""
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    return compare(parse_args(argv))
+    compare(parse_args(argv))
 
 
 if __name__ == "__main__":

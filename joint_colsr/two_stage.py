@@ -31,7 +31,7 @@ from typing import Any
 import hydra
 import lightning.pytorch as pl
 import torch
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
 from joint_colsr import CONFIG_DIR
 from joint_colsr.config_checks import ConfigError

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from joint_colsr.compare import bootstrap_ci, main, paired_differences, training_flops_per_sample
+from joint_colsr.compare import bootstrap_ci, compare, paired_differences, parse_args, training_flops_per_sample
 
 
 def test_paired_differences_pair_photos_and_seeds():
@@ -33,8 +33,8 @@ def test_training_flops_count_forward_and_backward():
 @pytest.mark.slow
 def test_tiny_compare_writes_the_answer(tmp_path):
     out = tmp_path / "cmp"
-    report = main(["--models", "joint_paper", "ic_only", "two_stage_upscale_first", "--seeds", "0", "1", "--budget-steps", "2",
-                   "--train", "debug=tiny", "logger=none", "--eval", "data.val_views=1", "--out", str(out)])
+    report = compare(parse_args(["--models", "joint_paper", "ic_only", "two_stage_upscale_first", "--seeds", "0", "1", "--budget-steps", "2",
+                   "--train", "debug=tiny", "logger=none", "--eval", "data.val_views=1", "--out", str(out)]))
     saved = json.loads((out / "comparison.json").read_text())
     assert saved["reference"] == "joint_paper" and set(saved["models"]) == {"joint_paper", "ic_only", "two_stage_upscale_first"}
     models = saved["models"]

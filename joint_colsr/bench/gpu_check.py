@@ -25,7 +25,6 @@ Without a CUDA GPU it prints one line and exits with status 2.
 from __future__ import annotations
 
 import argparse
-import copy
 import datetime as dt
 import json
 import logging
