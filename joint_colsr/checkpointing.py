@@ -10,6 +10,7 @@ from typing import Any
 
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,18 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         fs = get_filesystem(path)
         if fs.exists(path):
             fs.rm(path, recursive=True)
+
+
+class LastCheckpoint(ModelCheckpoint):
+    """:class:`ModelCheckpoint` whose ``every_n_train_steps=N`` *adds* step saves to the
+    end-of-epoch save instead of replacing it (Lightning refuses both triggers together and,
+    given only the step one, stops saving at epoch ends: the last steps of an epoch and of
+    training would then never reach ``last.ckpt``). Saves at the same step are not repeated."""
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        if self._every_n_train_steps and not self._train_time_interval:
+            self._every_n_epochs = 1
 
 
 def find_resume_checkpoint(output_dir: str | os.PathLike) -> Path | None:

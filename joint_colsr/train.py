@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import logging
 import math
+import signal
 import time
 from pathlib import Path
 from typing import Any
@@ -18,6 +19,7 @@ import lightning.pytorch as pl
 import torch
 import wandb
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from joint_colsr import CONFIG_DIR
@@ -35,6 +37,7 @@ from joint_colsr.builders import (
 from joint_colsr.checkpointing import checkpoint_paths, find_resume_checkpoint
 from joint_colsr.hydra_callbacks import check_ddp_launch
 from joint_colsr.nets import count_parameters
+from joint_colsr.preemption import PreemptionCheckpoint, TrainingInterrupted, handle_preemption
 
 log = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_model_output(system, cfg)  # before any data is read
     datamodule = build_datamodule(cfg)
     callbacks = build_callbacks(cfg, system)
+    preemption = PreemptionCheckpoint(output_dir / "checkpoints")
+    callbacks.append(preemption)
     loggers = build_loggers(cfg)
     trainer = build_trainer(cfg, callbacks, loggers)
     resolved = resolved_config(cfg)
@@ -71,12 +76,31 @@ def train(cfg: DictConfig) -> dict[str, Any]:
             ckpt_path = str(found)
     start = time.perf_counter()
     try:
-        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+        with handle_preemption(trainer) as received:
+            trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        # Lightning stopped at a batch boundary on SIGTERM/SIGUSR1; the callback saved last.ckpt.
+        interrupted = TrainingInterrupted(received.signum or signal.SIGTERM, preemption.saved_path, trainer.global_step)
+        metrics = _final_metrics(trainer, system, output_dir, time.perf_counter() - start)
+        metrics.update(status="interrupted", interrupted_by=signal.Signals(interrupted.signum).name,
+                       resume_ckpt=preemption.saved_path)
+        if trainer.is_global_zero:
+            _write_metrics(output_dir, metrics)
+        _finish_wandb(trainer, metrics, exit_code=interrupted.exit_code)
+        raise interrupted from None
     except BaseException:
         _finish_wandb(trainer, {}, exit_code=1)  # mark the run failed; the next multirun job starts a fresh one
         raise
-    elapsed = time.perf_counter() - start
+    metrics = _final_metrics(trainer, system, output_dir, time.perf_counter() - start)
+    metrics["status"] = "completed"
+    if trainer.is_global_zero:
+        _write_metrics(output_dir, metrics)
+        _print_summary(metrics, output_dir)
+    _finish_wandb(trainer, metrics, exit_code=0)
+    return metrics
 
+
+def _final_metrics(trainer: pl.Trainer, system: pl.LightningModule, output_dir: Path, elapsed: float) -> dict[str, Any]:
     metrics: dict[str, Any] = {k: _jsonable(v) for k, v in trainer.callback_metrics.items()}
     metrics.update(
         epochs=trainer.current_epoch,
@@ -87,11 +111,11 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if not trainer.fast_dev_run:
         metrics.update(checkpoint_paths(trainer))
         _steps_from_spawned_ranks(metrics, output_dir)
-    if trainer.is_global_zero:
-        (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
-        _print_summary(metrics, output_dir)
-    _finish_wandb(trainer, metrics, exit_code=0)
     return metrics
+
+
+def _write_metrics(output_dir: Path, metrics: dict[str, Any]) -> None:
+    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
 
 
 def _steps_from_spawned_ranks(metrics: dict[str, Any], output_dir: Path) -> None:
