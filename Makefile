@@ -23,7 +23,7 @@ $(STAMP): pyproject.toml requirements/constraints.txt
 
 install: $(STAMP) ## create .venv and install the package with its dev extras
 
-train: $(STAMP) ## train the paper's joint network on the embedded sample photos (about 10 min on 2 CPU cores)
+train: $(STAMP) ## train the paper's joint network on the embedded sample photos (time: README, Quick start)
 	$(PY) -m joint_colsr.train $(ARGS)
 
 test: $(STAMP) ## run the whole test suite (CPU, tiny widths)

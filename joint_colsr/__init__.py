@@ -4,7 +4,19 @@ from pathlib import Path
 
 __version__ = "0.1.0"
 
-#: The Hydra config tree (``conf/`` beside the package; installs are editable). Absolute, so
-#: the entry points work both as ``python -m joint_colsr.X`` and as ``joint-colsr-X``
-#: commands (Hydra would look for a ``conf`` Python package given a relative path there).
-CONFIG_DIR = str(Path(__file__).resolve().parent.parent / "conf")
+
+def _config_dir() -> str:
+    """The Hydra config tree: ``joint_colsr/conf`` in a wheel or ``pip install .`` (the build
+    maps the top-level ``conf/`` there), else ``conf/`` beside the package (a source checkout
+    or an editable install). Absolute, so the entry points work both as ``python -m
+    joint_colsr.X`` and as ``joint-colsr-X`` commands from any folder."""
+    package = Path(__file__).resolve().parent
+    for candidate in (package / "conf", package.parent / "conf"):
+        if (candidate / "train.yaml").is_file():
+            return str(candidate)
+    raise FileNotFoundError(f"joint_colsr's Hydra configs are missing: neither {package / 'conf'} nor {package.parent / 'conf'} "
+                            "holds train.yaml (reinstall the package)")
+
+
+#: The Hydra config tree (see :func:`_config_dir`).
+CONFIG_DIR = _config_dir()

@@ -13,7 +13,7 @@ from lightning.pytorch.utilities import rank_zero_only
 
 from joint_colsr.averaging import EMAModel
 from joint_colsr.checkpointing import checkpoint_paths
-from joint_colsr.viz import colorization_rows, make_grid, save_png
+from joint_colsr.viz import VALIDATION_COLUMNS, colorization_rows, make_grid, save_png
 
 log = logging.getLogger(__name__)
 
@@ -21,8 +21,9 @@ log = logging.getLogger(__name__)
 class ValidationImageGrid(pl.Callback):
     """After each validation epoch, save (and log) a grid of the first validation images.
 
-    Columns: input L* upscaled (bicubic) | prediction (ground-truth L* + predicted a*b*) |
-    ground truth. Files: ``DIR/val_epoch{NNN}.png`` and ``DIR/val_latest.png``. Loggers that
+    Columns (titled in the picture): input L* upscaled (bicubic) | prediction (ground-truth
+    L* + predicted a*b*) | ground truth; each row is captioned with the prediction's PSNR and
+    the gray image's. Files: ``DIR/val_epoch{NNN}.png`` and ``DIR/val_latest.png``. Loggers that
     take images (wandb) get it as ``val/examples``.
 
     Args:
@@ -44,7 +45,7 @@ class ValidationImageGrid(pl.Callback):
         rows = colorization_rows(
             examples["l_lowres"], examples["l_highres"], examples["ab_pred"], examples["rgb_target"], limit=self.num_images
         )
-        grid = make_grid(rows)
+        grid = make_grid(rows, column_titles=VALIDATION_COLUMNS)
         epoch = trainer.current_epoch
         self.last_path = save_png(grid, self.dirpath / f"val_epoch{epoch:03d}.png")
         save_png(grid, self.dirpath / "val_latest.png")
@@ -52,7 +53,7 @@ class ValidationImageGrid(pl.Callback):
             if hasattr(logger, "log_image"):
                 logger.log_image(
                     key="val/examples", images=[grid], step=trainer.global_step,
-                    caption=["input L* (bicubic) | prediction | ground truth"],
+                    caption=[" | ".join(VALIDATION_COLUMNS)],
                 )
 
 

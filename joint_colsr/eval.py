@@ -23,7 +23,6 @@ The run directory receives:
 from __future__ import annotations
 
 import csv
-import json
 import logging
 import math
 from collections import defaultdict
@@ -37,17 +36,12 @@ from omegaconf import DictConfig, open_dict
 from torch import Tensor
 
 from joint_colsr import CONFIG_DIR
-from joint_colsr.builders import (
-    ConfigError,
-    build_datamodule,
-    build_eval_system,
-    build_trainer,
-    check_config,
-    run_system,
-    start_run,
-)
+from joint_colsr.assembly import build_datamodule, build_eval_system, build_trainer, start_run
+from joint_colsr.config_checks import ConfigError, check_config, command
 from joint_colsr.metrics import PER_IMAGE_METRICS, colorization_psnr, image_metrics, summarize, upscale_l
-from joint_colsr.viz import evaluation_row, make_grid, save_png
+from joint_colsr.outputs import print_run_summary, write_json
+from joint_colsr.systems import run_system
+from joint_colsr.viz import EVALUATION_COLUMNS, evaluation_row, make_grid, save_png
 
 log = logging.getLogger(__name__)
 
@@ -160,7 +154,7 @@ class Evaluator(pl.LightningModule):
         n = self.num_examples
         if n <= 0:
             return
-        text = f"{row['psnr']:.2f} / {row['psnr_joint']:.2f} dB  {Path(str(row['key'])).stem[:24]}"
+        text = f"PSNR {row['psnr']:.2f} | own L* {row['psnr_joint']:.2f}  {Path(str(row['key'])).stem[:16]}"
 
         def images() -> list[Tensor]:
             return evaluation_row(l_lowres.cpu(), rgb.cpu(), rgb_joint.cpu(), target.cpu(), text)
@@ -205,14 +199,6 @@ def markdown_table(header: list[str], rows: list[list[Any]]) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _jsonable(value: Any) -> Any:
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    if isinstance(value, dict):
-        return {k: _jsonable(v) for k, v in value.items()}
-    return value
-
-
 def describe_model(cfg: DictConfig, system: pl.LightningModule) -> str:
     if cfg.get("baseline"):
         return f"baseline={cfg.baseline}"
@@ -230,7 +216,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` (or ``cfg.baseline``) on ``cfg.data``; write the run's files; return the metrics."""
     system = build_eval_system(cfg)
     _prepare_data_config(cfg)
-    check_config(cfg)
+    check_config(cfg, groups=("data", "trainer"))
     output_dir = start_run(cfg)
     crop = resolve_crop_border(cfg.get("crop_border"), cfg.data.input_size, cfg.data.output_size)
     num_examples = int(cfg.get("num_examples", 6))
@@ -267,7 +253,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
 
 def write_outputs(output_dir: Path, metrics: dict[str, Any], rows: list[dict[str, Any]], evaluator: Evaluator, crop: int) -> None:
-    (output_dir / "metrics.json").write_text(json.dumps(_jsonable(metrics), indent=2, sort_keys=True) + "\n")
+    write_json(output_dir / "metrics.json", metrics)
 
     header = ["model", "images", *TABLE_COLUMNS.values()]
     md = ["# Evaluation", "", f"data: `{metrics['data']}`" + (f" (`{metrics['data_root']}`)" if metrics.get("data_root") else "")
@@ -289,23 +275,24 @@ def write_outputs(output_dir: Path, metrics: dict[str, Any], rows: list[dict[str
             writer.writerow({**row, "categories": ";".join(row["categories"]), "supercategories": ";".join(row["supercategories"])})
 
     if evaluator.best:
-        # Best on the left, worst on the right; columns: input L* | GT L* + pred | own L* + pred | ground truth.
+        # Best on the left, worst on the right; each row's first image names its PSNR (GT L* / own L*).
         grid_rows = [b[2] + w[2] for b, w in zip(evaluator.best, evaluator.worst)]
-        save_png(make_grid(grid_rows), output_dir / "best_worst.png")
+        titles = [f"best: {EVALUATION_COLUMNS[0]}", *EVALUATION_COLUMNS[1:], f"worst: {EVALUATION_COLUMNS[0]}", *EVALUATION_COLUMNS[1:]]
+        save_png(make_grid(grid_rows, column_titles=titles), output_dir / "best_worst.png")
     if evaluator.category_examples:
-        save_png(make_grid(evaluator.category_examples), output_dir / "category.png")
+        save_png(make_grid(evaluator.category_examples, column_titles=EVALUATION_COLUMNS), output_dir / "category.png")
 
 
 def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
-    print(f"Run directory: {output_dir}")
-    print(
+    print_run_summary(output_dir, [
         f"{metrics['model']} on {metrics['num_images']} images of '{metrics['data']}': "
         f"PSNR {metrics['psnr']:.2f} dB (GT L*), {metrics['psnr_joint']:.2f} dB (own L*), "
         f"gray {metrics['psnr_gray']:.2f} dB; SSIM {metrics['ssim']:.4f}; tables in {output_dir / 'metrics.md'}"
-    )
+    ])
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
+@command
 def main(cfg: DictConfig) -> float | None:
     metrics = evaluate(cfg)
     return metrics.get("psnr")

@@ -36,6 +36,7 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
+from joint_colsr.outputs import atomic_write
 from joint_colsr.preemption import TrainingInterrupted
 
 log = logging.getLogger(__name__)
@@ -78,9 +79,8 @@ def _locked(sweep_dir: Path) -> Iterator[None]:
 
 
 def _write_atomic(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(text)
-    os.replace(tmp, path)
+    with atomic_write(path, fsync=False) as handle:  # a summary, rewritten after every job
+        handle.write(text)
 
 
 def confidence_interval(values: list[float], level: float = 0.95) -> dict[str, float | int | None]:

@@ -18,7 +18,7 @@ from hydra.core.global_hydra import GlobalHydra
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from joint_colsr.builders import build_system
+from joint_colsr.assembly import build_system
 from joint_colsr.nets import count_parameters
 
 REPO = Path(__file__).resolve().parents[1]

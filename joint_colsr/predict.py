@@ -34,11 +34,13 @@ from torch import Tensor
 from tqdm.auto import tqdm
 
 from joint_colsr import CONFIG_DIR
-from joint_colsr.builders import ConfigError, build_eval_system, eval_network, model_size
+from joint_colsr.assembly import build_eval_system
 from joint_colsr.color import merge_l_ab_to_rgb, normalize_l, quantize_uint8, rgb_to_lab, rgb_uint8_to_lab_batch
+from joint_colsr.config_checks import ConfigError, command
 from joint_colsr.data.datasets import resize_box
 from joint_colsr.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, decode_image
 from joint_colsr.metrics import upscale_l
+from joint_colsr.systems import eval_network, model_size
 
 log = logging.getLogger(__name__)
 
@@ -261,6 +263,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
+@command
 def main(cfg: DictConfig) -> None:
     predict(cfg)
 

@@ -16,7 +16,8 @@ import hydra
 from omegaconf import DictConfig, OmegaConf
 
 from joint_colsr import CONFIG_DIR
-from joint_colsr.builders import ConfigError, build_datamodule
+from joint_colsr.assembly import build_datamodule
+from joint_colsr.config_checks import ConfigError, command
 from joint_colsr.data.cache import ImageCache, build_cache, summarize
 
 log = logging.getLogger(__name__)
@@ -52,6 +53,7 @@ def preprocess(cfg: DictConfig) -> dict[str, Any]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="preprocess")
+@command
 def main(cfg: DictConfig) -> None:
     preprocess(cfg)
 

@@ -27,7 +27,7 @@ import yaml
 from omegaconf import DictConfig
 
 from joint_colsr import CONFIG_DIR
-from joint_colsr.builders import ConfigError
+from joint_colsr.config_checks import ConfigError, command
 from joint_colsr.eval import markdown_table
 
 log = logging.getLogger(__name__)
@@ -208,10 +208,16 @@ def _positional_dir(argv: list[str]) -> list[str]:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="report")
-def main(cfg: DictConfig) -> None:
+@command
+def _main(cfg: DictConfig) -> None:
     report(cfg)
 
 
-if __name__ == "__main__":
+def main() -> None:
+    """``joint-colsr-report DIR [KEY=VALUE ...]`` (also ``python -m joint_colsr.report``)."""
     sys.argv = _positional_dir(sys.argv)
+    _main()
+
+
+if __name__ == "__main__":
     main()

@@ -6,48 +6,39 @@ the checkpoint of the last epoch is ``<run dir>/checkpoints/last.ckpt``.
 
 from __future__ import annotations
 
-import json
 import logging
-import math
 import signal
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import hydra
 import lightning.pytorch as pl
 import torch
-import wandb
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from joint_colsr import CONFIG_DIR
-from joint_colsr.builders import (
+from joint_colsr.assembly import (
     build_callbacks,
     build_datamodule,
     build_loggers,
     build_system,
     build_trainer,
-    check_config,
-    check_model_output,
     resolved_config,
     start_run,
 )
 from joint_colsr.checkpointing import checkpoint_paths, find_resume_checkpoint
+from joint_colsr.config_checks import ConfigError, check_config, check_model_output, command
 from joint_colsr.hydra_callbacks import check_ddp_launch
 from joint_colsr.nets import count_parameters
+from joint_colsr.outputs import jsonable, print_run_summary, write_json
 from joint_colsr.preemption import PreemptionCheckpoint, TrainingInterrupted, handle_preemption
+from joint_colsr.systems.colsr import saved_system_class
 
 log = logging.getLogger(__name__)
-
-
-def _jsonable(value: Any) -> Any:
-    if hasattr(value, "item"):
-        value = value.item()
-    if isinstance(value, float) and not math.isfinite(value):
-        return str(value)
-    return value
 
 
 def train(cfg: DictConfig) -> dict[str, Any]:
@@ -66,7 +57,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer = build_trainer(cfg, callbacks, loggers)
     resolved = resolved_config(cfg)
     for logger in trainer.loggers:
-        logger.log_hyperparams({**resolved, "model/params": count_parameters(system.net)})
+        with _wandb_hint():
+            logger.log_hyperparams({**resolved, "model/params": count_parameters(system.net)})
 
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is None and cfg.get("auto_resume"):
@@ -74,6 +66,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         if found is not None:
             log.info("auto_resume: continuing from %s", found)
             ckpt_path = str(found)
+    if ckpt_path is not None:
+        check_resume_system(system, ckpt_path)
     start = time.perf_counter()
     try:
         with handle_preemption(trainer) as received:
@@ -101,7 +95,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
 
 
 def _final_metrics(trainer: pl.Trainer, system: pl.LightningModule, output_dir: Path, elapsed: float) -> dict[str, Any]:
-    metrics: dict[str, Any] = {k: _jsonable(v) for k, v in trainer.callback_metrics.items()}
+    metrics: dict[str, Any] = {k: jsonable(v) for k, v in trainer.callback_metrics.items()}
     metrics.update(
         epochs=trainer.current_epoch,
         global_step=trainer.global_step,
@@ -115,7 +109,20 @@ def _final_metrics(trainer: pl.Trainer, system: pl.LightningModule, output_dir: 
 
 
 def _write_metrics(output_dir: Path, metrics: dict[str, Any]) -> None:
-    (output_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True) + "\n")
+    write_json(output_dir / "metrics.json", metrics)
+
+
+def check_resume_system(system: pl.LightningModule, ckpt_path: str) -> None:
+    """A checkpoint resumes only into the system class that wrote it (its weights and
+    optimizer states are that class's): otherwise say which ``model=`` to add."""
+    if not Path(str(ckpt_path)).expanduser().is_file():  # "last", a URL ...: Lightning's to resolve
+        return
+    saved = saved_system_class(ckpt_path).rsplit(".", 1)[-1]
+    built = type(system).__name__
+    if saved != built:
+        hint = " (add model=srgan, or the model= the run was trained with)" if saved == "GANSystem" else \
+            " (add the model= the run was trained with)"
+        raise ConfigError(f"ckpt_path={ckpt_path} was written by a {saved}, but this config builds a {built}{hint}")
 
 
 def _steps_from_spawned_ranks(metrics: dict[str, Any], output_dir: Path) -> None:
@@ -135,6 +142,25 @@ def _steps_from_spawned_ranks(metrics: dict[str, Any], output_dir: Path) -> None
         metrics["epochs"] = int(state.get("epoch", -1)) + 1
 
 
+#: What ``logger=wandb`` without an account should say.
+WANDB_OFFLINE_HINT = (
+    "logger=wandb needs a wandb account: log in once with `wandb login` (or set WANDB_API_KEY), "
+    "or log offline with WANDB_MODE=offline (upload later with `wandb sync <run dir>/wandb/offline-run-*`), "
+    "or use logger=csv"
+)
+
+
+@contextmanager
+def _wandb_hint() -> Iterator[None]:
+    """Turn wandb's "No API key configured" into a ConfigError that says how to run offline."""
+    try:
+        yield
+    except Exception as err:
+        if type(err).__name__ == "UsageError" and "api key" in str(err).lower():
+            raise ConfigError(f"{WANDB_OFFLINE_HINT} (wandb: {err})") from err
+        raise
+
+
 def _finish_wandb(trainer: pl.Trainer, summary: dict[str, Any], exit_code: int) -> None:
     """End this job's wandb run (each multirun job is its own run), final metrics in its summary.
 
@@ -146,12 +172,14 @@ def _finish_wandb(trainer: pl.Trainer, summary: dict[str, Any], exit_code: int) 
             run = logger.experiment
             run.summary.update({k: v for k, v in summary.items() if isinstance(v, (int, float))})
             run.finish(exit_code=exit_code)
+            import wandb  # only here: a run without logger=wandb never imports it
+
             wandb.teardown()
 
 
 def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
     psnr, gray = metrics.get("val/psnr"), metrics.get("val/psnr_gray")
-    lines = [f"Run directory: {output_dir}"]
+    lines = []
     if isinstance(psnr, float) and isinstance(gray, float):
         lines.append(
             f"Validation PSNR (GT L* + predicted a*b*, 8-bit sRGB): {psnr:.2f} dB | "
@@ -160,11 +188,11 @@ def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
     grid = output_dir / "images" / "val_latest.png"
     if grid.exists():
         lines.append(f"Validation grid: {grid}")
-    for line in lines:
-        print(line)
+    print_run_summary(output_dir, lines)
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
+@command
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     key = cfg.get("optimized_metric")

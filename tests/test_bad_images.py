@@ -149,7 +149,7 @@ def test_decompression_bomb_is_skipped_not_decoded(bad_folder, monkeypatch):
 def test_training_logs_the_epochs_skip_count(bad_folder, compose_cfg):
     import csv
 
-    from joint_colsr.builders import build_datamodule
+    from joint_colsr.assembly import build_datamodule
     from joint_colsr.train import train
 
     root, _ = bad_folder

@@ -10,6 +10,7 @@ import math
 import pytest
 import torch
 
+from joint_colsr.assembly import build_datamodule, build_system
 from joint_colsr.bench.__main__ import OWN_KEYS, main
 from joint_colsr.bench.loop import (
     CycledBatches,
@@ -21,7 +22,6 @@ from joint_colsr.bench.loop import (
     summarize,
 )
 from joint_colsr.bench.models import FAST_PATHS, compose_train_config, model_names
-from joint_colsr.builders import build_datamodule, build_system
 
 from .conftest import CONF_DIR
 

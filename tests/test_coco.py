@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from joint_colsr.builders import build_datamodule
+from joint_colsr.assembly import build_datamodule
 from joint_colsr.data import ColSRDataModule
 from joint_colsr.data.coco import CocoSource
 

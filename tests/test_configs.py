@@ -1,11 +1,14 @@
 """Every config group option composes; wrong configs fail at start-up with a clear message."""
 
+import re
 import subprocess
 import sys
 
 import pytest
+import torch
 
-from joint_colsr.builders import ConfigError, build_datamodule, build_system, check_config, resolved_config
+from joint_colsr.assembly import build_datamodule, build_system, resolved_config
+from joint_colsr.config_checks import ConfigError, check_config
 
 from .conftest import CONF_DIR, REPO
 
@@ -63,6 +66,8 @@ def test_system_config_builds_and_round_trips(compose_cfg):
         (["data.input_size=300"], r"data.input_size \(300\)"),
         (["data.batch_size=0"], r"data.batch_size"),
         (["trainer.use_distributed_sampler=true"], r"use_distributed_sampler"),
+        pytest.param(["trainer=gpu"], r"trainer=gpu. but torch sees no GPU.*trainer=cpu",
+                     marks=pytest.mark.skipif(torch.cuda.is_available(), reason="a GPU is visible")),
     ],
 )
 def test_bad_configs_fail_at_startup(compose_cfg, overrides, match):
@@ -87,3 +92,35 @@ def test_missing_data_root_fails_before_reading_data(tmp_path):
     result = _cli("data=folder", f"data.root={tmp_path / 'missing'}")
     assert result.returncode != 0
     assert "missing" in result.stderr and "expected a folder holding image files" in result.stderr
+
+
+@pytest.mark.parametrize("model", ["joint_paper", "srgan"])
+def test_plain_hydra_instantiate_of_the_model_group_gives_the_system(compose_cfg, model):
+    """How Hydra users build a model in a notebook: hydra.utils.instantiate(cfg.model)."""
+    from hydra.utils import instantiate
+
+    from joint_colsr.systems import ColSRSystem, GANSystem
+
+    extra = ["model.net.blocks=1", "model.net.width_mult=0.0625", "model.discriminator.width_mult=0.0625"] if model == "srgan" \
+        else ["model.net.width_mult=0.0625"]
+    system = instantiate(compose_cfg([f"model={model}", *extra]).model)
+    assert type(system) is (GANSystem if model == "srgan" else ColSRSystem)
+    assert system.hparams.optimizer["lr"] == 1e-4 and system.hparams.scheduler["factor"] == 0.75  # the shared recipe
+
+
+def test_common_trainer_arguments_need_no_plus(compose_cfg):
+    from joint_colsr.assembly import build_trainer
+
+    cfg = compose_cfg(["debug=tiny", "trainer.max_steps=5", "trainer.gradient_clip_val=1.0", "trainer.accumulate_grad_batches=2",
+                       "trainer.max_time=00:01:00:00", "trainer.val_check_interval=0.5", "trainer.num_sanity_val_steps=0"])
+    check_config(cfg)
+    trainer = build_trainer(cfg)
+    assert trainer.max_steps == 5 and trainer.gradient_clip_val == 1.0 and trainer.accumulate_grad_batches == 2
+    assert trainer.val_check_interval == 0.5 and trainer.num_sanity_val_steps == 0
+
+
+def test_every_model_shares_the_recipe_through_defaults():
+    for path in sorted((CONF_DIR / "model").glob("*.yaml")):
+        text = path.read_text()
+        assert not re.search(r"^(optimizer|scheduler):", text, re.M), f"{path.name} repeats the recipe"
+        assert "_recursive_: false" in text, path.name

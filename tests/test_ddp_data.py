@@ -9,7 +9,7 @@ import pytest
 import torch
 from omegaconf import open_dict
 
-from joint_colsr.builders import build_datamodule, build_system, build_trainer
+from joint_colsr.assembly import build_datamodule, build_system, build_trainer
 from joint_colsr.metrics import colorization_psnr
 
 pytestmark = pytest.mark.slow

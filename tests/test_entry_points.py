@@ -2,12 +2,14 @@
 
 import importlib
 import importlib.metadata
+import os
 import subprocess
 import sys
 import tomllib
 from pathlib import Path
 
 import pytest
+import torch
 
 from .conftest import REPO
 
@@ -31,3 +33,65 @@ def test_eval_command_runs():
                           capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "baseline: gray" in proc.stdout  # the composed eval config, printed by Hydra
+
+
+def _command(module: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
+    """``python -m joint_colsr.MODULE ARGS`` as a user runs it: no HYDRA_FULL_ERROR, offline wandb."""
+    base = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "WANDB_MODE", "WANDB_API_KEY")}
+    base.update({"PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **(env or {})})
+    base = {k: v for k, v in base.items() if v is not None}
+    return subprocess.run([sys.executable, "-m", f"joint_colsr.{module}", *args], cwd=cwd, env=base, capture_output=True,
+                          text=True, timeout=300, stdin=subprocess.DEVNULL)
+
+
+@pytest.mark.parametrize("module,key", [("train", "trainer.max_steps=N"), ("eval", "ckpt_path=CKPT"),
+                                        ("predict", "input_dir=DIR"), ("report", "DIR"), ("preprocess", "cache_dir=DIR")])
+def test_help_starts_with_the_commands_own_usage(module, key, tmp_path):
+    proc = _command(module, "--help", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    head, _, groups = proc.stdout.partition("== Config groups")
+    assert head.startswith(f"joint-colsr-{module} ") and "Usage:" in head and "Example:" in head and key in head
+    assert "$HOME/" in head or module == "report"  # paths a shell expands (Hydra's grammar rejects ~)
+    assert "data: coco, folder, samples" in groups  # then Hydra's groups
+
+
+def test_config_error_is_one_message_without_traceback(tmp_path):
+    proc = _command("train", "data.batch_size=0", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "Error: data.batch_size must be a positive integer, got 0" in proc.stderr
+    assert "Traceback" not in proc.stderr and "HYDRA_FULL_ERROR=1" in proc.stderr
+    full = _command("train", "data.batch_size=0", f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path, env={"HYDRA_FULL_ERROR": "1"})
+    assert full.returncode == 1 and "Traceback" in full.stderr and "ConfigError" in full.stderr
+
+
+class BuggyNet(torch.nn.Module):
+    """A net whose constructor has a real bug (a shape error inside torch)."""
+
+    def __init__(self, input_size: int = 96, output_size: int = 256) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(2, 3) @ torch.zeros(2, 3))
+
+
+def test_unexpected_error_in_a_constructor_keeps_its_stack(tmp_path):
+    proc = _command("train", "model.net._target_=tests.test_entry_points.BuggyNet", "~model.net.width_mult",
+                    "~model.net.negative_slope", "~model.net.output_activation", "~model.net.upsample_mode",
+                    f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
+    assert proc.returncode == 1
+    assert "Traceback" in proc.stderr and "in __init__" in proc.stderr and "test_entry_points.py" in proc.stderr
+    assert "mat1 and mat2 shapes cannot be multiplied" in proc.stderr
+
+
+def test_wandb_without_an_account_says_how_to_run_offline(tmp_path):
+    home = tmp_path / "home"
+    home.mkdir()
+    proc = _command("train", "logger=wandb", "debug=tiny", f"hydra.run.dir={tmp_path / 'run'}",
+                    cwd=tmp_path, env={"WANDB_MODE": None, "HOME": str(home), "WANDB_CONFIG_DIR": str(home), "NETRC": str(home / "netrc")})
+    assert proc.returncode == 1, proc.stderr[-2000:]
+    assert "WANDB_MODE=offline" in proc.stderr and "wandb login" in proc.stderr and "Traceback" not in proc.stderr
+
+
+def test_wandb_is_imported_only_when_used(tmp_path):
+    code = "import sys, joint_colsr.train, joint_colsr.eval, joint_colsr.predict; print('wandb' in sys.modules)"
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.stdout.strip() == "False", proc.stderr[-2000:]

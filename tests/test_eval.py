@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from joint_colsr.builders import ConfigError
+from joint_colsr.config_checks import ConfigError
 from joint_colsr.data import ImageFolder
 from joint_colsr.eval import evaluate
 

@@ -10,8 +10,16 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from joint_colsr.builders import ConfigError, build_callbacks, build_datamodule, build_loggers, build_system, build_trainer, check_config, start_run
+from joint_colsr.assembly import (
+    build_callbacks,
+    build_datamodule,
+    build_loggers,
+    build_system,
+    build_trainer,
+    start_run,
+)
 from joint_colsr.callbacks import ChannelsLast, images_to_channels_last
+from joint_colsr.config_checks import ConfigError, check_config
 from joint_colsr.nets import JointPaperNet
 from joint_colsr.train import train
 

@@ -105,7 +105,7 @@ def test_predict_photo_and_reference_modes(tiny_ckpt, tmp_path):
 
 
 def test_predict_rejects_bad_config(tmp_path):
-    from joint_colsr.builders import ConfigError
+    from joint_colsr.config_checks import ConfigError
 
     from .conftest import compose_config
 

@@ -14,9 +14,10 @@ from pathlib import Path
 import pytest
 import torch
 
-from joint_colsr.builders import ConfigError, check_config, check_model_output, build_system
+from joint_colsr.assembly import build_system
 from joint_colsr.callbacks import NonFiniteLossError, StopOnNonFinite
 from joint_colsr.checkpointing import AtomicCheckpointIO, find_resume_checkpoint
+from joint_colsr.config_checks import ConfigError, check_config, check_model_output
 from joint_colsr.train import train
 
 from .conftest import REPO
@@ -101,7 +102,7 @@ def test_resume_from_a_checkpoint_on_the_epochs_last_batch_trains_the_next_epoch
     # A step checkpoint written on the last batch of epoch 0 (max_steps stops right there);
     # the rerun without max_steps must train all of epoch 1 (it used to train 0 steps).
     over = [*EXACT, f"data.num_workers={workers}", "trainer.max_epochs=2", "callbacks.last_checkpoint.every_n_train_steps=2"]
-    first = compose_cfg([*over, "+trainer.max_steps=4"])
+    first = compose_cfg([*over, "trainer.max_steps=4"])
     assert train(first)["global_step"] == 4
     again = compose_cfg(over)  # same run dir: auto-resume
     assert train(again)["global_step"] == 8

@@ -8,7 +8,8 @@ import math
 import pytest
 from omegaconf import OmegaConf
 
-from joint_colsr.builders import check_config, resolved_config
+from joint_colsr.assembly import resolved_config
+from joint_colsr.config_checks import check_config
 from joint_colsr.hydra_callbacks import aggregate_over_seeds, confidence_interval
 
 from ._cli import output_tail, run_train

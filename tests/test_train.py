@@ -2,6 +2,7 @@
 
 import json
 import os
+from pathlib import Path
 
 import pytest
 import torch
@@ -13,9 +14,13 @@ TINY = ["debug=tiny", "callbacks.model_summary.max_depth=1"]
 
 
 def test_fast_dev_run_samples(compose_cfg):
-    metrics = train(compose_cfg(["debug=fdr", "model.net.width_mult=0.0625", "data.batch_size=2"]))
+    cfg = compose_cfg(["debug=fdr", "model.net.width_mult=0.0625", "data.batch_size=2"])
+    metrics = train(cfg)
     assert metrics["global_step"] == 1
     assert torch.isfinite(torch.tensor(metrics["val/psnr"]))
+    # debug=fdr writes no checkpoint, image or logger file.
+    written = sorted(p.relative_to(cfg.paths.output_dir).as_posix() for p in Path(cfg.paths.output_dir).rglob("*") if p.is_file())
+    assert written == ["metrics.json"], written
 
 
 def test_fast_dev_run_folder(compose_cfg, image_folder):
@@ -40,6 +45,9 @@ def test_tiny_run_writes_metrics_checkpoint_and_grid(compose_cfg):
     assert out_ab.shape == (1, 2, 256, 256)
     assert os.path.exists(os.path.join(out, "images", "val_latest.png"))
     assert os.path.exists(os.path.join(out, "csv", "metrics.csv"))
+    # What a user needs and no copy: the last checkpoint and the best one.
+    kept = sorted(os.listdir(os.path.join(out, "checkpoints")))
+    assert len(kept) == 2 and kept[-1] == "last.ckpt" and kept[0].startswith("best-"), kept
 
 
 def test_resume_continues_from_checkpoint(compose_cfg, tmp_path):

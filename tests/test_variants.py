@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import shutil
+
 import pytest
 import torch
 from torch import nn
 
-from joint_colsr.builders import build_system
+from joint_colsr.assembly import build_eval_system, build_system
+from joint_colsr.config_checks import ConfigError
 from joint_colsr.model_table import BEGIN, END, markdown, model_names, replace_between_markers
 from joint_colsr.nets import (
     CascadeNet,
@@ -20,6 +23,8 @@ from joint_colsr.nets import (
 from joint_colsr.nets.vgg import VGG19_LAYOUT
 from joint_colsr.systems import ColSRSystem, GANSystem
 from joint_colsr.train import train
+
+from .conftest import compose_config
 
 VARIANTS = ["ic_only", "sr_only", "cascade", "cascade_upscale_first", "residual_joint", "residual_joint_gt",
             "residual_joint_interpolated", "srgan"]
@@ -284,6 +289,27 @@ def test_srgan_tiny_run_with_ema_perceptual_schedulers_and_resume(compose_cfg, t
     assert int(ckpt["state_dict"]["generator_steps"]) == 4
     assert [s["last_epoch"] for s in ckpt["lr_schedulers"]] == [4, 4]
 
+    # Shared: a checkpoint copied out of its run folder rebuilds its own system class and
+    # data task, with no model=srgan and no VGG file (inference needs no perceptual loss).
+    shared = tmp_path / "shared" / "model.ckpt"
+    shared.parent.mkdir()
+    shutil.copy(resumed["last_ckpt"], shared)
+    vgg.unlink()
+    loaded = ColSRSystem.from_checkpoint(shared, inference=True)
+    assert type(loaded) is GANSystem and loaded.perceptual is None
+    assert loaded.data_task == {"input_size": 96, "output_size": 256, "lowres_interpolation": "bicubic", "with_labels": False}
+    eval_cfg = compose_config("eval", [f"ckpt_path={shared}", "data.input_size=64"])
+    assert type(build_eval_system(eval_cfg)) is GANSystem and eval_cfg.data.input_size == 96
+    # A checkpoint written before checkpoints named their class: told apart by its hyper-parameters.
+    old = torch.load(shared, map_location="cpu", weights_only=False)
+    del old["system_class"], old["data_task"]
+    torch.save(old, shared)
+    loaded = ColSRSystem.from_checkpoint(shared, inference=True)
+    assert type(loaded) is GANSystem and loaded.data_task == {"input_size": 96, "output_size": 256}
+    # Resuming it into another system class names the model= to add.
+    with pytest.raises(ConfigError, match=r"written by a GANSystem, but this config builds a ColSRSystem \(add model=srgan"):
+        train(compose_cfg(["debug=tiny", f"ckpt_path={shared}"]))
+
 
 def test_srgan_warmup_keeps_adversarial_loss_off(compose_cfg):
     metrics = train(compose_cfg(_overrides("srgan", "debug=fdr", "data.batch_size=2", "model.discriminator_warmup_steps=5")))
@@ -314,7 +340,7 @@ def test_srgan_trains_another_generator(compose_cfg):
 def test_srgan_leaves_out_the_ema_callback_and_keeps_its_own(compose_cfg):
     from lightning.pytorch.callbacks import WeightAveraging
 
-    from joint_colsr.builders import build_callbacks, build_system
+    from joint_colsr.assembly import build_callbacks, build_system
 
     cfg = compose_cfg(_overrides("srgan", "debug=tiny", "callbacks=ema"))
     assert any(isinstance(c, WeightAveraging) for c in build_callbacks(cfg))

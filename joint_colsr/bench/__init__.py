@@ -7,6 +7,8 @@ import logging
 from pathlib import Path
 from typing import Any
 
+from joint_colsr.outputs import write_json
+
 log = logging.getLogger(__name__)
 
 
@@ -29,7 +31,7 @@ def merge_results(out_dir: Path, keys: dict[str, Any], nested: tuple[str, ...] =
             merged[key] = {**merged[key], **value}
         else:
             merged[key] = value
-    path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    write_json(path, merged)
     return merged
 
 

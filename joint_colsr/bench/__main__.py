@@ -33,9 +33,9 @@ from typing import Any
 import lightning
 import torch
 
+from joint_colsr.assembly import build_system
 from joint_colsr.bench import merge_results, replace_report_section
 from joint_colsr.bench.loop import compare_lightning_raw, make_uint8_batches, self_log_cost
-from joint_colsr.builders import build_system
 from joint_colsr.bench.models import (
     FAST_PATHS,
     PAPER_EPOCHS,

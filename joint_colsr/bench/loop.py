@@ -26,8 +26,8 @@ from omegaconf import DictConfig, open_dict
 from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
+from joint_colsr.assembly import build_callbacks, build_datamodule, build_loggers, build_system, build_trainer
 from joint_colsr.averaging import EMAModel
-from joint_colsr.builders import build_callbacks, build_datamodule, build_loggers, build_system, build_trainer
 
 
 def synchronize(device: torch.device) -> None:

@@ -1,7 +1,7 @@
 """Model benchmarks: every ``conf/model/*.yaml`` variant's speed and FLOPs, the fast paths, and
 the projection of the paper's schedule.
 
-Every measurement trains through the same builders as ``python -m joint_colsr.train``
+Every measurement trains through the same run assembly (:mod:`joint_colsr.assembly`) as ``python -m joint_colsr.train``
 (config composed with Hydra's compose API), so what is measured is what users run, and
 every switch measured here is a config key they can set.
 """
@@ -25,6 +25,7 @@ from omegaconf import DictConfig, ListConfig, open_dict
 from torch.utils.flop_counter import FlopCounterMode
 
 from joint_colsr import CONFIG_DIR
+from joint_colsr.assembly import build_datamodule, build_system
 from joint_colsr.bench.loop import (
     _autocast,
     accelerator_device,
@@ -34,7 +35,7 @@ from joint_colsr.bench.loop import (
     summarize,
     synchronize,
 )
-from joint_colsr.builders import build_datamodule, build_system, check_config
+from joint_colsr.config_checks import check_config
 from joint_colsr.data import build_cache
 from joint_colsr.nets import count_parameters
 

@@ -35,7 +35,6 @@ import json
 import logging
 import multiprocessing
 import os
-from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Sequence
@@ -46,9 +45,10 @@ from torch.utils.data import Dataset, default_collate
 from tqdm.auto import tqdm
 
 from joint_colsr.data.datasets import VALIDATION_VIEWS, Box, multi_hot, random_resized_box, resize_box
-from joint_colsr.data.decode import ImageDecodeError, unusable_reason
+from joint_colsr.data.decode import ImageDecodeError, count_reasons, unusable_reason
 from joint_colsr.data.sampler import sample_seed
 from joint_colsr.data.sources import ImageItem, ImageSource
+from joint_colsr.outputs import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -90,13 +90,9 @@ class _Prepare:
         return np.ascontiguousarray(out.transpose(2, 0, 1)), None
 
 
-def _write_json_atomic(path: Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    with open(tmp, "w") as f:
-        json.dump(data, f)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
+def _write_index(path: Path, index: dict[str, Any]) -> None:
+    with atomic_write(path) as f:
+        json.dump(index, f)
 
 
 def _sha256(path: Path) -> str:
@@ -235,12 +231,8 @@ def build_cache(
                 size = meta["sizes"][name]
                 stacked = np.stack(arrays) if arrays else np.zeros((0, 3, size, size), np.uint8)
                 file_name = f"{name}-{first // shard_size:05d}.npy"
-                tmp = root / (file_name + ".tmp")
-                with open(tmp, "wb") as f:
+                with atomic_write(root / file_name, "wb") as f:
                     np.save(f, stacked)
-                    f.flush()
-                    os.fsync(f.fileno())
-                os.replace(tmp, root / file_name)
                 entry["shards"].append({
                     "file": file_name, "first_item": first, "num_items": len(chunk), "items_sha1": _keys_digest(chunk),
                     "count": len(arrays),
@@ -249,12 +241,12 @@ def build_cache(
                 })
                 entry["complete"] = first + len(chunk) >= len(items)
                 index["categories"] = {str(k): v for k, v in source.categories.items()}
-                _write_json_atomic(index_path, index)
+                _write_index(index_path, index)
                 written += 1
             bar.close()
             if not items:
                 entry["complete"] = True
-            _write_json_atomic(index_path, index)
+            _write_index(index_path, index)
     finally:
         if pool is not None:
             pool.close()
@@ -379,7 +371,7 @@ class ImageCache:
             opened[name] = CacheSplit(root, name, entry["shards"], size)
         cache = cls(root, index, opened)
         for name, split in opened.items():
-            reasons = Counter(r.split(" (")[0] for r in split.excluded.values())
+            reasons = count_reasons(split.excluded.values())
             log.info("cache %s: %s: %d images; excluded at build: %d (%s)", root, name, len(split),
                      len(split.excluded), ", ".join(f"{n} {r}" for r, n in reasons.most_common()) or "none")
         return cache
@@ -401,7 +393,7 @@ class ImageCache:
 
     def excluded_summary(self) -> dict[str, int]:
         """Reason -> number of photos excluded at build time, over all opened splits."""
-        return dict(Counter(r.split(" (")[0] for s in self.splits.values() for r in s.excluded.values()))
+        return {str(k): n for k, n in count_reasons(r for s in self.splits.values() for r in s.excluded.values()).items()}
 
 
 def _verify_shard(root: Path, shard: dict[str, Any], size: int, full: bool) -> None:
@@ -525,7 +517,7 @@ def summarize(index: dict[str, Any]) -> str:
     lines = []
     for name, entry in index.get("splits", {}).items():
         kept = sum(s["count"] for s in entry["shards"])
-        excluded = Counter(r.split(" (")[0] for s in entry["shards"] for r in s["excluded"].values())
+        excluded = count_reasons(r for s in entry["shards"] for r in s["excluded"].values())
         done = sum(s["num_items"] for s in entry["shards"])
         state = "complete" if entry["complete"] else f"incomplete ({done} of {entry['num_items']} photos processed)"
         reasons = ", ".join(f"{n} {r}" for r, n in excluded.most_common()) or "none"

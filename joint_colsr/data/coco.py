@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Sequence
 
-from joint_colsr.data.decode import ImageDecodeError, probe_image
+from joint_colsr.data.decode import ImageDecodeError, SkipReason, probe_image
 from joint_colsr.data.sources import ImageItem, ImageSource
 
 log = logging.getLogger(__name__)
@@ -143,7 +143,7 @@ class CocoSource(ImageSource):
             file_name = coco.imgs[image_id]["file_name"]
             path = image_dir / file_name
             if file_name not in present:
-                self.skip_report.add(str(path), "listed in the annotations but missing")
+                self.skip_report.add(str(path), SkipReason.MISSING.describe())
                 continue
             if self.check_headers:
                 try:

@@ -12,7 +12,10 @@ import io
 import logging
 import os
 import warnings
+from collections import Counter
+from enum import Enum
 from pathlib import Path
+from typing import Iterable
 
 import numpy as np
 from PIL import Image, ImageCms, ImageOps, UnidentifiedImageError
@@ -26,13 +29,52 @@ IMAGE_EXTENSIONS: tuple[str, ...] = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".
 warnings.simplefilter("error", Image.DecompressionBombWarning)
 
 
-class ImageDecodeError(Exception):
-    """A file that is not a usable image. ``str(err)`` names the file and the reason."""
+class SkipReason(str, Enum):
+    """Why a photo was passed over. Recorded as text, ``"<reason>"`` or ``"<reason> (<detail>)"``
+    (:meth:`describe`), in logs, skip reports and cache indexes; counted by reason (:meth:`of`)."""
 
-    def __init__(self, path: str | os.PathLike, reason: str) -> None:
+    UNREADABLE = "cannot read file"
+    EMPTY = "empty file"
+    NOT_AN_IMAGE = "not an image PIL can identify"
+    TOO_LARGE = "too large"
+    CORRUPT = "corrupt or truncated"
+    BAD_SHAPE = "decoded to an unexpected shape"
+    BAD_HEADER = "unreadable header"
+    TOO_SMALL = "too small"
+    EXTREME_ASPECT = "extreme aspect ratio"
+    GRAYSCALE = "grayscale"
+    MISSING = "listed in the annotations but missing"
+
+    def __str__(self) -> str:
+        return self.value
+
+    def describe(self, detail: str = "") -> str:
+        """The recorded text: ``"too small (8x8, shorter side < 16)"``."""
+        return f"{self.value} ({detail})" if detail else self.value
+
+    @classmethod
+    def of(cls, text: str) -> "SkipReason | str":
+        """The reason a recorded text states (the text itself when it is none of these)."""
+        for reason in cls:
+            if text == reason.value or text.startswith(reason.value + " ("):
+                return reason
+        return text
+
+
+def count_reasons(texts: Iterable[str]) -> Counter[SkipReason | str]:
+    """How many recorded skip texts state each :class:`SkipReason`."""
+    return Counter(SkipReason.of(t) for t in texts)
+
+
+class ImageDecodeError(Exception):
+    """A file that is not a usable image. ``str(err)`` names the file and the reason;
+    ``err.reason`` is the recorded text (:meth:`SkipReason.describe`), ``err.kind`` the reason."""
+
+    def __init__(self, path: str | os.PathLike, kind: SkipReason, detail: str = "") -> None:
         self.path = str(path)
-        self.reason = reason
-        super().__init__(f"{self.path}: {reason}")
+        self.kind = kind
+        self.reason = kind.describe(detail)
+        super().__init__(f"{self.path}: {self.reason}")
 
 
 def _to_rgb(img: Image.Image) -> Image.Image:
@@ -113,9 +155,9 @@ def decode_image(path: str | os.PathLike) -> np.ndarray:
     try:
         size = path.stat().st_size
     except OSError as err:
-        raise ImageDecodeError(path, f"cannot read file ({err.strerror or err})") from None
+        raise ImageDecodeError(path, SkipReason.UNREADABLE, str(err.strerror or err)) from None
     if size == 0:
-        raise ImageDecodeError(path, "empty file (0 bytes)")
+        raise ImageDecodeError(path, SkipReason.EMPTY, "0 bytes")
     try:
         with Image.open(path) as img:
             img.load()  # raises on truncated data (PIL's LOAD_TRUNCATED_IMAGES stays False)
@@ -124,15 +166,15 @@ def decode_image(path: str | os.PathLike) -> np.ndarray:
             rgb = _to_rgb(img)
             arr = np.asarray(rgb, dtype=np.uint8)
     except UnidentifiedImageError:
-        raise ImageDecodeError(path, "not an image PIL can identify") from None
+        raise ImageDecodeError(path, SkipReason.NOT_AN_IMAGE) from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as err:
-        raise ImageDecodeError(path, f"too large ({err})") from None
+        raise ImageDecodeError(path, SkipReason.TOO_LARGE, str(err)) from None
     except (OSError, SyntaxError, ValueError) as err:
-        raise ImageDecodeError(path, f"corrupt or truncated ({err})") from None
+        raise ImageDecodeError(path, SkipReason.CORRUPT, str(err)) from None
     except Exception as err:  # noqa: BLE001 - malformed files raise anything (struct.error, IndexError, ...)
-        raise ImageDecodeError(path, f"corrupt or truncated ({type(err).__name__}: {err})") from None
+        raise ImageDecodeError(path, SkipReason.CORRUPT, f"{type(err).__name__}: {err}") from None
     if arr.ndim != 3 or arr.shape[2] != 3 or min(arr.shape[:2]) < 1:
-        raise ImageDecodeError(path, f"decoded to an unexpected shape {arr.shape}")
+        raise ImageDecodeError(path, SkipReason.BAD_SHAPE, str(arr.shape))
     return np.ascontiguousarray(arr)
 
 
@@ -149,7 +191,8 @@ def is_effectively_grayscale(rgb: np.ndarray, tolerance: int = 2) -> bool:
 
 
 def unusable_reason(rgb: np.ndarray, min_side: int = 16, max_aspect: float = 10.0, exclude_grayscale: bool = True) -> str | None:
-    """Why a decoded photo should not become a reference image, or ``None`` when it is fine.
+    """Why a decoded photo should not become a reference image (the recorded text of a
+    :class:`SkipReason`), or ``None`` when it is fine.
 
     Args:
         rgb: ``(H, W, 3)`` uint8 decoded image.
@@ -161,13 +204,13 @@ def unusable_reason(rgb: np.ndarray, min_side: int = 16, max_aspect: float = 10.
     """
     height, width = rgb.shape[:2]
     if min(height, width) < min_side:
-        return f"too small ({width}x{height}, shorter side < {min_side})"
+        return SkipReason.TOO_SMALL.describe(f"{width}x{height}, shorter side < {min_side}")
     if max(height, width) > max_aspect * min(height, width):
-        return f"extreme aspect ratio ({width}x{height}, more than {max_aspect:g}:1)"
+        return SkipReason.EXTREME_ASPECT.describe(f"{width}x{height}, more than {max_aspect:g}:1")
     # A stride of 2 halves the cost on large photos; colour never hides on odd pixels only.
     view = rgb[::2, ::2] if min(height, width) >= 64 else rgb
     if exclude_grayscale and is_effectively_grayscale(view):
-        return "grayscale"
+        return SkipReason.GRAYSCALE.describe()
     return None
 
 
@@ -180,12 +223,12 @@ def probe_image(path: str | os.PathLike) -> tuple[int, int]:
     path = Path(path)
     try:
         if path.stat().st_size == 0:
-            raise ImageDecodeError(path, "empty file (0 bytes)")
+            raise ImageDecodeError(path, SkipReason.EMPTY, "0 bytes")
         with Image.open(path) as img:
             return img.size
     except ImageDecodeError:
         raise
     except UnidentifiedImageError:
-        raise ImageDecodeError(path, "not an image PIL can identify") from None
+        raise ImageDecodeError(path, SkipReason.NOT_AN_IMAGE) from None
     except Exception as err:  # noqa: BLE001 - malformed headers raise anything (struct.error, ...)
-        raise ImageDecodeError(path, f"unreadable header ({type(err).__name__}: {err})") from None
+        raise ImageDecodeError(path, SkipReason.BAD_HEADER, f"{type(err).__name__}: {err}") from None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -19,7 +18,7 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from joint_colsr.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, decode_image, probe_image
+from joint_colsr.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, SkipReason, count_reasons, decode_image, probe_image
 
 log = logging.getLogger(__name__)
 
@@ -47,7 +46,7 @@ class ImageItem:
         if self.array is not None:
             return self.array
         if self.path is None:
-            raise ImageDecodeError(self.key, "item has neither a path nor pixels")
+            raise ImageDecodeError(self.key, SkipReason.UNREADABLE, "item has neither a path nor pixels")
         return decode_image(self.path)
 
 
@@ -58,6 +57,7 @@ class SkipReport:
     skipped: dict[str, str] = field(default_factory=dict)
 
     def add(self, path: str, reason: str) -> None:
+        """``reason``: the recorded text of a :class:`SkipReason` (``err.reason``, ``SkipReason.X.describe()``)."""
         self.skipped[path] = reason
 
     def __len__(self) -> int:
@@ -66,7 +66,7 @@ class SkipReport:
     def summary(self, limit: int = 10) -> str:
         if not self.skipped:
             return "skipped 0 files"
-        reasons = Counter(r.split(" (")[0] for r in self.skipped.values())
+        reasons = count_reasons(self.skipped.values())
         head = "; ".join(f"{n} {r}" for r, n in reasons.most_common())
         examples = "\n".join(f"  {p}: {r}" for p, r in list(self.skipped.items())[:limit])
         more = f"\n  ... and {len(self.skipped) - limit} more" if len(self.skipped) > limit else ""

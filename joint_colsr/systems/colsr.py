@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+from pathlib import Path
 from typing import Any, Mapping
 
 import lightning.pytorch as pl
@@ -13,6 +15,13 @@ from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
 from joint_colsr.metrics import colorization_psnr
+
+#: Checkpoint entries written by :meth:`ColSRSystem.on_save_checkpoint`: the class that wrote
+#: it (``module.Class``) and the data task it was trained on (:attr:`ColSRSystem.data_task`).
+SYSTEM_CLASS_KEY = "system_class"
+DATA_TASK_KEY = "data_task"
+#: The data module attributes that define the task (what eval / predict must reproduce).
+DATA_TASK_FIELDS = ("input_size", "output_size", "lowres_interpolation", "with_labels")
 
 
 def _plain(cfg: Any) -> Any:
@@ -28,7 +37,9 @@ class ColSRSystem(pl.LightningModule):
     The network and optimizer arrive as *configs* (dicts with ``_target_``), not objects:
     they are stored in the checkpoint's hyper-parameters, so
     ``ColSRSystem.load_from_checkpoint(path)`` rebuilds the exact network with no Hydra
-    config at hand, and no ``nn.Module`` is ever pickled into hparams.
+    config at hand, and no ``nn.Module`` is ever pickled into hparams. Each checkpoint also
+    names its system class and data task, so :meth:`from_checkpoint` rebuilds the right
+    subclass (``GANSystem`` ...) from the file alone, wherever it was copied.
 
     Args:
         net: config of an ``nn.Module`` mapping ``(B, 1, r, r)`` normalized L* to
@@ -51,6 +62,9 @@ class ColSRSystem(pl.LightningModule):
     net's own L* + its a*b*: the full joint output); ``data/skipped`` (photos replaced
     because they could not be used, per epoch, summed over ranks).
     """
+
+    #: Hyper-parameters :meth:`from_checkpoint` overrides for inference (eval, predict).
+    inference_hparams: dict[str, Any] = {}
 
     def __init__(
         self,
@@ -78,6 +92,54 @@ class ColSRSystem(pl.LightningModule):
         self._skipped_in_epoch: Tensor | None = None
         #: First validation batch of the epoch, kept on CPU for the image-grid callback.
         self.val_examples: dict[str, Tensor] | None = None
+        #: The data the weights were trained on (``input_size``, ``output_size``,
+        #: ``lowres_interpolation``, ``with_labels``): set when loaded from a checkpoint.
+        self.data_task: dict[str, Any] | None = None
+
+    # -- checkpoints --------------------------------------------------------------------------
+
+    @classmethod
+    def from_checkpoint(cls, path: str | os.PathLike, map_location: Any = "cpu", inference: bool = False,
+                        **kwargs: Any) -> "ColSRSystem":
+        """Rebuild the system that wrote ``path``, with its weights, from the file alone.
+
+        The class is the one the checkpoint names (``GANSystem`` for a ``model=srgan`` run;
+        checkpoints without the entry: told apart by their hyper-parameters), the network
+        comes from the saved hyper-parameters, and :attr:`data_task` from the saved data task
+        (older checkpoints: the network's sizes). ``inference=True`` leaves out what only
+        training needs (the class's :attr:`inference_hparams`, e.g. the GAN's VGG file, which
+        may not exist where the checkpoint was copied to). ``kwargs`` override
+        hyper-parameters, as in ``load_from_checkpoint``.
+
+        Raises:
+            FileNotFoundError: ``path`` is not a file.
+            ValueError: the file is not a checkpoint of this suite, or its class is not ``cls``
+                or a subclass.
+        """
+        from hydra.utils import get_class
+
+        path = Path(path).expanduser()
+        target = saved_system_class(path)
+        try:
+            system_class = get_class(target)
+        except Exception as err:  # noqa: BLE001 - Hydra raises several kinds for an unknown target
+            raise ValueError(f"{path} was written by {target}, which cannot be imported: {err}") from None
+        if not issubclass(system_class, cls):
+            raise ValueError(f"{path} holds a {system_class.__name__}, not a {cls.__name__}")
+        overrides = {**(system_class.inference_hparams if inference else {}), **kwargs}
+        return system_class.load_from_checkpoint(str(path), map_location=map_location, **overrides)
+
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint[SYSTEM_CLASS_KEY] = f"{type(self).__module__}.{type(self).__qualname__}"
+        datamodule = getattr(self._trainer, "datamodule", None) if self._trainer is not None else None
+        task = {k: getattr(datamodule, k) for k in DATA_TASK_FIELDS if hasattr(datamodule, k)}
+        checkpoint[DATA_TASK_KEY] = task or self.data_task or self._data_task_from_net()
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        self.data_task = dict(checkpoint.get(DATA_TASK_KEY) or self._data_task_from_net())
+
+    def _data_task_from_net(self) -> dict[str, Any]:
+        return {k: v for k in ("input_size", "output_size") if (v := model_size(self, k)) is not None}
 
     @property
     def eval_net(self) -> nn.Module:
@@ -214,3 +276,51 @@ class ColSRSystem(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "monitor": hp.scheduler_monitor, "interval": hp.scheduler_interval},
         }
+
+
+def saved_system_class(path: str | os.PathLike) -> str:
+    """``module.Class`` of the system that wrote the checkpoint at ``path``.
+
+    Raises:
+        FileNotFoundError: ``path`` is not a file.
+        ValueError: the file is not a checkpoint of this suite.
+    """
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"{path} is not a file")
+    try:  # mmap: only the small entries are read
+        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
+    except Exception as err:  # noqa: BLE001 - torch raises several kinds for a bad file
+        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
+    if not isinstance(checkpoint, dict) or "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
+        raise ValueError(f"{path} is not a checkpoint of this suite (no hyper_parameters / state_dict)")
+    return str(checkpoint.get(SYSTEM_CLASS_KEY) or system_class_from_hparams(checkpoint["hyper_parameters"]))
+
+
+def system_class_from_hparams(hparams: Mapping[str, Any]) -> str:
+    """The system class of a checkpoint that does not name one (written before it did)."""
+    if "discriminator" in hparams:
+        return "joint_colsr.systems.gan.GANSystem"
+    return "joint_colsr.systems.colsr.ColSRSystem"
+
+
+def model_size(system: pl.LightningModule, key: str) -> int | None:
+    """``input_size`` or ``output_size`` of a system's network (hyper-parameters, then the net)."""
+    net_hparams = getattr(system, "hparams", {}).get("net") or {}
+    value = net_hparams.get(key) if isinstance(net_hparams, Mapping) else None
+    if value is None:
+        value = getattr(getattr(system, "net", None), key, None)
+    return int(value) if value is not None else None
+
+
+def eval_network(system: pl.LightningModule) -> Any:
+    """The network inference uses: a system's averaged weights where it keeps them (``eval_net``)."""
+    return getattr(system, "eval_net", None) or system.net
+
+
+def run_system(system: pl.LightningModule, batch: Any) -> dict[str, Any]:
+    """``system.infer`` on the inference network: ``{"ab", "l"?, "logits"?}``."""
+    net = eval_network(system)
+    if net is system.net:
+        return system.infer(batch)
+    return system.infer(batch, net=net)

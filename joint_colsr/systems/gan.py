@@ -65,6 +65,8 @@ class GANSystem(ColSRSystem):
     #: The generator EMA lives here (``model.ema_decay``): the EMA callback would average
     #: the discriminator too, so the builder leaves it out for this system.
     averages_own_weights = True
+    #: Inference needs no perceptual loss (and its VGG file may be absent where the checkpoint is).
+    inference_hparams = {"perceptual_weights_path": None}
 
     def __init__(
         self,
@@ -161,6 +163,7 @@ class GANSystem(ColSRSystem):
     # -- checkpoints: the fixed VGG weights stay in their own file ---------------------------
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(checkpoint)
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith("perceptual.")]:
             del state[key]
@@ -168,6 +171,7 @@ class GANSystem(ColSRSystem):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # The VGG weights come from perceptual_weights_path (or are absent: load for inference
         # with perceptual_weights_path=None).
+        super().on_load_checkpoint(checkpoint)
         state = checkpoint["state_dict"]
         for key in [k for k in state if k.startswith("perceptual.")]:
             del state[key]
