@@ -13,6 +13,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from joint_colsr.outputs import atomic_write
+from joint_colsr.resume import find_resume_checkpoint  # noqa: F401 - resume logic lives in resume.py
 
 log = logging.getLogger(__name__)
 
@@ -51,19 +52,6 @@ class LastCheckpoint(ModelCheckpoint):
         super().__init__(*args, **kwargs)
         if self._every_n_train_steps and not self._train_time_interval:
             self._every_n_epochs = 1
-
-
-def find_resume_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The run directory's ``checkpoints/last.ckpt`` if it exists and loads, else ``None``."""
-    last = Path(output_dir) / "checkpoints" / "last.ckpt"
-    if not last.is_file():
-        return None
-    try:
-        torch.load(last, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as err:  # a checkpoint written by another tool, or damaged by hand
-        log.warning("not resuming from %s: it does not load (%s)", last, err)
-        return None
-    return last
 
 
 def checkpoint_paths(trainer: Any) -> dict[str, str | None]:

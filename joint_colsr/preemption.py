@@ -12,8 +12,9 @@ How it sits on Lightning (2.6):
   Lightning's own SIGTERM notifier (so under DDP rank 0 broadcasts it the same way), and
   records which signal came. Under SLURM with Lightning's ``auto_requeue`` (its default
   when it detects SLURM) SIGUSR1 is left to Lightning: it saves
-  ``<run dir>/hpc_ckpt_N.ckpt`` and requeues the job; :func:`resume_candidates` finds that
-  file too, so a requeued job resumes from whichever checkpoint is newest.
+  ``<run dir>/hpc_ckpt_N.ckpt`` and requeues the job; the resume finder reads that
+  file too (``joint_colsr.resume.resume_candidates``), so a requeued job resumes from
+  whichever checkpoint is furthest.
 * :class:`PreemptionCheckpoint` (a callback) writes ``<run dir>/checkpoints/last.ckpt`` in
   ``on_exception`` for that exception only, through the trainer's checkpoint IO (atomic
   rename), with the data loader's position (``ResumableDataLoader``): rerunning the same
@@ -140,19 +141,6 @@ def ignore_preemption_signals_in_worker() -> None:
     ends its workers itself."""
     for s in PREEMPTION_SIGNALS:
         signal.signal(s, signal.SIG_IGN)
-
-
-def resume_candidates(output_dir: str | Path) -> list[Path]:
-    """Every checkpoint of a run directory that a resume may start from, in order of preference
-    when equally far: ``checkpoints/last.ckpt``, ``checkpoints/last-v*.ckpt`` (Lightning's
-    name when ``last.ckpt`` belonged to another attempt), ``checkpoints/latest*.ckpt``, and
-    Lightning's SLURM requeue checkpoints ``hpc_ckpt_*.ckpt``."""
-    output_dir = Path(output_dir)
-    ckpts = output_dir / "checkpoints"
-    found = [ckpts / "last.ckpt"]
-    found += sorted(ckpts.glob("last-v*.ckpt")) + sorted(ckpts.glob("latest*.ckpt"))
-    found += sorted(output_dir.glob("hpc_ckpt_*.ckpt"))
-    return [p for p in found if p.is_file()]
 
 
 class ExitOnInterruption(HydraCallback):

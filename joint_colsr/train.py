@@ -6,6 +6,7 @@ the checkpoint of the last epoch is ``<run dir>/checkpoints/last.ckpt``.
 
 from __future__ import annotations
 
+import json
 import logging
 import signal
 import time
@@ -31,11 +32,20 @@ from joint_colsr.assembly import (
     start_run,
 )
 from joint_colsr.checkpointing import checkpoint_paths, find_resume_checkpoint
-from joint_colsr.config_checks import ConfigError, check_config, check_model_output, command
+from joint_colsr.config_checks import ConfigError, check_config, check_model_output, command, select
 from joint_colsr.hydra_callbacks import check_ddp_launch
 from joint_colsr.nets import count_parameters
 from joint_colsr.outputs import jsonable, print_run_summary, write_json
 from joint_colsr.preemption import PreemptionCheckpoint, TrainingInterrupted, handle_preemption
+from joint_colsr.resume import (
+    RecordRunConfig,
+    append_attempt,
+    check_resume_config,
+    finished,
+    keep_history,
+    load_state,
+    lock_run_dir,
+)
 from joint_colsr.systems.colsr import saved_system_class
 
 log = logging.getLogger(__name__)
@@ -46,28 +56,50 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     check_ddp_launch(cfg)
     output_dir = start_run(cfg)
+    with lock_run_dir(output_dir):
+        return _train(cfg, output_dir)
 
-    system = build_system(cfg)
-    check_model_output(system, cfg)  # before any data is read
-    datamodule = build_datamodule(cfg)
-    callbacks = build_callbacks(cfg, system)
-    preemption = PreemptionCheckpoint(output_dir / "checkpoints")
-    callbacks.append(preemption)
-    loggers = build_loggers(cfg)
-    trainer = build_trainer(cfg, callbacks, loggers)
-    resolved = resolved_config(cfg)
-    for logger in trainer.loggers:
-        with _wandb_hint():
-            logger.log_hyperparams({**resolved, "model/params": count_parameters(system.net)})
 
+def _resume_point(cfg: DictConfig, output_dir: Path, resolved: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
+    """The checkpoint to resume from (``ckpt_path``, else the run directory's with
+    ``auto_resume``), checked against this config, and its loaded state."""
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is None and cfg.get("auto_resume"):
         found = find_resume_checkpoint(output_dir)
         if found is not None:
             log.info("auto_resume: continuing from %s", found)
             ckpt_path = str(found)
+    if ckpt_path is None or "://" in str(ckpt_path) or str(ckpt_path) in ("last", "hpc", "best"):
+        return ckpt_path, None  # nothing, or Lightning's to resolve
+    path = Path(str(ckpt_path)).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path} is not a file")
+    state = load_state(path)
+    check_resume_config(state.get("run_config"), resolved, path)
+    return str(path), state
+
+
+def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    resolved = resolved_config(cfg)
+    ckpt_path, state = _resume_point(cfg, output_dir, resolved)
+    if state is not None and finished(state, select(cfg, "trainer.max_epochs"), select(cfg, "trainer.max_steps")):
+        return _already_finished(output_dir, ckpt_path, state)
+    keep_history(output_dir, resuming=ckpt_path is not None)
+
+    system = build_system(cfg)
+    check_model_output(system, cfg)  # before any data is read
     if ckpt_path is not None:
         check_resume_system(system, ckpt_path)
+    datamodule = build_datamodule(cfg)
+    callbacks = build_callbacks(cfg, system)
+    preemption = PreemptionCheckpoint(output_dir / "checkpoints")
+    callbacks += [RecordRunConfig(resolved), preemption]
+    loggers = build_loggers(cfg)
+    trainer = build_trainer(cfg, callbacks, loggers)
+    for logger in trainer.loggers:
+        with _wandb_hint():
+            logger.log_hyperparams({**resolved, "model/params": count_parameters(system.net)})
+
     start = time.perf_counter()
     try:
         with handle_preemption(trainer) as received:
@@ -109,7 +141,21 @@ def _final_metrics(trainer: pl.Trainer, system: pl.LightningModule, output_dir: 
 
 
 def _write_metrics(output_dir: Path, metrics: dict[str, Any]) -> None:
-    write_json(output_dir / "metrics.json", metrics)
+    """``metrics.json``, earlier attempts' records kept under ``attempts``."""
+    write_json(output_dir / "metrics.json", append_attempt(output_dir / "metrics.json", metrics))
+
+
+def _already_finished(output_dir: Path, ckpt_path: str, state: dict[str, Any]) -> dict[str, Any]:
+    """A rerun of a finished run: say so, touch nothing, return what the run recorded."""
+    path = output_dir / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        metrics = {}
+    metrics = metrics or {"global_step": int(state["global_step"]), "last_ckpt": ckpt_path}
+    print(f"Run {output_dir} already finished ({ckpt_path}, global step {int(state['global_step'])}): nothing to do. "
+          "Raise trainer.max_epochs to train on, or set auto_resume=false to start over.")
+    return metrics
 
 
 def check_resume_system(system: pl.LightningModule, ckpt_path: str) -> None:

@@ -1,0 +1,94 @@
+"""History is append-only and a resume checks its config: reruns, start-overs, changed keys,
+damaged or foreign checkpoints, and one process per run directory."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+import torch
+
+from joint_colsr.config_checks import ConfigError
+from joint_colsr.resume import find_resume_checkpoint, lock_run_dir
+from joint_colsr.train import train
+
+from .test_reliability import EXACT
+
+ONE = [*EXACT, "data.num_workers=0", "trainer.max_epochs=1", "logger=csv"]
+
+
+@pytest.fixture
+def finished_run(compose_cfg):
+    cfg = compose_cfg(ONE)
+    train(cfg)
+    return Path(cfg.paths.output_dir)
+
+
+def test_rerun_of_a_finished_run_says_so_and_changes_nothing(compose_cfg, finished_run, capsys):
+    files = {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file() and ".hydra" not in p.parts}
+    metrics = train(compose_cfg(ONE))
+    assert "already finished" in capsys.readouterr().out
+    assert metrics["global_step"] == 4
+    after = {p: p.read_bytes() for p in finished_run.rglob("*") if p.is_file() and ".hydra" not in p.parts}
+    assert after == files
+
+
+def test_longer_rerun_continues_and_keeps_the_earlier_records(compose_cfg, finished_run):
+    metrics = train(compose_cfg([*ONE, "trainer.max_epochs=2"]))  # a key that may change: applied
+    assert metrics["global_step"] == 8
+    saved = json.loads((finished_run / "metrics.json").read_text())
+    assert saved["global_step"] == 8 and [a["global_step"] for a in saved["attempts"]] == [4]
+    kept = list((finished_run / "csv").glob("metrics.*.csv"))
+    assert len(kept) == 1 and len(kept[0].read_text().splitlines()) > 1  # the first attempt's rows
+    assert (finished_run / "csv" / "metrics.csv").is_file()
+
+
+def test_a_key_that_cannot_change_fails_naming_both_values(compose_cfg, finished_run):
+    with pytest.raises(ConfigError) as info:
+        train(compose_cfg([*ONE, "trainer.max_epochs=2", "model.optimizer.lr=0.5"]))
+    message = str(info.value)
+    assert "model.optimizer.lr=0.5" in message and "model.optimizer.lr=0.0001" in message.replace("1e-04", "0.0001")
+    assert "auto_resume=false" in message
+    with pytest.raises(ConfigError, match="seed"):
+        train(compose_cfg([*ONE, "trainer.max_epochs=2", "seed=8"]))
+
+
+def test_starting_over_moves_the_earlier_attempt_aside(compose_cfg, finished_run):
+    before = (finished_run / "checkpoints" / "last.ckpt").read_bytes()
+    train(compose_cfg([*ONE, "auto_resume=false", "model.optimizer.lr=0.5"]))
+    previous = list((finished_run / "previous").iterdir())
+    assert len(previous) == 1
+    assert (previous[0] / "checkpoints" / "last.ckpt").read_bytes() == before
+    assert (previous[0] / "metrics.json").is_file()
+
+
+def test_a_damaged_last_ckpt_falls_back_to_an_intact_one(finished_run):
+    ckpts = finished_run / "checkpoints"
+    shutil.copy(ckpts / "last.ckpt", ckpts / "last-v1.ckpt")
+    (ckpts / "last.ckpt").write_bytes(b"truncated")
+    assert find_resume_checkpoint(finished_run) == ckpts / "last-v1.ckpt"
+
+
+def test_the_furthest_checkpoint_wins(compose_cfg, finished_run):
+    ckpts = finished_run / "checkpoints"
+    state = torch.load(ckpts / "last.ckpt", weights_only=False)
+    state["global_step"] = 2
+    torch.save(state, ckpts / "last-v1.ckpt")
+    assert find_resume_checkpoint(finished_run) == ckpts / "last.ckpt"
+
+
+@pytest.mark.parametrize("content", [b"not a checkpoint\n", b"\x80\x04K\x01."])  # text; a pickle of the int 1
+def test_a_foreign_ckpt_path_is_one_sentence(compose_cfg, tmp_path, content):
+    bad = tmp_path / "bad.ckpt"
+    bad.write_bytes(content)
+    with pytest.raises(ConfigError, match="bad.ckpt"):
+        train(compose_cfg([*ONE, f"ckpt_path={bad}"]))
+
+
+def test_a_second_process_in_the_same_run_dir_is_refused(compose_cfg):
+    cfg = compose_cfg(ONE)
+    with lock_run_dir(Path(cfg.paths.output_dir)):  # another open file: flock conflicts like another process
+        with pytest.raises(ConfigError, match="in use by another process"):
+            train(cfg)
