@@ -195,10 +195,15 @@ class EMA(EMAWeightAveraging):
     keeps a closure, so ``trainer.strategy=ddp_spawn`` could not start with it.
     """
 
-    def __init__(self, decay: float = 0.999, **kwargs: Any) -> None:
+    def __init__(self, decay: float = 0.999, use_buffers: bool = True, device: str | None = None,
+                 update_every_n_steps: int = 1, update_starting_at_step: int | None = None,
+                 update_starting_at_epoch: int | None = None) -> None:
+        # Named arguments, not **kwargs: the start-up config check reads the signature, so a
+        # misspelled callbacks.ema.<key> fails there instead of being passed on and ignored.
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"callbacks.ema.decay must be in [0, 1], got {decay}")
-        super().__init__(decay=decay, **kwargs)
+        super().__init__(decay=decay, use_buffers=use_buffers, device=device, update_every_n_steps=update_every_n_steps,
+                         update_starting_at_step=update_starting_at_step, update_starting_at_epoch=update_starting_at_epoch)
         self.decay = float(decay)
         self._kwargs.pop("avg_fn", None)  # unpicklable, and EMAModel does the averaging
 

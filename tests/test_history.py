@@ -92,3 +92,17 @@ def test_a_second_process_in_the_same_run_dir_is_refused(compose_cfg):
     with lock_run_dir(Path(cfg.paths.output_dir)):  # another open file: flock conflicts like another process
         with pytest.raises(ConfigError, match="in use by another process"):
             train(cfg)
+
+
+@pytest.mark.parametrize("override, names", [
+    ("model.optimizer.lr=abc", "model.optimizer.lr"),
+    ("data.crop_scale=[0.9,0.2]", "data.crop_scale"),
+    ("data.train_samples_per_epoch=-8", "data.train_samples_per_epoch"),
+    ("+callbacks.ema.decya=0.5", "callbacks.ema.decya"),
+])
+def test_bad_values_fail_at_start_up_naming_the_key(compose_cfg, override, names):
+    cfg = compose_cfg([*ONE, override])
+    with pytest.raises((ConfigError, ValueError)) as info:
+        train(cfg)
+    assert names in str(info.value)
+    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()

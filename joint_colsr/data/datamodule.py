@@ -99,9 +99,19 @@ class ColSRDataModule(pl.LightningDataModule):
         self.input_size = input_size
         self.output_size = output_size
         self.lowres_interpolation = lowres_interpolation
+        if train_samples_per_epoch is not None and (isinstance(train_samples_per_epoch, bool) or not isinstance(train_samples_per_epoch, int)
+                                                    or train_samples_per_epoch < 1):
+            raise ValueError(f"data.train_samples_per_epoch must be a positive integer or null (one per photo), "
+                             f"got {train_samples_per_epoch!r}")
         self.train_samples_per_epoch = train_samples_per_epoch
         self.val_views = val_views
-        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+        try:
+            low, high = (float(v) for v in crop_scale)
+        except (TypeError, ValueError):
+            low = high = float("nan")
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"data.crop_scale must be [min, max] area fractions with 0 < min <= max <= 1, got {list(crop_scale)!r}")
+        self.crop_scale = (low, high)
         self.hflip = hflip
         if seed is None:
             seed = random.SystemRandom().randrange(2**31)
