@@ -43,15 +43,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
 
 class LastCheckpoint(ModelCheckpoint):
-    """:class:`ModelCheckpoint` whose ``every_n_train_steps=N`` *adds* step saves to the
-    end-of-epoch save instead of replacing it (Lightning refuses both triggers together and,
-    given only the step one, stops saving at epoch ends: the last steps of an epoch and of
-    training would then never reach ``last.ckpt``). Saves at the same step are not repeated."""
+    """:class:`ModelCheckpoint` that also writes ``last.ckpt`` at the end of every epoch,
+    whatever else triggers it (``every_n_train_steps=N`` adds step saves). Lightning, given
+    only the step trigger, stops saving at epoch ends (and refuses both triggers together);
+    with ``save_top_k=0`` it saves ``last`` only when a top-k file was written. Saves at
+    the same step are not repeated."""
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        if self._every_n_train_steps and not self._train_time_interval:
-            self._every_n_epochs = 1
+    def _save_last_now(self, trainer: Any) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._save_last_now(trainer)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not trainer.sanity_checking and trainer.fit_loop.epoch_loop._num_ready_batches_reached():
+            self._save_last_now(trainer)  # the epoch's own validation: its end state
 
 
 def checkpoint_paths(trainer: Any) -> dict[str, str | None]:

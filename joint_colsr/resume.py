@@ -71,7 +71,8 @@ def load_state(path: str | Path) -> dict[str, Any]:
     try:
         state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
     except Exception as err:  # noqa: BLE001 - torch raises many kinds for a foreign file
-        raise ConfigError(f"ckpt_path={path} is not a readable checkpoint ({type(err).__name__}: {str(err)[:120]})") from None
+        raise ConfigError(f"ckpt_path={path} is not a checkpoint torch can read ({type(err).__name__}); expected a .ckpt "
+                          "written by joint_colsr.train (a text file, another tool's file or a truncated copy?)") from None
     if not isinstance(state, dict) or "state_dict" not in state or "global_step" not in state:
         raise ConfigError(f"ckpt_path={path} is not a Lightning training checkpoint (no state_dict/global_step)")
     return state
