@@ -136,7 +136,11 @@ def check_resume_config(saved: dict[str, Any] | None, current: dict[str, Any], c
 
 def finished(state: dict[str, Any], max_epochs: int | None, max_steps: int | None) -> bool:
     """Whether a checkpoint already reached ``trainer.max_epochs`` / ``trainer.max_steps``."""
-    epochs = state.get("loops", {}).get("fit_loop", {}).get("epoch_progress", {}).get("current", {}).get("processed")
+    fit = state.get("loops", {}).get("fit_loop", {})
+    progress = fit.get("epoch_progress", {}).get("current", {})
+    epochs = progress.get("processed")
+    if epochs is not None and progress.get("started", 0) > epochs and fit.get("epoch_loop.batch_progress", {}).get("is_last_batch"):
+        epochs += 1  # saved after the epoch's last batch (at its validation): its training is done
     if max_steps not in (None, -1) and int(state["global_step"]) >= int(max_steps):
         return True
     return max_epochs not in (None, -1) and epochs is not None and int(epochs) >= int(max_epochs)
