@@ -180,6 +180,24 @@ def _stamp() -> str:
     return time.strftime("%Y%m%d-%H%M%S", time.gmtime())
 
 
+def prepare_checkpoint_dir(output_dir: Path) -> None:
+    """At start-up, not after an epoch of training: ``checkpoints/`` must be writable; the
+    temporary files of a write that a kill interrupted (``.last.ckpt.*.tmp``) are removed
+    (the run directory's lock says no other process is writing them)."""
+    ckpts = output_dir / "checkpoints"
+    try:
+        ckpts.mkdir(parents=True, exist_ok=True)
+        probe = ckpts / f".write_test.{os.getpid()}"
+        probe.write_bytes(b"ok")
+        probe.unlink()
+    except OSError as err:
+        raise ConfigError(f"cannot write checkpoints to {ckpts} ({err.strerror or err}); free space or fix the "
+                          "permissions, or pick another hydra.run.dir") from None
+    for orphan in ckpts.glob(".*.ckpt.*.tmp"):
+        orphan.unlink(missing_ok=True)
+        log.info("removed %s, left by an interrupted checkpoint write", orphan)
+
+
 def keep_history(output_dir: Path, resuming: bool) -> None:
     """Before a run writes anything: keep what earlier attempts left (see the module docstring)."""
     csv = output_dir / "csv" / "metrics.csv"

@@ -45,6 +45,7 @@ from joint_colsr.resume import (
     keep_history,
     load_state,
     lock_run_dir,
+    prepare_checkpoint_dir,
 )
 from joint_colsr.systems.colsr import saved_system_class
 
@@ -85,6 +86,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if state is not None and finished(state, select(cfg, "trainer.max_epochs"), select(cfg, "trainer.max_steps")):
         return _already_finished(output_dir, ckpt_path, state)
     keep_history(output_dir, resuming=ckpt_path is not None)
+    prepare_checkpoint_dir(output_dir)
 
     system = build_system(cfg)
     check_model_output(system, cfg)  # before any data is read

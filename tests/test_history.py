@@ -106,3 +106,27 @@ def test_bad_values_fail_at_start_up_naming_the_key(compose_cfg, override, names
         train(cfg)
     assert names in str(info.value)
     assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+
+
+def test_orphaned_checkpoint_temporaries_are_removed_and_a_read_only_dir_fails_at_start_up(compose_cfg):
+    import os
+
+    cfg = compose_cfg(ONE)
+    ckpts = Path(cfg.paths.output_dir) / "checkpoints"
+    ckpts.mkdir(parents=True)
+    orphan = ckpts / ".last.ckpt.abc123.tmp"
+    orphan.write_bytes(b"half")
+    train(cfg)
+    assert not orphan.exists()
+    if os.geteuid() == 0:
+        pytest.skip("root writes into read-only folders")
+    cfg = compose_cfg([*ONE, "auto_resume=false"])
+    ckpts = Path(cfg.paths.output_dir) / "checkpoints"
+    shutil.rmtree(Path(cfg.paths.output_dir))
+    ckpts.mkdir(parents=True)
+    ckpts.chmod(0o500)
+    try:
+        with pytest.raises(ConfigError, match="cannot write checkpoints"):
+            train(cfg)
+    finally:
+        ckpts.chmod(0o700)
