@@ -130,3 +130,20 @@ def test_orphaned_checkpoint_temporaries_are_removed_and_a_read_only_dir_fails_a
             train(cfg)
     finally:
         ckpts.chmod(0o700)
+
+
+def test_folder_source_reads_symlinked_subfolders_and_describes_its_files(image_folder, tmp_path):
+    from joint_colsr.data.sources import ImageFolder
+
+    plain = ImageFolder(str(image_folder))
+    linked = tmp_path / "linked"
+    linked.mkdir()
+    for child in image_folder.iterdir():
+        (linked / child.name).symlink_to(child.resolve(), target_is_directory=child.is_dir())
+    assert len(ImageFolder(str(linked)).items()) == len(plain.items())
+    # Another folder (one photo fewer) is described differently: its cache would be refused.
+    other = tmp_path / "other"
+    shutil.copytree(image_folder, other)
+    next(p for p in other.rglob("*") if p.is_file()).unlink()
+    assert ImageFolder(str(other)).describe() != plain.describe()
+    assert ImageFolder(str(linked)).describe() == plain.describe()
