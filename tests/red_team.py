@@ -217,7 +217,42 @@ def predict_colliding_stems(d: Path) -> str:
     return "clear" if result["written"] == len(list((d / "out").iterdir())) == 3 else "lost"
 
 
+def _folder(root: Path, n: int, seed: int) -> Path:
+    rng = np.random.default_rng(seed)
+    for i in range(n):
+        sub = root / ("a" if i % 2 else "b")
+        sub.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(random_photo(rng, 120, 160)).save(sub / f"img{i}.png")
+    return root
+
+
+def cache_built_from_another_folder(d: Path) -> str:
+    from joint_colsr.data.cache import CacheError
+    from joint_colsr.preprocess import preprocess
+
+    a, b = _folder(d / "A", 8, 0), _folder(d / "B", 6, 1)
+    preprocess(compose_config("preprocess", ["data=folder", f"data.root={a}", f"cache_dir={d / 'cache'}", "progress=false",
+                                             "data.num_workers=0"], output_dir=d / "pre"))
+    try:
+        _train(d / "run", "data=folder", f"data.root={b}", f"data.cache={d / 'cache'}")
+    except CacheError as err:  # a sentence naming the cache and what to do
+        return "clear" if "rebuild the cache" in str(err) else "raw"
+    return "silent"
+
+
+def symlinked_subfolders(d: Path) -> str:
+    from joint_colsr.data.sources import ImageFolder
+
+    real = _folder(d / "real", 8, 2)
+    linked = d / "linked"
+    linked.mkdir()
+    for child in real.iterdir():
+        (linked / child.name).symlink_to(child, target_is_directory=True)
+    return "clear" if len(ImageFolder(str(linked)).items()) == 8 else "silent"
+
+
 CASES: list[Callable[[Path], str]] = [
+    cache_built_from_another_folder, symlinked_subfolders,
     resume_after_checkpoint_on_epoch_last_batch, mid_epoch_resume_with_0_workers, sigterm_mid_training,
     sigterm_during_validation, rerun_of_finished_run, resume_keeps_csv_rows, resume_keeps_metrics_json,
     step_checkpoints_keep_epoch_end_save, raw_weights_survive_in_last_ckpt, resume_with_changed_lr,
