@@ -152,21 +152,17 @@ def _is_main_process() -> bool:
 
 
 @contextmanager
-def lock_run_dir(output_dir: Path) -> Iterator[None]:
-    """Hold ``<run dir>/.lock`` for the run; another process gets a ``ConfigError`` at once."""
-    if not _is_main_process():
-        yield
-        return
-    output_dir.mkdir(parents=True, exist_ok=True)
-    handle = open(output_dir / ".lock", "a+")
+def lock_folder(folder: Path, busy: str) -> Iterator[None]:
+    """Hold ``folder/.lock`` (``flock``; released when the process ends, even by SIGKILL).
+    Another holder: ``ConfigError(busy.format(pid=...))`` at once, nothing waited for."""
+    folder.mkdir(parents=True, exist_ok=True)
+    handle = open(folder / ".lock", "a+")
     try:
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             handle.seek(0)
-            owner = handle.read().strip() or "unknown"
-            raise ConfigError(f"run directory {output_dir} is in use by another process (pid {owner}); "
-                              "wait for it to end, or pick another hydra.run.dir") from None
+            raise ConfigError(busy.format(pid=handle.read().strip() or "unknown")) from None
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))
@@ -174,6 +170,17 @@ def lock_run_dir(output_dir: Path) -> Iterator[None]:
         yield
     finally:
         handle.close()  # releases the lock
+
+
+@contextmanager
+def lock_run_dir(output_dir: Path) -> Iterator[None]:
+    """Hold the run directory for this run; another process gets a ``ConfigError`` at once."""
+    if not _is_main_process():
+        yield
+        return
+    with lock_folder(output_dir, f"run directory {output_dir} is in use by another process (pid {{pid}}); "
+                                 "wait for it to end, or pick another hydra.run.dir"):
+        yield
 
 
 def _stamp() -> str:

@@ -147,3 +147,16 @@ def test_folder_source_reads_symlinked_subfolders_and_describes_its_files(image_
     next(p for p in other.rglob("*") if p.is_file()).unlink()
     assert ImageFolder(str(other)).describe() != plain.describe()
     assert ImageFolder(str(linked)).describe() == plain.describe()
+
+
+def test_a_second_preprocess_into_one_cache_is_refused(image_folder, tmp_path):
+    from joint_colsr.data.cache import build_cache
+    from joint_colsr.data.sources import ImageFolder
+    from joint_colsr.resume import lock_folder
+
+    cache = tmp_path / "cache"
+    with lock_folder(cache, "busy (pid {pid})"):
+        with pytest.raises(ConfigError, match="being built by another process"):
+            build_cache(ImageFolder(str(image_folder)), cache, output_size=32, progress=False)
+    build_cache(ImageFolder(str(image_folder)), cache, output_size=32, progress=False)  # free again
+    assert (cache / "index.json").is_file()
