@@ -18,6 +18,10 @@ from joint_colsr.resume import find_resume_checkpoint  # noqa: F401 - resume log
 log = logging.getLogger(__name__)
 
 
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (full disk, permissions); the message says what to do."""
+
+
 class AtomicCheckpointIO(TorchCheckpointIO):
     """Write each checkpoint through :func:`joint_colsr.outputs.atomic_write` (a temporary file
     *in the same folder*, fsync, then rename).
@@ -33,8 +37,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        with atomic_write(path, "wb") as handle:
-            torch.save(checkpoint, handle)
+        try:
+            with atomic_write(path, "wb") as handle:
+                torch.save(checkpoint, handle)
+        except (OSError, RuntimeError) as err:  # a full disk reads "enforce fail at inline_container.cc" from torch
+            reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0][:160]
+            raise CheckpointWriteError(f"could not write checkpoint {path} ({reason}); the previous checkpoint there is "
+                                       "intact: free disk space (or fix permissions) and rerun the same hydra.run.dir "
+                                       "to resume") from None
 
     def remove_checkpoint(self, path: Any) -> None:
         fs = get_filesystem(path)

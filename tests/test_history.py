@@ -160,3 +160,22 @@ def test_a_second_preprocess_into_one_cache_is_refused(image_folder, tmp_path):
             build_cache(ImageFolder(str(image_folder)), cache, output_size=32, progress=False)
     build_cache(ImageFolder(str(image_folder)), cache, output_size=32, progress=False)  # free again
     assert (cache / "index.json").is_file()
+
+
+def test_a_failed_checkpoint_write_is_one_sentence_and_keeps_the_old_file(tmp_path, monkeypatch):
+    from joint_colsr.checkpointing import AtomicCheckpointIO, CheckpointWriteError
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1}, path)
+
+    def disk_full(obj, f, *args, **kwargs):  # what torch raises when the disk fills mid-write
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0")
+
+    monkeypatch.setattr(torch, "save", disk_full)
+    with pytest.raises(CheckpointWriteError, match="could not write checkpoint .*free disk space"):
+        io.save_checkpoint({"global_step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=False)["global_step"] == 1
+    assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
