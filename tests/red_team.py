@@ -28,6 +28,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from joint_colsr.checkpointing import CheckpointWriteError
 from joint_colsr.config_checks import ConfigError
 from joint_colsr.preemption import TrainingInterrupted
 from joint_colsr.resume import lock_run_dir
@@ -251,8 +252,34 @@ def symlinked_subfolders(d: Path) -> str:
     return "clear" if len(ImageFolder(str(linked)).items()) == 8 else "silent"
 
 
+def second_preprocess_into_one_cache(d: Path) -> str:
+    from joint_colsr.data.cache import build_cache
+    from joint_colsr.data.sources import ImageFolder
+    from joint_colsr.resume import lock_folder
+
+    source = ImageFolder(str(_folder(d / "photos", 4, 3)))
+    with lock_folder(d / "cache", "held by pid {pid}"):  # the first process, mid-build
+        build_cache(source, d / "cache", output_size=32, progress=False)
+    return "silent"
+
+
+def disk_full_while_checkpointing(d: Path) -> str:
+    real_save = torch.save
+
+    def full(obj, f, *args, **kwargs):  # what torch raises when the disk fills during a write
+        f.write(b"partial")
+        raise RuntimeError("[enforce fail at inline_container.cc:626] . unexpected pos 64 vs 0")
+
+    torch.save = full
+    try:
+        _train(d)
+    finally:
+        torch.save = real_save
+    return "silent"
+
+
 CASES: list[Callable[[Path], str]] = [
-    cache_built_from_another_folder, symlinked_subfolders,
+    cache_built_from_another_folder, symlinked_subfolders, second_preprocess_into_one_cache, disk_full_while_checkpointing,
     resume_after_checkpoint_on_epoch_last_batch, mid_epoch_resume_with_0_workers, sigterm_mid_training,
     sigterm_during_validation, rerun_of_finished_run, resume_keeps_csv_rows, resume_keeps_metrics_json,
     step_checkpoints_keep_epoch_end_save, raw_weights_survive_in_last_ckpt, resume_with_changed_lr,
@@ -267,7 +294,7 @@ def judge(case: Callable[[Path], str], workdir: Path) -> tuple[str, str]:
     try:
         verdict = case(workdir)
         return verdict, ""
-    except (ConfigError, ValueError) as err:
+    except (ConfigError, ValueError, CheckpointWriteError) as err:
         message = str(err)
         return ("clear", message.splitlines()[0][:160]) if message and "\n" not in message.strip() else ("raw", message[:160])
     except Exception as err:  # noqa: BLE001 - every other exception is a raw traceback
