@@ -153,14 +153,15 @@ def _is_main_process() -> bool:
 
 @contextmanager
 def lock_folder(folder: Path, busy: str) -> Iterator[None]:
-    """Hold ``folder/.lock`` (``flock``; released when the process ends, even by SIGKILL).
-    Another holder: ``ConfigError(busy.format(pid=...))`` at once, nothing waited for."""
+    """Hold ``folder/.lock`` (a POSIX record lock: released when the process ends, even by
+    SIGKILL, and not inherited by forked DataLoader workers, which may outlive a run by a
+    moment). Another process holding it: ``ConfigError(busy.format(pid=...))`` at once."""
     folder.mkdir(parents=True, exist_ok=True)
     handle = open(folder / ".lock", "a+")
     try:
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             handle.seek(0)
             raise ConfigError(busy.format(pid=handle.read().strip() or "unknown")) from None
         handle.seek(0)
@@ -190,7 +191,7 @@ def _stamp() -> str:
 def prepare_checkpoint_dir(output_dir: Path) -> None:
     """At start-up, not after an epoch of training: ``checkpoints/`` must be writable; the
     temporary files of a write that a kill interrupted (``.last.ckpt.*.tmp``) are removed
-    (the run directory's lock says no other process is writing them)."""
+    by the main process (the run directory's lock says no other process is writing them)."""
     ckpts = output_dir / "checkpoints"
     try:
         ckpts.mkdir(parents=True, exist_ok=True)
@@ -200,13 +201,16 @@ def prepare_checkpoint_dir(output_dir: Path) -> None:
     except OSError as err:
         raise ConfigError(f"cannot write checkpoints to {ckpts} ({err.strerror or err}); free space or fix the "
                           "permissions, or pick another hydra.run.dir") from None
-    for orphan in ckpts.glob(".*.ckpt.*.tmp"):
+    for orphan in ckpts.glob(".*.ckpt.*.tmp") if _is_main_process() else ():
         orphan.unlink(missing_ok=True)
         log.info("removed %s, left by an interrupted checkpoint write", orphan)
 
 
 def keep_history(output_dir: Path, resuming: bool) -> None:
-    """Before a run writes anything: keep what earlier attempts left (see the module docstring)."""
+    """Before a run writes anything: keep what earlier attempts left (see the module docstring).
+    Only the main process (other DDP ranks share the run directory)."""
+    if not _is_main_process():
+        return
     csv = output_dir / "csv" / "metrics.csv"
     if resuming:
         if csv.is_file():  # Lightning's CSVLogger deletes it when it starts

@@ -75,23 +75,22 @@ def _resume_point(cfg: DictConfig, output_dir: Path, resolved: dict[str, Any]) -
     path = Path(str(ckpt_path)).expanduser()
     if not path.is_file():
         raise ConfigError(f"ckpt_path={ckpt_path} is not a file")
-    state = load_state(path)
-    check_resume_config(state.get("run_config"), resolved, path)
-    return str(path), state
+    return str(path), load_state(path)
 
 
 def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     resolved = resolved_config(cfg)
     ckpt_path, state = _resume_point(cfg, output_dir, resolved)
-    if state is not None and finished(state, select(cfg, "trainer.max_epochs"), select(cfg, "trainer.max_steps")):
-        return _already_finished(output_dir, ckpt_path, state)
-    keep_history(output_dir, resuming=ckpt_path is not None)
-    prepare_checkpoint_dir(output_dir)
-
     system = build_system(cfg)
     check_model_output(system, cfg)  # before any data is read
     if ckpt_path is not None:
         check_resume_system(system, ckpt_path)
+    if state is not None:
+        check_resume_config(state.get("run_config"), resolved, ckpt_path)
+        if finished(state, select(cfg, "trainer.max_epochs"), select(cfg, "trainer.max_steps")):
+            return _already_finished(output_dir, ckpt_path, state)
+    keep_history(output_dir, resuming=ckpt_path is not None)
+    prepare_checkpoint_dir(output_dir)
     datamodule = build_datamodule(cfg)
     callbacks = build_callbacks(cfg, system)
     preemption = PreemptionCheckpoint(output_dir / "checkpoints")

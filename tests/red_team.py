@@ -21,6 +21,7 @@ import shutil
 import sys
 import tempfile
 import traceback
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -31,7 +32,7 @@ from PIL import Image
 from joint_colsr.checkpointing import CheckpointWriteError
 from joint_colsr.config_checks import ConfigError
 from joint_colsr.preemption import TrainingInterrupted
-from joint_colsr.resume import lock_run_dir
+from joint_colsr.resume import lock_folder
 
 from .conftest import compose_config, random_photo
 
@@ -180,8 +181,30 @@ def ema_typo_key(d: Path) -> str:
     return _expect_error(d, "+callbacks.ema.decya=0.5")
 
 
+@contextmanager
+def _held_elsewhere(folder: Path):
+    """``folder``'s lock held by another (forked) process for the duration."""
+    import multiprocessing
+
+    ready, release = multiprocessing.Event(), multiprocessing.Event()
+
+    def hold() -> None:
+        with lock_folder(folder, "held by pid {pid}"):
+            ready.set()
+            release.wait(120)
+
+    holder = multiprocessing.get_context("fork").Process(target=hold)
+    holder.start()
+    try:
+        ready.wait(60)
+        yield
+    finally:
+        release.set()
+        holder.join()
+
+
 def second_process_in_run_dir(d: Path) -> str:
-    with lock_run_dir(d):
+    with _held_elsewhere(d):
         return _expect_error(d)
 
 
@@ -255,10 +278,8 @@ def symlinked_subfolders(d: Path) -> str:
 def second_preprocess_into_one_cache(d: Path) -> str:
     from joint_colsr.data.cache import build_cache
     from joint_colsr.data.sources import ImageFolder
-    from joint_colsr.resume import lock_folder
-
     source = ImageFolder(str(_folder(d / "photos", 4, 3)))
-    with lock_folder(d / "cache", "held by pid {pid}"):  # the first process, mid-build
+    with _held_elsewhere(d / "cache"):  # the first process, mid-build
         build_cache(source, d / "cache", output_size=32, progress=False)
     return "silent"
 

@@ -88,10 +88,25 @@ def test_a_foreign_ckpt_path_is_one_sentence(compose_cfg, tmp_path, content):
 
 
 def test_a_second_process_in_the_same_run_dir_is_refused(compose_cfg):
+    import subprocess
+    import sys
+    import time
+
     cfg = compose_cfg(ONE)
-    with lock_run_dir(Path(cfg.paths.output_dir)):  # another open file: flock conflicts like another process
+    run_dir = Path(cfg.paths.output_dir)
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
+                               "from joint_colsr.resume import lock_run_dir\n"
+                               f"with lock_run_dir(Path({str(run_dir)!r})):\n    print('held', flush=True); time.sleep(60)"],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
         with pytest.raises(ConfigError, match="in use by another process"):
             train(cfg)
+    finally:
+        holder.kill()
+        holder.wait()
+    time.sleep(0.1)
+    train(cfg)  # free again once the holder is gone (even killed)
 
 
 @pytest.mark.parametrize("override, names", [
@@ -105,7 +120,7 @@ def test_bad_values_fail_at_start_up_naming_the_key(compose_cfg, override, names
     with pytest.raises((ConfigError, ValueError)) as info:
         train(cfg)
     assert names in str(info.value)
-    assert not (Path(cfg.paths.output_dir) / "checkpoints").exists()
+    assert not list(Path(cfg.paths.output_dir).rglob("*.ckpt"))
 
 
 def test_orphaned_checkpoint_temporaries_are_removed_and_a_read_only_dir_fails_at_start_up(compose_cfg):
@@ -154,10 +169,25 @@ def test_a_second_preprocess_into_one_cache_is_refused(image_folder, tmp_path):
     from joint_colsr.data.sources import ImageFolder
     from joint_colsr.resume import lock_folder
 
+    import multiprocessing
+
     cache = tmp_path / "cache"
-    with lock_folder(cache, "busy (pid {pid})"):
+    ready, release = multiprocessing.Event(), multiprocessing.Event()
+
+    def hold() -> None:
+        with lock_folder(cache, "busy (pid {pid})"):
+            ready.set()
+            release.wait(60)
+
+    holder = multiprocessing.get_context("fork").Process(target=hold)
+    holder.start()
+    try:
+        assert ready.wait(60)
         with pytest.raises(ConfigError, match="being built by another process"):
             build_cache(ImageFolder(str(image_folder)), cache, output_size=32, progress=False)
+    finally:
+        release.set()
+        holder.join()
     build_cache(ImageFolder(str(image_folder)), cache, output_size=32, progress=False)  # free again
     assert (cache / "index.json").is_file()
 
