@@ -144,7 +144,8 @@ def ignore_preemption_signals_in_worker() -> None:
 
 
 class ExitOnInterruption(HydraCallback):
-    """Hydra callback (last in ``conf/hydra/default.yaml``): a job that ended in
+    """Hydra callback (first in ``conf/hydra/default.yaml``: Hydra runs ``on_job_end`` in
+    reverse order, so this runs last): a job that ended in
     :class:`TrainingInterrupted` ends the process with ``128 + signal`` after the callbacks
     before it (the sweep summary) recorded it. A local sweep starts no further job: the
     process was asked to stop."""
