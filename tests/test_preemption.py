@@ -37,10 +37,8 @@ def reference(tmp_path_factory):
     return out
 
 
-# A random mid-epoch training step (3 epochs of 4 steps), drawn per session; the id names it.
-_STEP = random.SystemRandom().choice([1, 2, 3, 5, 6, 7, 9, 10, 11])
 POINTS = {
-    f"train-step{_STEP}": f"step={_STEP}",
+    "train-random-step": "random",  # a mid-epoch training step drawn per run (named on failure)
     "train-step4-then-val": "step=4",  # the epoch's last step: the signal lands in validation batch 0
     "val-batch0-epoch1": "val_batch=0 +callbacks.fault.epoch=1",
     "val-last-batch-epoch0": "val_batch=1",  # validation ends, the loop stops at the epoch's end
@@ -53,6 +51,9 @@ POINTS = {
 def test_sigterm_then_resume_equals_uninterrupted(compose_cfg, reference, workers, where):
     """SIGTERM at a random step, on an epoch's last step, and during validation: last.ckpt is
     saved, metrics.json says interrupted, and rerunning the run directory ends bitwise equal."""
+    if where == "random":  # drawn here, not at collection: xdist workers must collect the same ids
+        where = f"step={random.SystemRandom().choice([1, 2, 3, 5, 6, 7, 9, 10, 11])}"
+    print(f"SIGTERM at {where}, {workers} workers")  # shown with a failure
     key, value = where.split()[0].split("=")
     extra = [f"+callbacks.fault.{key}={value}", *where.split()[1:]]
     cfg = compose_cfg([*RUN, f"data.num_workers={workers}", FAULT, *extra])
