@@ -242,10 +242,15 @@ class EMA(EMAWeightAveraging):
     keeps a closure, so ``trainer.strategy=ddp_spawn`` could not start with it.
     """
 
-    def __init__(self, decay: float = 0.999, **kwargs: Any) -> None:
+    def __init__(self, decay: float = 0.999, use_buffers: bool = True, device: str | None = None,
+                 update_every_n_steps: int = 1, update_starting_at_step: int | None = None,
+                 update_starting_at_epoch: int | None = None) -> None:
+        # Named arguments, not **kwargs: the start-up config check reads the signature, so a
+        # misspelled callbacks.ema.<key> fails there instead of being passed on and ignored.
         if not 0.0 <= decay <= 1.0:
             raise ValueError(f"callbacks.ema.decay must be in [0, 1], got {decay}")
-        super().__init__(decay=decay, **kwargs)
+        super().__init__(decay=decay, use_buffers=use_buffers, device=device, update_every_n_steps=update_every_n_steps,
+                         update_starting_at_step=update_starting_at_step, update_starting_at_epoch=update_starting_at_epoch)
         self.decay = float(decay)
         self._kwargs.pop("avg_fn", None)  # unpicklable, and EMAModel does the averaging
 
@@ -255,6 +260,31 @@ class EMA(EMAWeightAveraging):
         if stage == "fit":
             device = self._device or pl_module.device
             self._average_model = EMAModel(pl_module, decay=self.decay, device=device, use_buffers=self._use_buffers)
+            self._swapped = False
+            self._raw_after_training: dict[str, torch.Tensor] | None = None
+
+    # A checkpoint must hold the raw weights as ``current_model_state`` (what training resumes
+    # from) and the average as ``state_dict`` at any moment: also when it is written while
+    # the model holds the average (mid-validation, on a pre-emption signal; after training,
+    # when Lightning's on_train_end has copied the average over the raw weights and a
+    # ``last.ckpt`` is still due).
+
+    def _swap_models(self, pl_module: pl.LightningModule) -> None:
+        super()._swap_models(pl_module)
+        self._swapped = not self._swapped
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._raw_after_training = {k: v.detach().clone() for k, v in pl_module.state_dict().items()}
+        super().on_train_end(trainer, pl_module)
+
+    def on_save_checkpoint(self, trainer: pl.Trainer, pl_module: pl.LightningModule, checkpoint: dict[str, Any]) -> None:
+        super().on_save_checkpoint(trainer, pl_module, checkpoint)
+        if self._average_model is None or "current_model_state" not in checkpoint:
+            return
+        if getattr(self, "_swapped", False):  # model: average; _average_model: raw
+            checkpoint["state_dict"], checkpoint["current_model_state"] = checkpoint["current_model_state"], checkpoint["state_dict"]
+        elif getattr(self, "_raw_after_training", None) is not None:
+            checkpoint["current_model_state"] = self._raw_after_training
 
     def on_fit_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         # The module is on its device now (and in its memory layout): the average follows it,

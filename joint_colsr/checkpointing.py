@@ -1,4 +1,4 @@
-"""Checkpoints that survive crashes, and finding the one to resume from."""
+"""Checkpoints that survive crashes, and where the last one goes (resume.py picks the one to resume from)."""
 
 from __future__ import annotations
 
@@ -9,11 +9,16 @@ from typing import Any
 
 import torch
 from lightning.fabric.utilities.cloud_io import get_filesystem
+from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
 from joint_colsr.outputs import atomic_write
 
 log = logging.getLogger(__name__)
+
+
+class CheckpointWriteError(RuntimeError):
+    """A checkpoint could not be written (full disk, permissions); the message says what to do."""
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
@@ -31,8 +36,14 @@ class AtomicCheckpointIO(TorchCheckpointIO):
     def save_checkpoint(self, checkpoint: dict[str, Any], path: Any, storage_options: Any | None = None) -> None:
         if storage_options is not None or "://" in str(path):
             return super().save_checkpoint(checkpoint, path, storage_options)
-        with atomic_write(path, "wb") as handle:
-            torch.save(checkpoint, handle)
+        try:
+            with atomic_write(path, "wb") as handle:
+                torch.save(checkpoint, handle)
+        except (OSError, RuntimeError) as err:  # a full disk reads "enforce fail at inline_container.cc" from torch
+            reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0][:160]
+            raise CheckpointWriteError(f"could not write checkpoint {path} ({reason}); the previous checkpoint there is "
+                                       "intact: free disk space (or fix permissions) and rerun the same hydra.run.dir "
+                                       "to resume") from None
 
     def remove_checkpoint(self, path: Any) -> None:
         fs = get_filesystem(path)
@@ -45,17 +56,25 @@ def resume_checkpoint_path(output_dir: str | os.PathLike) -> Path:
     return Path(output_dir) / "checkpoints" / "last.ckpt"
 
 
-def find_resume_checkpoint(output_dir: str | os.PathLike) -> Path | None:
-    """The run directory's ``checkpoints/last.ckpt`` if it exists and loads, else ``None``."""
-    last = resume_checkpoint_path(output_dir)
-    if not last.is_file():
-        return None
-    try:
-        torch.load(last, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as err:  # a checkpoint written by another tool, or damaged by hand
-        log.warning("not resuming from %s: it does not load (%s)", last, err)
-        return None
-    return last
+class LastCheckpoint(ModelCheckpoint):
+    """:class:`ModelCheckpoint` that also writes ``last.ckpt`` at the end of every epoch,
+    whatever else triggers it (``every_n_train_steps=N`` adds step saves). Lightning, given
+    only the step trigger, stops saving at epoch ends (and refuses both triggers together);
+    with ``save_top_k=0`` it saves ``last`` only when a top-k file was written. Saves at
+    the same step are not repeated."""
+
+    def _save_last_now(self, trainer: Any) -> None:
+        if self.save_last and not self._should_skip_saving_checkpoint(trainer):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
+
+    def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_train_epoch_end(trainer, pl_module)
+        self._save_last_now(trainer)
+
+    def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
+        super().on_validation_end(trainer, pl_module)
+        if not trainer.sanity_checking and trainer.fit_loop.epoch_loop._num_ready_batches_reached():
+            self._save_last_now(trainer)  # the epoch's own validation: its end state
 
 
 def checkpoint_paths(trainer: Any) -> dict[str, str | None]:

@@ -174,6 +174,8 @@ def _accepts(annotation: Any, value: Any) -> bool | None:
         return None if any(v is None for v in verdicts) else False
     if annotation is type(None):
         return value is None
+    if annotation is torch.Tensor:  # a config value is never a tensor (``lr: float | Tensor``)
+        return isinstance(value, torch.Tensor)
     if annotation in _SIMPLE_TYPES:
         if annotation is float:
             return isinstance(value, (int, float)) and not isinstance(value, bool)

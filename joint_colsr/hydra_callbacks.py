@@ -37,6 +37,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from joint_colsr.outputs import atomic_write
+from joint_colsr.preemption import TrainingInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -145,7 +146,8 @@ def _markdown(summary: dict[str, Any]) -> str:
     lines = [
         f"# Sweep {summary['sweep_dir']}",
         "",
-        f"{summary['completed']} completed, {summary['failed']} failed, {summary['total']} recorded.",
+        f"{summary['completed']} completed, {summary['failed']} failed, {summary['interrupted']} interrupted "
+        f"(checkpoint saved; rerun the job's directory to resume), {summary['total']} recorded.",
         "",
         "| job | status | overrides | val/psnr | val/psnr_joint | val/psnr_gray | fit_seconds | error |",
         "| --- | --- | --- | --- | --- | --- | --- | --- |",
@@ -181,11 +183,13 @@ def write_sweep_summary(sweep_dir: Path) -> dict[str, Any]:
             continue
     jobs.sort(key=lambda j: (j["num"], j["output_dir"]))
     failed = [j for j in jobs if j["status"] != "COMPLETED"]
+    interrupted = [j for j in failed if j["status"] == "INTERRUPTED"]
     summary = {
         "sweep_dir": str(sweep_dir),
         "total": len(jobs),
         "completed": len(jobs) - len(failed),
-        "failed": len(failed),
+        "failed": len(failed) - len(interrupted),
+        "interrupted": len(interrupted),
         "failed_jobs": [{"num": j["num"], "overrides": j["overrides"], "error": j["error"]} for j in failed],
         "jobs": jobs,
         "over_seeds": aggregate_over_seeds(jobs),
@@ -219,6 +223,8 @@ class SweepSummary(Callback):
             record["return_value"] = value if isinstance(value, (int, float, str)) or value is None else repr(value)
         except Exception as err:  # noqa: BLE001 - any job error is recorded, none is swallowed (Hydra re-raises it)
             record["error"] = f"{type(err).__name__}: {err}"
+            if isinstance(err, TrainingInterrupted):  # checkpoint saved; the sweep stops after this job
+                record["status"] = "INTERRUPTED"
             trace = "".join(traceback.format_exception(type(err), err, err.__traceback__))
             job_dir.mkdir(parents=True, exist_ok=True)
             (job_dir / "error.txt").write_text(trace)

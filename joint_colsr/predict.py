@@ -39,6 +39,7 @@ from joint_colsr.color import merge_l_ab_to_rgb, normalize_l, quantize_uint8, rg
 from joint_colsr.config_checks import ConfigError, command
 from joint_colsr.data.datasets import resize_box
 from joint_colsr.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, decode_image
+from joint_colsr.outputs import atomic_write
 from joint_colsr.systems import eval_network, model_size
 
 log = logging.getLogger(__name__)
@@ -216,6 +217,22 @@ def list_images(input_dir: Path) -> list[Path]:
     return files
 
 
+def output_names(files: list[Path], input_dir: Path, output_dir: Path) -> dict[Path, Path]:
+    """One distinct PNG path per input: ``sub/a.jpg`` -> ``OUT/sub/a.png``; inputs whose stems
+    collide (``a.png``, ``a.jpg``, ``a.JPEG``) each keep their extension: ``a.jpg.png`` ..."""
+    plain = {path: output_dir / path.relative_to(input_dir).with_suffix(".png") for path in files}
+    counts: dict[Path, int] = {}
+    for target in plain.values():
+        key = Path(str(target).lower())
+        counts[key] = counts.get(key, 0) + 1
+    out = {}
+    for path, target in plain.items():
+        if counts[Path(str(target).lower())] > 1:
+            target = output_dir / path.relative_to(input_dir).with_name(path.name + ".png")
+        out[path] = target
+    return out
+
+
 def _device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -233,7 +250,13 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if not input_dir.is_dir():
         raise ConfigError(f"input_dir={cfg.input_dir} is not a folder")
     output_dir = Path(str(cfg.output_dir)).expanduser()
+    overwrite = bool(cfg.get("overwrite", False))
+    inside = output_dir.resolve() == input_dir.resolve() or input_dir.resolve() in output_dir.resolve().parents
+    if inside and not overwrite:
+        raise ConfigError(f"output_dir={cfg.output_dir} is input_dir={cfg.input_dir} or inside it: the PNGs could replace "
+                          "input photos (and be read as inputs next time); pick another output_dir, or overwrite=true")
     files = list_images(input_dir)
+    targets = output_names(files, input_dir, output_dir)
     system = build_eval_system(cfg)
     device = _device(str(cfg.get("device", "auto")))
     net = eval_network(system).to(device).eval()
@@ -255,9 +278,13 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             out = reference_prediction(net, rgb, input_size, output_size, interpolation, device)
         else:
             out = tiler(photo_l_star(rgb))
-        target = output_dir / path.relative_to(input_dir).with_suffix(".png")
-        target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray(out).save(target)
+        target = targets[path]
+        try:
+            with atomic_write(target, "wb", fsync=False) as handle:  # a full disk leaves no truncated PNG behind
+                Image.fromarray(out).save(handle, format="PNG")
+        except OSError as err:
+            raise ConfigError(f"could not write {target} ({err.strerror or err}); {written} PNG(s) were written before it, "
+                              "no partial file is left") from None
         written += 1
     print(f"Wrote {written} PNG(s) to {output_dir}" + (f"; skipped {len(failed)} unreadable file(s)" if failed else ""))
     return {"written": written, "skipped": failed}

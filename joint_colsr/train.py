@@ -6,7 +6,9 @@ the checkpoint of the last epoch is ``<run dir>/checkpoints/last.ckpt``.
 
 from __future__ import annotations
 
+import json
 import logging
+import signal
 import time
 from contextlib import contextmanager
 from pathlib import Path
@@ -16,6 +18,7 @@ import hydra
 import lightning.pytorch as pl
 import torch
 from lightning.pytorch.loggers import WandbLogger
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
 from joint_colsr import CONFIG_DIR
@@ -28,11 +31,23 @@ from joint_colsr.assembly import (
     resolved_config,
     start_run,
 )
-from joint_colsr.checkpointing import checkpoint_paths, find_resume_checkpoint
-from joint_colsr.config_checks import ConfigError, check_config, command
+from joint_colsr.checkpointing import checkpoint_paths
+from joint_colsr.config_checks import ConfigError, check_config, command, select
 from joint_colsr.hydra_callbacks import check_ddp_launch
 from joint_colsr.nets import count_parameters
 from joint_colsr.outputs import jsonable, print_run_summary, write_json
+from joint_colsr.preemption import PreemptionCheckpoint, TrainingInterrupted, handle_preemption
+from joint_colsr.resume import (
+    RecordRunConfig,
+    append_attempt,
+    find_resume_checkpoint,
+    check_resume_config,
+    finished,
+    keep_history,
+    load_state,
+    lock_run_dir,
+    prepare_checkpoint_dir,
+)
 from joint_colsr.systems.colsr import saved_system_class
 
 log = logging.getLogger(__name__)
@@ -43,33 +58,76 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     check_config(cfg)
     check_ddp_launch(cfg)
     output_dir = start_run(cfg)
+    with lock_run_dir(output_dir):
+        return _train(cfg, output_dir)
 
-    system = build_system(cfg, startup_checks=True)  # output size (and determinism on CUDA) before any data is read
-    datamodule = build_datamodule(cfg)
-    callbacks = build_callbacks(cfg, system)
-    loggers = build_loggers(cfg)
-    trainer = build_trainer(cfg, callbacks, loggers)
-    resolved = resolved_config(cfg)
-    for logger in trainer.loggers:
-        with _wandb_hint():
-            logger.log_hyperparams({**resolved, "model/params": count_parameters(system.net)})
 
+def _resume_point(cfg: DictConfig, output_dir: Path, resolved: dict[str, Any]) -> tuple[str | None, dict[str, Any] | None]:
+    """The checkpoint to resume from (``ckpt_path``, else the run directory's with
+    ``auto_resume``), checked against this config, and its loaded state."""
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is None and cfg.get("auto_resume"):
         found = find_resume_checkpoint(output_dir)
         if found is not None:
             log.info("auto_resume: continuing from %s", found)
             ckpt_path = str(found)
+    if ckpt_path is None or "://" in str(ckpt_path) or str(ckpt_path) in ("last", "hpc", "best"):
+        return ckpt_path, None  # nothing, or Lightning's to resolve
+    path = Path(str(ckpt_path)).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"ckpt_path={ckpt_path} is not a file")
+    return str(path), load_state(path)
+
+
+def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
+    resolved = resolved_config(cfg)
+    ckpt_path, state = _resume_point(cfg, output_dir, resolved)
+    system = build_system(cfg, startup_checks=True)  # output size (and determinism on CUDA) before any data is read
     if ckpt_path is not None:
         check_resume_system(system, ckpt_path)
+    if state is not None:
+        check_resume_config(state.get("run_config"), resolved, ckpt_path)
+        if finished(state, select(cfg, "trainer.max_epochs"), select(cfg, "trainer.max_steps")):
+            return _already_finished(output_dir, ckpt_path, state)
+    keep_history(output_dir, resuming=ckpt_path is not None)
+    prepare_checkpoint_dir(output_dir)
+    datamodule = build_datamodule(cfg)
+    callbacks = build_callbacks(cfg, system)
+    preemption = PreemptionCheckpoint(output_dir / "checkpoints")
+    callbacks += [RecordRunConfig(resolved), preemption]
+    loggers = build_loggers(cfg)
+    trainer = build_trainer(cfg, callbacks, loggers)
+    for logger in trainer.loggers:
+        with _wandb_hint():
+            logger.log_hyperparams({**resolved, "model/params": count_parameters(system.net)})
+
     start = time.perf_counter()
     try:
-        trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+        with handle_preemption(trainer) as received:
+            trainer.fit(system, datamodule=datamodule, ckpt_path=ckpt_path)
+    except SIGTERMException:
+        # Lightning stopped at a batch boundary on SIGTERM/SIGUSR1; the callback saved last.ckpt.
+        interrupted = TrainingInterrupted(received.signum or signal.SIGTERM, preemption.saved_path, trainer.global_step)
+        metrics = _final_metrics(trainer, system, output_dir, time.perf_counter() - start)
+        metrics.update(status="interrupted", interrupted_by=signal.Signals(interrupted.signum).name,
+                       resume_ckpt=preemption.saved_path)
+        if trainer.is_global_zero:
+            _write_metrics(output_dir, metrics)
+        _finish_wandb(trainer, metrics, exit_code=interrupted.exit_code)
+        raise interrupted from None
     except BaseException:
         _finish_wandb(trainer, {}, exit_code=1)  # mark the run failed; the next multirun job starts a fresh one
         raise
-    elapsed = time.perf_counter() - start
+    metrics = _final_metrics(trainer, system, output_dir, time.perf_counter() - start)
+    metrics["status"] = "completed"
+    if trainer.is_global_zero:
+        _write_metrics(output_dir, metrics)
+        _print_summary(metrics, output_dir)
+    _finish_wandb(trainer, metrics, exit_code=0)
+    return metrics
 
+
+def _final_metrics(trainer: pl.Trainer, system: pl.LightningModule, output_dir: Path, elapsed: float) -> dict[str, Any]:
     metrics: dict[str, Any] = {k: jsonable(v) for k, v in trainer.callback_metrics.items()}
     metrics.update(
         epochs=trainer.current_epoch,
@@ -81,10 +139,24 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if not trainer.fast_dev_run:
         metrics.update(checkpoint_paths(trainer))
         _steps_from_spawned_ranks(metrics, output_dir)
-    if trainer.is_global_zero:
-        write_json(output_dir / "metrics.json", metrics)
-        _print_summary(metrics, output_dir)
-    _finish_wandb(trainer, metrics, exit_code=0)
+    return metrics
+
+
+def _write_metrics(output_dir: Path, metrics: dict[str, Any]) -> None:
+    """``metrics.json``, earlier attempts' records kept under ``attempts``."""
+    write_json(output_dir / "metrics.json", append_attempt(output_dir / "metrics.json", metrics))
+
+
+def _already_finished(output_dir: Path, ckpt_path: str, state: dict[str, Any]) -> dict[str, Any]:
+    """A rerun of a finished run: say so, touch nothing, return what the run recorded."""
+    path = output_dir / "metrics.json"
+    try:
+        metrics = json.loads(path.read_text()) if path.is_file() else {}
+    except ValueError:
+        metrics = {}
+    metrics = metrics or {"global_step": int(state["global_step"]), "last_ckpt": ckpt_path}
+    print(f"Run {output_dir} already finished ({ckpt_path}, global step {int(state['global_step'])}): nothing to do. "
+          "Raise trainer.max_epochs to train on, or set auto_resume=false to start over.")
     return metrics
 
 

@@ -118,3 +118,29 @@ def test_predict_rejects_bad_config(tmp_path):
                          output_dir=tmp_path / "run")
     with pytest.raises(ConfigError, match="holds no image files"):
         predict(cfg)
+
+
+def test_predict_never_writes_over_an_input_or_another_output(tmp_path):
+    from joint_colsr.config_checks import ConfigError
+
+    from .conftest import compose_config
+
+    rng = np.random.default_rng(3)
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for name in ("a.png", "a.jpg", "a.JPEG"):
+        Image.fromarray(random_photo(rng, 40, 40)).save(inputs / name, format="PNG" if name.endswith("png") else "JPEG")
+    original = (inputs / "a.png").read_bytes()
+
+    def run(out, *extra: str) -> dict:
+        cfg = compose_config("predict", ["baseline=bicubic", f"input_dir={inputs}", f"output_dir={out}", "device=cpu", *extra],
+                             output_dir=tmp_path / "run")
+        return predict(cfg)
+
+    for out in (inputs, inputs / "colorized"):
+        with pytest.raises(ConfigError, match="overwrite=true"):
+            run(out)
+    assert (inputs / "a.png").read_bytes() == original
+    result = run(tmp_path / "out")
+    written = sorted(p.name for p in (tmp_path / "out").iterdir())
+    assert result["written"] == 3 and written == ["a.JPEG.png", "a.jpg.png", "a.png.png"]

@@ -16,7 +16,8 @@ import torch
 
 from joint_colsr.assembly import build_system
 from joint_colsr.callbacks import NonFiniteLossError, StopOnNonFinite
-from joint_colsr.checkpointing import AtomicCheckpointIO, find_resume_checkpoint
+from joint_colsr.checkpointing import AtomicCheckpointIO
+from joint_colsr.resume import find_resume_checkpoint
 from joint_colsr.config_checks import ConfigError, check_config, check_model_output
 from joint_colsr.train import train
 
@@ -79,6 +80,42 @@ def test_mid_epoch_checkpoint_resumes_at_the_right_batch(compose_cfg, tmp_path):
     metrics = train(resumed)
     assert metrics["global_step"] == 4  # no batch repeated, none skipped
     _assert_bitwise_equal(ref, _weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt"))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_mid_epoch_resume_does_not_shorten_the_next_epoch(compose_cfg, tmp_path, workers):
+    # Resume from step 2 of epoch 0 (4 steps per epoch) and train 2 epochs: 8 steps, and the
+    # weights of an unbroken run (with num_workers=0 epoch 1 used to skip the resume offset).
+    over = [*EXACT, f"data.num_workers={workers}", "trainer.max_epochs=2", "+callbacks.model_checkpoint.every_n_train_steps=1",
+            "callbacks.model_checkpoint.save_top_k=-1", "callbacks.model_checkpoint.monitor=null",
+            "callbacks.model_checkpoint.filename='step{step}'"]
+    straight = compose_cfg(over)
+    train(straight)
+    ckpts = Path(straight.paths.output_dir) / "checkpoints"
+    resumed = compose_cfg([*over, f"ckpt_path={ckpts / 'step2.ckpt'}"])
+    resumed.paths.output_dir = str(tmp_path / "resumed")
+    assert train(resumed)["global_step"] == 8
+    _assert_bitwise_equal(_weights(ckpts / "last.ckpt"), _weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt"))
+
+
+@pytest.mark.parametrize("workers", [0, 2])
+def test_resume_from_a_checkpoint_on_the_epochs_last_batch_trains_the_next_epoch(compose_cfg, workers):
+    # A step checkpoint written on the last batch of epoch 0 (max_steps stops right there);
+    # the rerun without max_steps must train all of epoch 1 (it used to train 0 steps).
+    over = [*EXACT, f"data.num_workers={workers}", "trainer.max_epochs=2", "callbacks.last_checkpoint.every_n_train_steps=2"]
+    first = compose_cfg([*over, "trainer.max_steps=4"])
+    assert train(first)["global_step"] == 4
+    again = compose_cfg(over)  # same run dir: auto-resume
+    assert train(again)["global_step"] == 8
+
+
+def test_step_checkpoints_still_write_last_ckpt_at_the_end_of_each_epoch(compose_cfg):
+    # every_n_train_steps=3 does not divide the 4 steps of an epoch: last.ckpt must still be
+    # written at the end of the epoch (Lightning turns the per-epoch save off unless asked).
+    cfg = compose_cfg([*EXACT, "data.num_workers=0", "trainer.max_epochs=1", "callbacks.last_checkpoint.every_n_train_steps=3"])
+    train(cfg)
+    last = torch.load(Path(cfg.paths.output_dir) / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
+    assert last["global_step"] == 4
 
 
 def _train_cmd(run_dir: Path, *extra: str) -> list[str]:

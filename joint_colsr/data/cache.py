@@ -170,7 +170,18 @@ def build_cache(
     if unknown:
         raise ValueError(f"splits: unknown {unknown}; choose from {list(SPLITS)}")
     root = Path(cache_dir).expanduser().resolve()
-    root.mkdir(parents=True, exist_ok=True)
+    from joint_colsr.resume import lock_folder  # (import here: resume imports the config checks)
+
+    with lock_folder(root, f"cache_dir={root} is being built by another process (pid {{pid}}); wait for it to end "
+                           "(rerunning then resumes or checks it), or pick another cache_dir"):
+        return _build_cache_locked(source, root, output_size, train_size, shard_size, num_workers, splits, min_side,
+                                   max_aspect, exclude_grayscale, overwrite, progress, max_shards, val_size)
+
+
+def _build_cache_locked(source: ImageSource, root: Path, output_size: int, train_size: int, shard_size: int,
+                        num_workers: int, splits: Sequence[str], min_side: int, max_aspect: float,
+                        exclude_grayscale: bool, overwrite: bool, progress: bool, max_shards: int | None,
+                        val_size: int | None) -> dict[str, Any]:
     meta = _build_meta(source, output_size, train_size, shard_size, min_side, max_aspect, exclude_grayscale, val_size)
     index_path = root / INDEX_NAME
     index: dict[str, Any] = {**meta, "splits": {}}

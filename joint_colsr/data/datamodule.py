@@ -16,6 +16,7 @@ from joint_colsr.data.cache import CachedImages, ImageCache, collate_samples
 from joint_colsr.data.datasets import TRAIN_CROPS, VALIDATION_VIEWS, ReferenceImages
 from joint_colsr.data.sampler import EpochSeededSampler
 from joint_colsr.data.sources import ImageSource
+from joint_colsr.preemption import ignore_preemption_signals_in_worker
 
 log = logging.getLogger(__name__)
 
@@ -102,9 +103,19 @@ class ColSRDataModule(pl.LightningDataModule):
         self.input_size = input_size
         self.output_size = output_size
         self.lowres_interpolation = lowres_interpolation
+        if train_samples_per_epoch is not None and (isinstance(train_samples_per_epoch, bool) or not isinstance(train_samples_per_epoch, int)
+                                                    or train_samples_per_epoch < 1):
+            raise ValueError(f"data.train_samples_per_epoch must be a positive integer or null (one per photo), "
+                             f"got {train_samples_per_epoch!r}")
         self.train_samples_per_epoch = train_samples_per_epoch
         self.val_views = val_views
-        self.crop_scale = (float(crop_scale[0]), float(crop_scale[1]))
+        try:
+            low, high = (float(v) for v in crop_scale)
+        except (TypeError, ValueError):
+            low = high = float("nan")
+        if not 0.0 < low <= high <= 1.0:
+            raise ValueError(f"data.crop_scale must be [min, max] area fractions with 0 < min <= max <= 1, got {list(crop_scale)!r}")
+        self.crop_scale = (low, high)
         self.hflip = hflip
         if train_crop not in TRAIN_CROPS:
             raise ValueError(f"data.train_crop must be one of {', '.join(TRAIN_CROPS)}, got {train_crop!r}")
@@ -211,6 +222,10 @@ class ColSRDataModule(pl.LightningDataModule):
             return 0
         return self.trainer.fit_loop.epoch_loop.batch_progress.current.processed
 
+    def _epoch_batches(self) -> float:
+        """Training batches per epoch after ``trainer.limit_train_batches`` (Lightning's count)."""
+        return self.trainer.num_training_batches if self.trainer is not None else float("inf")
+
     def _loader(self, dataset: ReferenceImages, split: str, shuffle: bool) -> DataLoader:
         rank, world = self._rank_world()
         sampler = EpochSeededSampler(len(dataset), shuffle=shuffle, seed=self.seed, rank=rank, world_size=world)
@@ -221,7 +236,7 @@ class ColSRDataModule(pl.LightningDataModule):
         self._samplers[split] = sampler
         on_gpu = self.trainer is not None and self.trainer.accelerator is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
         loader_cls = ResumableDataLoader if split == "train" else DataLoader
-        extra = {"batches_done": self._batches_done} if split == "train" else {}
+        extra = {"batches_done": self._batches_done, "epoch_batches": self._epoch_batches} if split == "train" else {}
         return loader_cls(
             dataset,
             batch_size=self.batch_size,
@@ -272,21 +287,31 @@ class ResumableDataLoader(DataLoader):
     pure functions of seed, epoch and index).
     """
 
-    def __init__(self, *args: Any, batches_done: Callable[[], int], **kwargs: Any) -> None:
+    def __init__(self, *args: Any, batches_done: Callable[[], int], epoch_batches: Callable[[], float], **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._batches_done = batches_done
+        self._epoch_batches = epoch_batches
 
     def state_dict(self) -> dict[str, int]:
-        sampler = self.sampler
-        return {"epoch": sampler.epoch, "samples_done": self._batches_done() * self.batch_size}
+        done = self._batches_done()
+        return {"epoch": self.sampler.epoch, "samples_done": done * self.batch_size,
+                "epoch_done": int(done >= self._epoch_batches())}
 
     def load_state_dict(self, state: dict[str, int]) -> None:
-        sampler = self.sampler
-        if state.get("epoch") == sampler.epoch:
-            sampler.start = min(int(state.get("samples_done", 0)), len(sampler))
-            log.info("resuming epoch %d after %d samples", sampler.epoch, sampler.start)
+        if "epoch" not in state:
+            return
+        epoch, samples = int(state["epoch"]), int(state.get("samples_done", 0))
+        if state.get("epoch_done", samples >= len(self.sampler)):
+            # Saved on the epoch's last batch: Lightning goes on with the next epoch, and with
+            # worker processes the iterator it makes now (before it sets the epoch) is that one's.
+            self.sampler.set_epoch(epoch + 1)
+            log.info("resuming at the start of epoch %d", epoch + 1)
+        else:
+            self.sampler.resume(epoch, samples)
+            log.info("resuming epoch %d after %d samples", epoch, samples)
 
 
 def _single_thread_worker(worker_id: int) -> None:
     torch.set_num_threads(1)
+    ignore_preemption_signals_in_worker()
     os.environ["OMP_NUM_THREADS"] = "1"

@@ -48,9 +48,11 @@ class EpochSeededSampler(Sampler[tuple[int, int]]):
         self.world_size = world_size
         self.drop_last = drop_last
         self.epoch = 0
-        #: Samples of the current epoch already trained on (set when resuming mid-epoch);
-        #: the next iteration skips them, then starts the following epochs from 0.
-        self.start = 0
+        #: ``(epoch, samples)`` when resuming mid-epoch: the first iteration of that epoch
+        #: skips the samples already trained on; any other epoch, and any later iteration,
+        #: starts from 0. Bound to the epoch because Lightning may never iterate the resumed
+        #: epoch at all (a checkpoint written on its last batch).
+        self.resume_at: tuple[int, int] | None = None
 
     def set_epoch(self, epoch: int) -> None:
         """Lightning calls this at the start of every epoch."""
@@ -72,11 +74,17 @@ class EpochSeededSampler(Sampler[tuple[int, int]]):
             order = np.concatenate([order, order[: total - self.length]])
         return order[:total][self.rank :: self.world_size]
 
+    def resume(self, epoch: int, samples_done: int) -> None:
+        """Skip the first ``samples_done`` samples of ``epoch`` (once)."""
+        self.resume_at = (int(epoch), min(int(samples_done), self.num_per_rank()))
+
     def __iter__(self) -> Iterator[tuple[int, int]]:
-        indices = self.epoch_indices()
-        for i in indices[self.start :]:
-            yield int(i), sample_seed(self.seed, self.epoch, int(i))
-        self.start = 0
+        # Consumed when iteration starts, not when it ends: a loader may stop early.
+        resume, self.resume_at = self.resume_at, None
+        start = resume[1] if resume is not None and resume[0] == self.epoch else 0
+        epoch = self.epoch
+        for i in self.epoch_indices()[start:]:
+            yield int(i), sample_seed(self.seed, epoch, int(i))
 
     def __len__(self) -> int:
         # The full epoch, also when resuming mid-epoch: Lightning counts batches from the

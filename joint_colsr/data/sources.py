@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Sequence
@@ -215,6 +216,21 @@ def _stable_fraction(text: str) -> float:
     return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "big") / 2**64
 
 
+def _walk_files(root: Path) -> list[Path]:
+    """Every file below ``root``, symlinked sub-folders included (``Path.rglob`` skips them);
+    a folder reached twice through links is read once."""
+    seen: set[str] = set()
+    out = []
+    for folder, dirs, names in os.walk(root, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        out += [Path(folder) / n for n in names if (Path(folder) / n).is_file()]
+    return out
+
+
 class ImageFolder(ImageSource):
     """Every image below ``root`` (recursively), split by file into train and validation.
 
@@ -252,7 +268,7 @@ class ImageFolder(ImageSource):
             raise ValueError(f"data.source.val_fraction must be in [0, 1], got {val_fraction}")
         self.val_fraction = float(val_fraction)
         self.extensions = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
-        files = sorted(p for p in self.root.rglob("*") if p.is_file() and p.suffix.lower() in self.extensions)
+        files = sorted(p for p in _walk_files(self.root) if p.suffix.lower() in self.extensions)
         if not files:
             raise FileNotFoundError(f"data.root={self.root} holds no image files; " + FOLDER_LAYOUT_HELP.format(exts=", ".join(self.extensions)))
         good = []
@@ -288,4 +304,8 @@ class ImageFolder(ImageSource):
         return group in self._val_keys
 
     def describe(self) -> dict:
-        return {"name": self.name, "val_fraction": self.val_fraction, "extensions": list(self.extensions)}
+        # The files themselves (relative names and sizes), not the folder's path: a cache of
+        # folder A is refused for data.root=B, and still accepted when A moved.
+        listing = "\n".join(f"{item.key}\t{Path(item.path).stat().st_size}" for item in self._items)
+        return {"name": self.name, "val_fraction": self.val_fraction, "extensions": list(self.extensions),
+                "photos": len(self._items), "files_sha256": hashlib.sha256(listing.encode()).hexdigest()}
