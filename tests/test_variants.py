@@ -25,7 +25,7 @@ from joint_colsr.nets.vgg import VGG19_LAYOUT
 from joint_colsr.systems import ColSRSystem, GANSystem
 from joint_colsr.train import train
 
-from .conftest import compose_config
+from .conftest import REPO, compose_config
 
 VARIANTS = ["ic_only", "sr_only", "cascade", "cascade_upscale_first", "residual_joint", "residual_joint_gt",
             "residual_joint_interpolated", "srgan"]
@@ -329,6 +329,16 @@ def test_model_table_lists_every_variant():
     assert "old" not in text and table in text and text.startswith("a\n") and text.endswith("\nb")
     with pytest.raises(ValueError, match="markers"):
         replace_between_markers("no markers", table)
+
+
+@pytest.mark.parametrize("name", ["joint_paper", "residual_joint"])
+def test_model_table_rows_match_the_published_table(name):
+    # describe() builds the full-width net and counts FLOPs on the meta device: every layer
+    # (the shared bicubic included) must run there, and the README's row must be current.
+    from joint_colsr.model_table import describe
+
+    row = markdown([describe(name)]).splitlines()[-1]
+    assert row in (REPO / "README.md").read_text(), f"README's model table is stale: python -m joint_colsr.model_table ({row})"
 
 
 def test_srgan_trains_another_generator(compose_cfg):
