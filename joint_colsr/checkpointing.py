@@ -51,6 +51,24 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             fs.rm(path, recursive=True)
 
 
+def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
+    """A training checkpoint's dict, its tensors memory-mapped (not read): the one reader of
+    ``.ckpt`` files for resuming, loading systems and composing cascades.
+
+    Raises:
+        ValueError: the file is not a checkpoint torch can read, or holds no ``state_dict``
+            (a text file, another tool's pickle, a truncated copy); the message names it.
+    """
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
+    except Exception as err:  # noqa: BLE001 - torch raises many kinds for a foreign file
+        raise ValueError(f"{path} is not a checkpoint torch can read ({type(err).__name__}); expected a .ckpt "
+                         "written by joint_colsr.train (a text file, another tool's file or a truncated copy?)") from None
+    if not isinstance(state, dict) or "state_dict" not in state:
+        raise ValueError(f"{path} is not a Lightning training checkpoint (no state_dict)")
+    return state
+
+
 def resume_checkpoint_path(output_dir: str | os.PathLike) -> Path:
     """``<run dir>/checkpoints/last.ckpt``: where the last checkpoint goes and resuming looks."""
     return Path(output_dir) / "checkpoints" / "last.ckpt"

@@ -37,7 +37,7 @@ import torch
 from torch import Tensor
 from kornia.metrics import ssim as kornia_ssim
 
-from joint_colsr.color import denormalize_ab, merge_l_ab_to_rgb, quantize_uint8, upscale_l
+from joint_colsr.color import denormalize_ab, merge_l_ab_to_rgb, quantize_uint8
 
 __all__ = [
     "AB_PSNR_PEAK",

@@ -30,8 +30,8 @@ from pathlib import Path
 from typing import Any, Iterator
 
 import lightning.pytorch as pl
-import torch
 
+from joint_colsr.checkpointing import read_checkpoint
 from joint_colsr.config_checks import ConfigError
 
 log = logging.getLogger(__name__)
@@ -69,12 +69,11 @@ def load_state(path: str | Path) -> dict[str, Any]:
     """A checkpoint's dict (tensors memory-mapped, not read); ``ConfigError`` naming the file
     when it is not a checkpoint of this suite (text, another tool's pickle, truncated)."""
     try:
-        state = torch.load(path, map_location="cpu", weights_only=False, mmap=True)
-    except Exception as err:  # noqa: BLE001 - torch raises many kinds for a foreign file
-        raise ConfigError(f"ckpt_path={path} is not a checkpoint torch can read ({type(err).__name__}); expected a .ckpt "
-                          "written by joint_colsr.train (a text file, another tool's file or a truncated copy?)") from None
-    if not isinstance(state, dict) or "state_dict" not in state or "global_step" not in state:
-        raise ConfigError(f"ckpt_path={path} is not a Lightning training checkpoint (no state_dict/global_step)")
+        state = read_checkpoint(path)
+    except ValueError as err:
+        raise ConfigError(f"ckpt_path={err}") from None
+    if "global_step" not in state:
+        raise ConfigError(f"ckpt_path={path} is not a Lightning training checkpoint (no global_step)")
     return state
 
 

@@ -16,7 +16,6 @@ from typing import Any, Iterator
 
 import hydra
 import lightning.pytorch as pl
-import torch
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
@@ -31,7 +30,7 @@ from joint_colsr.assembly import (
     resolved_config,
     start_run,
 )
-from joint_colsr.checkpointing import checkpoint_paths
+from joint_colsr.checkpointing import checkpoint_paths, read_checkpoint
 from joint_colsr.config_checks import ConfigError, check_config, command, select
 from joint_colsr.hydra_callbacks import check_ddp_launch
 from joint_colsr.nets import count_parameters
@@ -48,7 +47,7 @@ from joint_colsr.resume import (
     lock_run_dir,
     prepare_checkpoint_dir,
 )
-from joint_colsr.systems.colsr import saved_system_class
+from joint_colsr.systems.colsr import system_class_of
 
 log = logging.getLogger(__name__)
 
@@ -83,9 +82,8 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     resolved = resolved_config(cfg)
     ckpt_path, state = _resume_point(cfg, output_dir, resolved)
     system = build_system(cfg, startup_checks=True)  # output size (and determinism on CUDA) before any data is read
-    if ckpt_path is not None:
-        check_resume_system(system, ckpt_path)
     if state is not None:
+        check_resume_system(system, ckpt_path, state)
         check_resume_config(state.get("run_config"), resolved, ckpt_path)
         if finished(state, select(cfg, "trainer.max_epochs"), select(cfg, "trainer.max_steps")):
             return _already_finished(output_dir, ckpt_path, state)
@@ -160,12 +158,11 @@ def _already_finished(output_dir: Path, ckpt_path: str, state: dict[str, Any]) -
     return metrics
 
 
-def check_resume_system(system: pl.LightningModule, ckpt_path: str) -> None:
-    """A checkpoint resumes only into the system class that wrote it (its weights and
-    optimizer states are that class's): otherwise say which ``model=`` to add."""
-    if not Path(str(ckpt_path)).expanduser().is_file():  # "last", a URL ...: Lightning's to resolve
-        return
-    saved = saved_system_class(ckpt_path).rsplit(".", 1)[-1]
+def check_resume_system(system: pl.LightningModule, ckpt_path: str, state: dict[str, Any]) -> None:
+    """A checkpoint (``state``, read from ``ckpt_path``) resumes only into the system class
+    that wrote it (its weights and optimizer states are that class's): otherwise say which
+    ``model=`` to add."""
+    saved = system_class_of(state).rsplit(".", 1)[-1]
     built = type(system).__name__
     if saved != built:
         hint = " (add model=srgan, or the model= the run was trained with)" if saved == "GANSystem" else \
@@ -184,7 +181,7 @@ def _steps_from_spawned_ranks(metrics: dict[str, Any], output_dir: Path) -> None
     if not last or not Path(last).is_file():
         return
     metrics["last_ckpt"] = str(last)
-    state = torch.load(last, map_location="cpu", mmap=True, weights_only=False)  # mmap: no tensor is read
+    state = read_checkpoint(last)
     if state.get("global_step"):
         metrics["global_step"] = int(state["global_step"])
         metrics["epochs"] = int(state.get("epoch", -1)) + 1

@@ -34,6 +34,7 @@ import torch
 from omegaconf import DictConfig
 
 from joint_colsr import CONFIG_DIR
+from joint_colsr.checkpointing import read_checkpoint
 from joint_colsr.config_checks import ConfigError
 from joint_colsr.nets.cascade import ORDERS
 
@@ -58,7 +59,7 @@ def _train(run_dir: Path, overrides: list[str]) -> Path:
 
 
 def _hparams(ckpt: Path) -> dict[str, Any]:
-    return torch.load(ckpt, map_location="cpu", weights_only=False)["hyper_parameters"]
+    return read_checkpoint(ckpt)["hyper_parameters"]
 
 
 def _stage_kwargs(net_cfg: dict[str, Any]) -> dict[str, Any]:

@@ -14,6 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
+from joint_colsr.checkpointing import read_checkpoint
 from joint_colsr.color import upscale_l
 from joint_colsr.metrics import colorization_psnr
 
@@ -318,12 +319,14 @@ def saved_system_class(path: str | os.PathLike) -> str:
     path = Path(path).expanduser()
     if not path.is_file():
         raise FileNotFoundError(f"{path} is not a file")
-    try:  # mmap: only the small entries are read
-        checkpoint = torch.load(path, map_location="cpu", mmap=True, weights_only=False)
-    except Exception as err:  # noqa: BLE001 - torch raises several kinds for a bad file
-        raise ValueError(f"{path} is not a readable PyTorch checkpoint ({type(err).__name__}: {err})") from None
-    if not isinstance(checkpoint, dict) or "hyper_parameters" not in checkpoint or "state_dict" not in checkpoint:
-        raise ValueError(f"{path} is not a checkpoint of this suite (no hyper_parameters / state_dict)")
+    checkpoint = read_checkpoint(path)
+    if "hyper_parameters" not in checkpoint:
+        raise ValueError(f"{path} is not a checkpoint of this suite (no hyper_parameters)")
+    return system_class_of(checkpoint)
+
+
+def system_class_of(checkpoint: Mapping[str, Any]) -> str:
+    """``module.Class`` of the system that wrote a loaded checkpoint dict."""
     return str(checkpoint.get(SYSTEM_CLASS_KEY) or system_class_from_hparams(checkpoint["hyper_parameters"]))
 
 
