@@ -27,7 +27,6 @@ into the matrices). ``tests/test_color.py`` checks the result against kornia's f
 from __future__ import annotations
 
 import contextlib
-
 from typing import Any
 
 import torch
