@@ -2,8 +2,9 @@
 
 Decodes every photo of the configured data source once (in ``num_workers`` processes),
 excludes what cannot be used (unreadable, grayscale, tiny, extreme aspect ratio; counted
-by reason), and writes memory-mappable uint8 shards plus ``index.json`` (see
-:mod:`joint_colsr.data.cache`). Resumable: rerun the same command after an interruption.
+by reason), and writes memory-mappable uint8 shards plus ``index.json`` and
+``shards.jsonl`` (see :mod:`joint_colsr.data.cache`). Resumable: rerun the same command
+after an interruption.
 Then train with ``data.cache=DIR``.
 """
 
@@ -38,7 +39,7 @@ def preprocess(cfg: DictConfig) -> dict[str, Any]:
         cfg.cache_dir,
         output_size=datamodule.output_size,
         train_size=cfg.train_size,
-        val_size=cfg.get("val_size"),
+        val_views=int(cfg.val_views),
         shard_size=int(cfg.shard_size),
         num_workers=int(cfg.num_workers),
         splits=list(cfg.splits),

@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from joint_colsr.data import CachedImages, CacheError, ColSRDataModule, ImageCache, ImageFolder, build_cache
+from joint_colsr.data.cache.store import read_index, summarize
 from joint_colsr.data.coco import CocoSource
 from joint_colsr.preprocess import preprocess
 from joint_colsr.train import train
@@ -20,7 +21,7 @@ def tiny_coco(tmp_path):
 
 
 def _shard_digests(cache_dir):
-    index = json.loads((cache_dir / "index.json").read_text())
+    index = read_index(cache_dir)
     return {name: [s["sha256"] for s in entry["shards"]] for name, entry in index["splits"].items()}
 
 
@@ -184,18 +185,72 @@ def test_a_cache_from_before_colour_profiles_were_converted_warns(tmp_path, imag
     assert "before embedded colour profiles were converted" in caplog.text
 
 
-def test_cached_validation_views_are_never_enlarged_crops(tiny_coco, tmp_path):
-    from joint_colsr.data.datasets import CachedImages
-    from joint_colsr.data.views import VALIDATION_VIEWS
+def test_cached_validation_views_equal_the_file_path_views(image_folder, tmp_path):
+    """Every stored view k of every validation photo is byte for byte what the file path makes."""
+    source = ImageFolder(str(image_folder), val_fraction=0.5)
+    common = dict(batch_size=4, num_workers=0, input_size=16, output_size=32, val_views=6)
+    build_cache(source, tmp_path / "c", output_size=32, val_views=6, shard_size=2, progress=False)
+    from_files = ColSRDataModule(source, **common)
+    from_cache = ColSRDataModule(source, cache=str(tmp_path / "c"), **common)
+    from_files.setup("validate")
+    from_cache.setup("validate")
+    photos = len(source.split()[1])
+    assert photos >= 2 and len(from_cache.val_set) == len(from_files.val_set) == 6 * photos
+    for i in range(len(from_files.val_set)):
+        assert torch.equal(from_files.val_set[i]["rgb"], from_cache.val_set[i]["rgb"]), f"photo {i // 6}, view {i % 6}"
+    batch = next(iter(from_cache.val_dataloader()))  # the batched fetch: the same images
+    assert torch.equal(batch["rgb"], torch.stack([from_files.val_set[i]["rgb"] for i in range(4)]))
+    # Fewer views than stored: the first ones. More than stored: an error naming the rebuild.
+    three = ColSRDataModule(source, cache=str(tmp_path / "c"), **{**common, "val_views": 3})
+    three.setup("validate")
+    assert torch.equal(three.val_set[4]["rgb"], from_files.val_set[7]["rgb"])  # photo 1, view 1
+    build_cache(source, tmp_path / "one", output_size=32, progress=False)
+    with pytest.raises(ValueError, match=r"stores 1 view\(s\).*data.val_views<=1.*val_views=6"):
+        ColSRDataModule(source, cache=str(tmp_path / "one"), **common).setup("validate")
 
-    source = CocoSource(str(tiny_coco))
-    build_cache(source, tmp_path / "s", output_size=32, progress=False)
-    val = ImageCache.open(tmp_path / "s").splits["val"]
-    with pytest.raises(ValueError, match="val_size=48"):
-        CachedImages(val, 32, train=False, views=VALIDATION_VIEWS[:6])
-    build_cache(source, tmp_path / "l", output_size=32, progress=False, val_size=48)
-    large = ImageCache.open(tmp_path / "l").splits["val"]
-    views = CachedImages(large, 32, train=False, views=VALIDATION_VIEWS[:6])
-    assert large.size == 48 and views[1]["rgb"].shape == (3, 32, 32)
-    # The 2/3-side views of a 48-pixel image are 32-pixel crops: copied, not resampled.
-    assert torch.equal(views[2]["rgb"], torch.from_numpy(large.image(0)[:, :32, :32].copy()))
+
+def test_files_skipped_at_start_up_are_in_the_cache_index(image_folder, tmp_path):
+    (image_folder / "empty.jpg").write_bytes(b"")
+    (image_folder / "a" / "notes.png").write_text("not an image")
+    source = ImageFolder(str(image_folder))
+    index = build_cache(source, tmp_path / "c", output_size=32, progress=False)
+    skipped = {path.split("/")[-1]: reason for path, reason in index["skipped_at_start"].items()}
+    assert skipped == {"empty.jpg": "empty file (0 bytes)", "notes.png": "not an image PIL can identify"}
+    line = summarize(index).splitlines()[-1]
+    assert line.startswith("start-up: the source skipped 2 files (") and "1 empty file" in line and "1 not an image" in line
+    cache = ImageCache.open(tmp_path / "c")
+    assert cache.excluded_summary() == {"empty file": 1, "not an image PIL can identify": 1}
+
+
+def test_resume_ignores_a_torn_last_line_and_keeps_the_appended_index(image_folder, tmp_path):
+    source = ImageFolder(str(image_folder), val_fraction=0.25)
+    build_cache(source, tmp_path / "whole", output_size=32, shard_size=2, progress=False)
+    whole = {p.name: p.read_bytes() for p in (tmp_path / "whole").iterdir() if p.name != ".lock"}
+    part = tmp_path / "part"
+    build_cache(source, part, output_size=32, shard_size=2, progress=False, max_shards=2)
+    meta = (part / "index.json").read_bytes()
+    lines = (part / "shards.jsonl").read_bytes()
+    assert lines.count(b"\n") == 2 and meta == whole["index.json"]  # the meta once; one line per shard
+    (part / "shards.jsonl").write_bytes(lines + lines.splitlines(keepends=True)[0][:50])  # a kill mid-append
+    with pytest.raises(CacheError, match="split 'train' is incomplete"):
+        ImageCache.open(part)
+    build_cache(source, part, output_size=32, shard_size=2, progress=False)
+    assert {p.name: p.read_bytes() for p in part.iterdir() if p.name != ".lock"} == whole  # byte for byte
+    lines = (part / "shards.jsonl").read_bytes().splitlines(keepends=True)
+    (part / "shards.jsonl").write_bytes(lines[0] + b"{damaged\n" + b"".join(lines[2:]))
+    with pytest.raises(CacheError, match="line 2 of shards.jsonl is damaged; rerun the preprocess command"):
+        ImageCache.open(part)
+    build_cache(source, part, output_size=32, shard_size=2, progress=False)  # rebuilds from the damaged line on
+    assert {p.name: p.read_bytes() for p in part.iterdir() if p.name != ".lock"} == whole
+
+
+def test_a_cache_of_an_older_format_names_the_rebuild_command(image_folder, tmp_path):
+    build_cache(ImageFolder(str(image_folder)), tmp_path / "c", output_size=32, progress=False)
+    index = json.loads((tmp_path / "c" / "index.json").read_text())
+    (tmp_path / "c" / "index.json").write_text(json.dumps({**index, "version": 1}))
+    with pytest.raises(CacheError, match=r"format version 1 .*rebuild it: python -m joint_colsr.preprocess .*overwrite=true"):
+        ImageCache.open(tmp_path / "c")
+    with pytest.raises(CacheError, match="format version 1.*overwrite=true"):
+        build_cache(ImageFolder(str(image_folder)), tmp_path / "c", output_size=32, progress=False)
+    build_cache(ImageFolder(str(image_folder)), tmp_path / "c", output_size=32, progress=False, overwrite=True)
+    ImageCache.open(tmp_path / "c", verify="full")

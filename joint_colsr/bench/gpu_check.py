@@ -69,7 +69,9 @@ def write_synthetic_cache(root: Path, train_images: int, val_images: int, size: 
     colour offset; every shard holds the same images).
     Written directly, without decoding photos: gigabytes take seconds.
     """
-    from joint_colsr.data.cache.store import CACHE_VERSION, COLOUR_HANDLING, INDEX_NAME, sha256_of
+    from joint_colsr.data.cache.build import write_index
+    from joint_colsr.data.cache.store import CACHE_VERSION, COLOUR_HANDLING, sha256_of
+    from joint_colsr.data.views import WHOLE
 
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -85,7 +87,8 @@ def write_synthetic_cache(root: Path, train_images: int, val_images: int, size: 
         "source": {"type": "synthetic", "seed": seed},
         "output_size": size,
         "sizes": {"train": size, "val": size},
-        "layout": "NCHW uint8 sRGB, whole photo squash-resized (antialiased bicubic)",
+        "val_views": [list(WHOLE)],
+        "layout": "NCHW uint8 sRGB, synthetic",
         "colour": COLOUR_HANDLING,
         "filters": {"min_side": 16, "max_aspect": 10.0, "exclude_grayscale": True},
         "shard_size": shard_size,
@@ -96,8 +99,8 @@ def write_synthetic_cache(root: Path, train_images: int, val_images: int, size: 
     # the page cache) are as large as a real cache's, at the cost of writing them.
     full = pool[rng.integers(0, len(pool), shard_size)] + rng.integers(0, 256, (shard_size, 3, 1, 1), dtype=np.uint8)
     digests: dict[int, str] = {}
+    shards = []
     for name, count in (("train", train_images), ("val", val_images)):
-        shards = []
         for first in range(0, count, shard_size):
             n = min(shard_size, count - first)
             file_name = f"{name}-{first // shard_size:05d}.npy"
@@ -105,11 +108,11 @@ def write_synthetic_cache(root: Path, train_images: int, val_images: int, size: 
             if n not in digests:
                 digests[n] = sha256_of(root / file_name)
             keys = [f"{name}{i}" for i in range(first, first + n)]
-            shards.append({"file": file_name, "first_item": first, "num_items": n, "items_sha1": "synthetic", "count": n,
+            shards.append({"split": name, "file": file_name, "first_item": first, "num_items": n, "items_sha1": "synthetic", "count": n,
                            "bytes": (root / file_name).stat().st_size, "sha256": digests[n],
                            "keys": keys, "labels": [[] for _ in keys], "excluded": {}})
-        index["splits"][name] = {"num_items": count, "shards": shards, "complete": True}
-    (root / INDEX_NAME).write_text(json.dumps(index))
+        index["splits"][name] = {"num_items": count}
+    write_index(root, index, shards)
     return root
 
 

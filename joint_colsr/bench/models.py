@@ -261,7 +261,8 @@ def project_paper_schedule(
     with tempfile.TemporaryDirectory(prefix="joint_colsr_bench_cache_") as tmp:
         if use_cache:
             cache_dir = Path(tmp) / "cache"
-            build_cache(instantiate(cfg.data.source), cache_dir, output_size=int(cfg.data.output_size), progress=False)
+            build_cache(instantiate(cfg.data.source), cache_dir, output_size=int(cfg.data.output_size),
+                        val_views=int(cfg.data.val_views), progress=False)
             with open_dict(cfg):
                 cfg.data.cache = str(cache_dir)
         timer = lightning_fit_timed(cfg, system, warmup, steps)

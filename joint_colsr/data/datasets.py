@@ -180,9 +180,9 @@ class CachedImages(ReferenceSamples):
     Training: a random resized crop only when the cached side exceeds ``output_size`` and
     ``train_crop="random_resized"`` (no side under ``output_size`` cached pixels: never an
     enlarged crop); else the cached image itself (resized down when cached larger); and the
-    flip. Validation: the whole-photo view is the cached image itself, byte for byte.
-    Views other than the whole photo need a validation split cached at 1.5x the output size
-    or more (``preprocess val_size=``), so that they too are crops at their source resolution.
+    flip. Validation: view ``k`` of photo ``p`` is the image the cache stored for it, byte
+    for byte what :class:`ReferenceImages` makes from the file (``preprocess val_views=N``
+    stores the first N views; asking for more is an error naming the rebuild command).
     """
 
     def __init__(
@@ -200,11 +200,11 @@ class CachedImages(ReferenceSamples):
     ) -> None:
         if len(split) == 0:
             raise ValueError(f"cache split '{split.name}' holds no images")
-        if not train and len(views) > 1 and split.size * 2 < 3 * int(output_size):
+        if not train and tuple(tuple(v) for v in views) != split.view_boxes[: len(views)]:
             raise ValueError(
-                f"data.val_views={len(views)} from a cache whose validation images are {split.size}x{split.size}: its "
-                f"crops would be enlarged to {output_size} (blurred targets). Use data.val_views=1, or rebuild the cache "
-                f"with val_size={-(-3 * int(output_size) // 2)} (python -m joint_colsr.preprocess ... val_size=...)"
+                f"data.val_views={len(views)} from cache {split.root}, which stores {split.views} view(s) per validation "
+                f"photo: use data.val_views<={split.views}, or rebuild the cache with val_views={len(views)} "
+                f"(python -m joint_colsr.preprocess ... cache_dir={split.root} val_views={len(views)} overwrite=true)"
             )
         super().__init__(len(split), output_size, train, length, views, crop_scale, crop_ratio, hflip, label_columns, train_crop)
         self.split = split
@@ -212,13 +212,11 @@ class CachedImages(ReferenceSamples):
         self.crop = train and split.size > self.output_size and train_crop == "random_resized"
 
     def plan(self, key: int | tuple[int, int]) -> tuple[int, int, Box | None, bool]:
-        """``(index, photo, box or None (use the cached image as is), flip)`` for one sample key."""
+        """Training: ``(index, photo, box or None (use the cached image as is), flip)`` for one sample key."""
         index, photo, view, rng = self.locate(key)
         side = self.split.size
-        if view is None and not self.crop:  # the whole photo, resized down when cached larger
+        if not self.crop:  # the whole photo, resized down when cached larger
             box = None if side == self.output_size else (0.0, 0.0, float(side), float(side))
-        elif view == WHOLE and side == self.output_size:
-            box = None
         else:
             box = self.box(rng, side, side, view)
         return index, photo, box, self.flip(rng)
@@ -230,7 +228,14 @@ class CachedImages(ReferenceSamples):
             chw = resize_box(np.ascontiguousarray(chw.transpose(1, 2, 0)), box, self.output_size).transpose(2, 0, 1)
         out[...] = chw[:, :, ::-1] if flip else chw
 
+    def stored_view(self, key: int | tuple[int, int]) -> tuple[int, int, int]:
+        """Validation: ``(index, photo, view number)`` of one sample key; the cache holds that image."""
+        index, photo, _, _ = self.locate(key)
+        return index, photo, index % len(self.views)
+
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        if not self.train:
+            return self._validation_batch([key], collated=False)
         index, photo, box, flip = self.plan(key)
         rgb = np.empty((3, self.output_size, self.output_size), np.uint8)
         self._fill(rgb, photo, box, flip)
@@ -244,6 +249,8 @@ class CachedImages(ReferenceSamples):
         copied once, from the memory map straight into the batch tensor, which a worker
         allocates in shared memory (what ``default_collate`` does) so it crosses to the
         main process without another copy. Same samples as ``__getitem__``, key by key."""
+        if not self.train:
+            return self._validation_batch(keys, collated=True)
         plans = [self.plan(k) for k in keys]
         shape = (len(plans), 3, self.output_size, self.output_size)
         rgb = torch.empty(shape, dtype=torch.uint8)
@@ -256,6 +263,23 @@ class CachedImages(ReferenceSamples):
         if self.label_columns is not None:
             batch["labels"] = torch.stack([self.labels(self.split.labels[p[1]]) for p in plans])
         return batch
+
+
+    def _validation_batch(self, keys: Sequence[int | tuple[int, int]], collated: bool) -> dict:
+        """The stored views of ``keys``: a collated batch, or (``collated=False``, one key) one sample."""
+        planned = [self.stored_view(k) for k in keys]
+        rgb = torch.empty((len(planned), 3, self.output_size, self.output_size), dtype=torch.uint8)
+        if collated and torch.utils.data.get_worker_info() is not None:
+            rgb.share_memory_()
+        out = rgb.numpy()
+        for i, (_, photo, view) in enumerate(planned):
+            out[i] = self.split.image(photo, view)
+        labels = [self.labels(self.split.labels[photo]) for _, photo, _ in planned] if self.label_columns is not None else None
+        if not collated:
+            sample = {"rgb": rgb[0], "index": planned[0][0], "skipped": 0}
+            return sample if labels is None else {**sample, "labels": labels[0]}
+        batch = {"rgb": rgb, "index": torch.tensor([p[0] for p in planned]), "skipped": torch.zeros(len(planned), dtype=torch.long)}
+        return batch if labels is None else {**batch, "labels": torch.stack(labels)}
 
 
 def multi_hot(labels: Sequence[int], columns: dict[int, int]) -> torch.Tensor:

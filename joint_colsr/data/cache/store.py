@@ -1,28 +1,35 @@
-"""Reading a cache of decoded reference images: memory-mapped uint8 shards plus a JSON index.
+"""Reading a cache of decoded reference images: memory-mapped uint8 shards plus an index.
 
 Decoding a COCO JPEG and resizing it costs ~10 ms of a CPU core; reading the same
 256x256 image from a memory-mapped shard costs ~0.1 ms. ``python -m joint_colsr.preprocess``
 builds the cache once; ``data.cache=DIR`` makes :class:`ColSRDataModule` read it, so no
 epoch decodes a JPEG.
 
-Layout of ``DIR``::
+Layout of ``DIR`` (format version 2)::
 
-    index.json            meta (source description, sizes, filters) and, per split, the
-                          shards written so far: file, item range, kept keys and labels,
-                          excluded files with reasons, byte size and sha256
+    index.json            written once per build: meta (source description, sizes, filters,
+                          the validation views stored), per split the number of photos the
+                          source lists, categories, and the files the source skipped at
+                          start-up (path -> reason)
+    shards.jsonl          one line per finished shard, appended: split, file, item range,
+                          kept keys and labels, excluded files with reasons, byte size, sha256
     train-00000.npy ...   (n, 3, T, T) uint8, channels first (the layout a batch has)
-    val-00000.npy ...     (n, 3, S, S) uint8, S = data.output_size
+    val-00000.npy ...     (n * V, 3, S, S) uint8: V views per photo, S = data.output_size
 
-What is stored: the validation split holds exactly the reference images of the evaluation
-protocol (the whole photo squash-resized to S x S, antialiased bicubic). The training
-split holds the whole photo squash-resized to T x T (``train_size``, default S). Training
-augmentation then works on the cached image: at T = S a random horizontal flip only (no
-resampling, so no blur enters the super-resolution target); at T > S a random resized
-crop (``data.crop_scale``) resized down to S, plus the flip.
+What is stored: validation photo ``p`` is stored as its ``V`` validation views (``V``:
+``preprocess val_views``; rows ``p*V .. p*V+V-1``), each made exactly as the file path
+makes it (:data:`~joint_colsr.data.views.VALIDATION_VIEWS` ``k``: the view's box of the
+original photo, resized to S x S, antialiased bicubic; view 0 is the whole photo, the
+evaluation protocol's image). The training split holds the whole photo squash-resized to
+T x T (``train_size``, default S). Training augmentation then works on the cached image:
+at T = S a random horizontal flip only (no resampling, so no blur enters the
+super-resolution target); at T > S a random resized crop (``data.crop_scale``) resized
+down to S, plus the flip.
 
-Opening verifies structure (every shard present, its .npy
-header and byte size as indexed; ``verify="full"`` also checks each shard's sha256).
-Photos excluded at build time (see :mod:`.build`) are listed in the index with their reasons.
+Opening verifies structure (every shard present, its .npy header and byte size as
+indexed; ``verify="full"`` also checks each shard's sha256). Photos excluded at build
+time (see :mod:`.build`) and files the source skipped at start-up are listed in the
+index with their reasons.
 """
 
 from __future__ import annotations
@@ -38,11 +45,13 @@ import numpy as np
 
 from joint_colsr.data.decode import count_reasons
 from joint_colsr.data.sources import ImageSource
+from joint_colsr.data.views import WHOLE, Box
 
 log = logging.getLogger(__name__)
 
-CACHE_VERSION = 1
+CACHE_VERSION = 2
 INDEX_NAME = "index.json"
+SHARDS_NAME = "shards.jsonl"
 SPLITS = ("train", "val")
 
 BUILD_HELP = "build it with: python -m joint_colsr.preprocess data=<source> [data.root=DIR] cache_dir=DIR"
@@ -64,19 +73,89 @@ def sha256_of(path: Path) -> str:
     return digest.hexdigest()
 
 
-class CacheSplit:
-    """One split of an opened cache: ``len()`` images, ``image(i)`` -> ``(3, T, T)`` uint8.
+def read_shard_lines(path: Path) -> tuple[list[dict[str, Any]], int, int | None]:
+    """The shard entries of ``shards.jsonl``: ``(entries, intact_bytes, bad_line)``.
 
+    Reading stops at the first line that is not a whole JSON object: a torn last line
+    (a build killed while appending) or a damaged one. ``intact_bytes`` is the length of
+    the readable prefix; ``bad_line`` the 1-based number of the first unreadable line that
+    is *not* a torn last line (``None`` when there is none).
+    """
+    if not path.is_file():
+        return [], 0, None
+    data = path.read_bytes()
+    entries: list[dict[str, Any]] = []
+    intact = 0
+    lines = data.split(b"\n")
+    for number, line in enumerate(lines, start=1):
+        last = number == len(lines)
+        if last and not line:  # the file ends with a newline, as every finished append does
+            break
+        try:
+            if last:  # no newline after it: the append was cut short
+                raise ValueError("torn")
+            entry = json.loads(line)
+            if not isinstance(entry, dict):
+                raise ValueError("not an object")
+        except ValueError:
+            return entries, intact, None if last else number
+        entries.append(entry)
+        intact += len(line) + 1
+    return entries, intact, None
+
+
+def read_index(cache_dir: str | os.PathLike) -> dict[str, Any]:
+    """The whole index of a cache (format version 2): ``index.json``'s meta plus, per split,
+    ``{"num_items", "shards": [...] (in item order), "complete"}``.
+
+    Raises:
+        CacheError: no index, unreadable, another format version (with the rebuild command),
+            or a damaged shard line.
+    """
+    root = Path(cache_dir).expanduser().resolve()
+    index_path = root / INDEX_NAME
+    if not index_path.is_file():
+        raise CacheError(f"data.cache={str(cache_dir)!r}: no {INDEX_NAME} in {root}; {BUILD_HELP}")
+    try:
+        index = json.loads(index_path.read_text())
+    except json.JSONDecodeError as err:
+        raise CacheError(f"data.cache={str(cache_dir)!r}: {index_path} is not valid JSON ({err}); {BUILD_HELP}") from None
+    if index.get("version") != CACHE_VERSION:
+        raise CacheError(
+            f"data.cache={str(cache_dir)!r}: cache format version {index.get('version')} (an older joint_colsr), this code "
+            f"reads version {CACHE_VERSION}; rebuild it: python -m joint_colsr.preprocess data=<source> [data.root=DIR] "
+            f"cache_dir={root} overwrite=true"
+        )
+    entries, _, bad_line = read_shard_lines(root / SHARDS_NAME)
+    if bad_line is not None:
+        raise CacheError(f"cache {root}: line {bad_line} of {SHARDS_NAME} is damaged; rerun the preprocess command: "
+                         "it rebuilds the shards from there on")
+    splits = {}
+    for name, entry in index.get("splits", {}).items():
+        shards = sorted((e for e in entries if e.get("split") == name), key=lambda e: e["first_item"])
+        done = sum(s["num_items"] for s in shards)
+        splits[name] = {"num_items": entry["num_items"], "shards": shards, "complete": done == entry["num_items"]}
+    return {**index, "splits": splits}
+
+
+class CacheSplit:
+    """One split of an opened cache: ``len()`` photos, ``image(i, view)`` -> ``(3, T, T)`` uint8.
+
+    A photo is stored as ``views`` images (``len(view_boxes)``; 1 for training, the
+    validation views for validation): photo ``i``'s view ``k`` is row ``i * views + k``.
     Shards are memory-mapped on first access in each process (DataLoader workers reopen
     them instead of receiving pickled maps).
     """
 
-    def __init__(self, root: Path, name: str, shards: list[dict[str, Any]], size: int) -> None:
+    def __init__(self, root: Path, name: str, shards: list[dict[str, Any]], size: int,
+                 view_boxes: Sequence[Box] = (WHOLE,)) -> None:
         self.root = root
         self.name = name
         self.size = size
+        self.view_boxes = tuple(tuple(b) for b in view_boxes)
+        self.views = len(self.view_boxes)
         self.files = [s["file"] for s in shards]
-        counts = [s["count"] for s in shards]
+        counts = [s["count"] * self.views for s in shards]
         self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.keys = [k for s in shards for k in s["keys"]]
         self.labels = [tuple(lab) for s in shards for lab in s["labels"]]
@@ -84,7 +163,7 @@ class CacheSplit:
         self._maps: list[np.ndarray | None] = [None] * len(self.files)
 
     def __len__(self) -> int:
-        return int(self.offsets[-1])
+        return int(self.offsets[-1]) // self.views
 
     def _map(self, shard: int) -> np.ndarray:
         arr = self._maps[shard]
@@ -93,9 +172,10 @@ class CacheSplit:
             arr = self._maps[shard] = np.asarray(np.load(self.root / self.files[shard], mmap_mode="r"))
         return arr
 
-    def image(self, i: int) -> np.ndarray:
-        shard = int(np.searchsorted(self.offsets, i, side="right")) - 1
-        return self._map(shard)[i - self.offsets[shard]]
+    def image(self, i: int, view: int = 0) -> np.ndarray:
+        row = i * self.views + view
+        shard = int(np.searchsorted(self.offsets, row, side="right")) - 1
+        return self._map(shard)[row - self.offsets[shard]]
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
@@ -122,6 +202,11 @@ class ImageCache:
     def categories(self) -> dict[int, dict[str, str]]:
         return {int(k): v for k, v in self.index.get("categories", {}).items()}
 
+    @property
+    def skipped_at_start(self) -> dict[str, str]:
+        """Files the source passed over at start-up (path -> reason), whichever split they would have joined."""
+        return dict(self.index.get("skipped_at_start", {}))
+
     @classmethod
     def open(cls, cache_dir: str | os.PathLike, verify: str = "quick", splits: Sequence[str] = SPLITS) -> "ImageCache":
         """Open and verify a cache.
@@ -138,23 +223,15 @@ class ImageCache:
         if verify not in ("quick", "full", "none"):
             raise ValueError(f"data.cache_verify must be quick, full or none, got {verify!r}")
         root = Path(cache_dir).expanduser().resolve()
-        index_path = root / INDEX_NAME
-        if not index_path.is_file():
-            raise CacheError(f"data.cache={cache_dir!r}: no {INDEX_NAME} in {root}; {BUILD_HELP}")
-        try:
-            index = json.loads(index_path.read_text())
-        except json.JSONDecodeError as err:
-            raise CacheError(f"data.cache={cache_dir!r}: {index_path} is not valid JSON ({err}); {BUILD_HELP}") from None
-        if index.get("version") != CACHE_VERSION:
-            raise CacheError(f"data.cache={cache_dir!r}: cache version {index.get('version')}, this code reads {CACHE_VERSION}; rebuild it")
+        index = read_index(cache_dir)
         if index.get("colour") != COLOUR_HANDLING:
             log.warning("data.cache=%s was built before embedded colour profiles were converted to sRGB: photos tagged "
                         "Adobe RGB, Display P3 or CMYK profiles hold their stored values; rebuild it (preprocess ... "
                         "overwrite=true) for exact colours", cache_dir)
         opened = {}
         for name in splits:
-            entry = index.get("splits", {}).get(name)
-            if entry is None or not entry.get("complete"):
+            entry = index["splits"].get(name)
+            if entry is None or not entry["complete"]:
                 done = sum(s["num_items"] for s in entry["shards"]) if entry else 0
                 total = entry["num_items"] if entry else "?"
                 raise CacheError(
@@ -162,14 +239,17 @@ class ImageCache:
                     "rerun the same preprocess command to resume it"
                 )
             size = int(index["sizes"][name])
+            view_boxes = index["val_views"] if name == "val" else (WHOLE,)
             for shard in entry["shards"] if verify != "none" else ():
-                _verify_shard(root, shard, size, full=verify == "full")
-            opened[name] = CacheSplit(root, name, entry["shards"], size)
+                _verify_shard(root, shard, size, len(view_boxes), full=verify == "full")
+            opened[name] = CacheSplit(root, name, entry["shards"], size, view_boxes)
         cache = cls(root, index, opened)
         for name, split in opened.items():
             reasons = count_reasons(split.excluded.values())
-            log.info("cache %s: %s: %d images; excluded at build: %d (%s)", root, name, len(split),
+            log.info("cache %s: %s: %d photos; excluded at build: %d (%s)", root, name, len(split),
                      len(split.excluded), ", ".join(f"{n} {r}" for r, n in reasons.most_common()) or "none")
+        if cache.skipped_at_start:
+            log.info("cache %s: the source skipped %d files at start-up", root, len(cache.skipped_at_start))
         return cache
 
     def check_matches(self, source: ImageSource | None, output_size: int) -> None:
@@ -188,11 +268,13 @@ class ImageCache:
                              "use the same data config (e.g. data.categories, data.max_images) or rebuild the cache")
 
     def excluded_summary(self) -> dict[str, int]:
-        """Reason -> number of photos excluded at build time, over all opened splits."""
-        return {str(k): n for k, n in count_reasons(r for s in self.splits.values() for r in s.excluded.values()).items()}
+        """Reason -> number of photos left out: excluded at build time from the opened splits,
+        plus the files the source skipped at start-up (they belong to no split)."""
+        reasons = [r for s in self.splits.values() for r in s.excluded.values()]
+        return {str(k): n for k, n in count_reasons(reasons + list(self.skipped_at_start.values())).items()}
 
 
-def _verify_shard(root: Path, shard: dict[str, Any], size: int, full: bool) -> None:
+def _verify_shard(root: Path, shard: dict[str, Any], size: int, views: int, full: bool) -> None:
     path = root / shard["file"]
     if not path.is_file():
         raise CacheError(f"cache {root}: shard {path.name} is missing; rerun the preprocess command to rebuild it")
@@ -203,15 +285,16 @@ def _verify_shard(root: Path, shard: dict[str, Any], size: int, full: bool) -> N
         arr = np.load(path, mmap_mode="r")
     except (ValueError, OSError) as err:
         raise CacheError(f"cache {root}: shard {path.name} is not a readable .npy file ({err})") from None
-    if arr.dtype != np.uint8 or arr.shape != (shard["count"], 3, size, size):
-        raise CacheError(f"cache {root}: shard {path.name} holds {arr.dtype} {arr.shape}, "
-                         f"expected uint8 {(shard['count'], 3, size, size)}")
+    expected = (shard["count"] * views, 3, size, size)
+    if arr.dtype != np.uint8 or arr.shape != expected:
+        raise CacheError(f"cache {root}: shard {path.name} holds {arr.dtype} {arr.shape}, expected uint8 {expected}")
     if full and sha256_of(path) != shard["sha256"]:
         raise CacheError(f"cache {root}: shard {path.name} fails its sha256 check; delete it and rerun the preprocess command")
 
 
 def summarize(index: dict[str, Any]) -> str:
-    """One line per split: images kept, excluded with reasons, shards."""
+    """One line per split (photos kept, excluded with reasons, shards), and one for the
+    files the source skipped at start-up."""
     lines = []
     for name, entry in index.get("splits", {}).items():
         kept = sum(s["count"] for s in entry["shards"])
@@ -221,4 +304,8 @@ def summarize(index: dict[str, Any]) -> str:
         reasons = ", ".join(f"{n} {r}" for r, n in excluded.most_common()) or "none"
         lines.append(f"{name}: {kept} images in {len(entry['shards'])} shards, {state}; "
                      f"skipped {sum(excluded.values())} files ({reasons})")
+    at_start = count_reasons(index.get("skipped_at_start", {}).values())
+    if at_start:
+        reasons = ", ".join(f"{n} {r}" for r, n in at_start.most_common())
+        lines.append(f"start-up: the source skipped {sum(at_start.values())} files ({reasons})")
     return "\n".join(lines)
