@@ -254,3 +254,56 @@ def test_a_cache_of_an_older_format_names_the_rebuild_command(image_folder, tmp_
         build_cache(ImageFolder(str(image_folder)), tmp_path / "c", output_size=32, progress=False)
     build_cache(ImageFolder(str(image_folder)), tmp_path / "c", output_size=32, progress=False, overwrite=True)
     ImageCache.open(tmp_path / "c", verify="full")
+
+
+_BUILD_SCRIPT = """
+import sys
+from joint_colsr.data import ImageFolder, build_cache
+build_cache(ImageFolder(sys.argv[1], val_fraction=0.2), sys.argv[2], output_size=48, val_views=3, shard_size=3,
+            num_workers=2, progress=False)
+"""
+
+
+@pytest.mark.slow
+def test_builds_killed_at_random_points_resume_byte_identical(tmp_path):
+    """SIGKILL (the build and its decoding pool) at 7 points, then the same command again:
+    every file of the cache is byte for byte that of an uninterrupted build."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    from PIL import Image
+
+    from .conftest import REPO, random_photo
+
+    rng = np.random.default_rng(3)
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for i in range(60):
+        Image.fromarray(random_photo(rng, 300, 400)).save(photos / f"p{i:02d}.jpg", quality=90)
+    source = ImageFolder(str(photos), val_fraction=0.2)
+    build_cache(source, tmp_path / "whole", output_size=48, val_views=3, shard_size=3, progress=False)
+    whole = {p.name: p.read_bytes() for p in (tmp_path / "whole").iterdir() if p.name != ".lock"}
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"}
+    outcomes = []
+    for kill in range(7):
+        cache = tmp_path / f"killed{kill}"
+        proc = subprocess.Popen([sys.executable, "-c", _BUILD_SCRIPT, str(photos), str(cache)], env=env,
+                                start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        lines, deadline = cache / "shards.jsonl", time.monotonic() + 120
+        # Kill once `kill` shard lines are written, a random moment later: before, during and
+        # between shard writes and line appends.
+        while time.monotonic() < deadline and proc.poll() is None:
+            if lines.exists() and lines.read_bytes().count(b"\n") >= 2 * kill:
+                time.sleep(float(rng.uniform(0, 0.05)))
+                break
+            time.sleep(0.002)
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+        written = lines.read_bytes().count(b"\n") if lines.exists() else 0
+        build_cache(source, cache, output_size=48, val_views=3, shard_size=3, progress=False)
+        outcomes.append((written, {p.name: p.read_bytes() for p in cache.iterdir() if p.name != ".lock"} == whole))
+    assert all(same for _, same in outcomes), outcomes
+    assert len({written for written, _ in outcomes}) >= 4, outcomes  # the kills landed at different points
