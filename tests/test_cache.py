@@ -37,6 +37,9 @@ def test_build_excludes_and_counts_grayscale_and_corrupt_photos(tiny_coco, tmp_p
     assert len(cache.splits["train"]) == 5 and len(cache.splits["val"]) == 2
     assert cache.excluded_summary() == {"grayscale": 2, "corrupt or truncated": 1}
     assert cache.splits["train"].labels[0] == (1, 2)  # 000000000001.jpg: person, bicycle
+    # One photo a shard: the shards of excluded photos hold no image, and are still valid files.
+    build_cache(CocoSource(str(tiny_coco)), tmp_path / "one", output_size=32, shard_size=1, progress=False)
+    assert ImageCache.open(tmp_path / "one", verify="full").excluded_summary() == cache.excluded_summary()
 
 
 def test_cached_validation_images_equal_the_jpeg_path(tiny_coco, tmp_path):

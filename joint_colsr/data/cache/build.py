@@ -412,7 +412,7 @@ def _write_npy(f: IO[bytes], array: np.ndarray) -> str:
     header = _npy_header(array)
     digest.update(header)
     f.write(header)
-    data = memoryview(np.ascontiguousarray(array)).cast("B")
+    data = memoryview(np.ascontiguousarray(array).reshape(-1))  # uint8: one byte per element
     for start in range(0, len(data), 1 << 24):  # hashlib and write release the GIL on large blocks
         block = data[start : start + (1 << 24)]
         digest.update(block)
