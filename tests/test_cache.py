@@ -191,7 +191,7 @@ def test_a_cache_from_before_colour_profiles_were_converted_warns(tmp_path, imag
 def test_cached_validation_views_equal_the_file_path_views(image_folder, tmp_path):
     """Every stored view k of every validation photo is byte for byte what the file path makes."""
     source = ImageFolder(str(image_folder), val_fraction=0.5)
-    common = dict(batch_size=4, num_workers=0, input_size=16, output_size=32, val_views=6)
+    common = {"batch_size": 4, "num_workers": 0, "input_size": 16, "output_size": 32, "val_views": 6}
     build_cache(source, tmp_path / "c", output_size=32, val_views=6, shard_size=2, progress=False)
     from_files = ColSRDataModule(source, **common)
     from_cache = ColSRDataModule(source, cache=str(tmp_path / "c"), **common)

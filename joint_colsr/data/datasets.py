@@ -264,7 +264,6 @@ class CachedImages(ReferenceSamples):
             batch["labels"] = torch.stack([self.labels(self.split.labels[p[1]]) for p in plans])
         return batch
 
-
     def _validation_batch(self, keys: Sequence[int | tuple[int, int]], collated: bool) -> dict:
         """The stored views of ``keys``: a collated batch, or (``collated=False``, one key) one sample."""
         planned = [self.stored_view(k) for k in keys]
