@@ -210,8 +210,8 @@ def _build_locked(source: ImageSource, root: Path, meta: dict[str, Any], splits:
     head = {**meta, "splits": {name: {"num_items": len(items[name])} for name in SPLITS},
             "categories": {str(k): v for k, v in source.categories.items()},
             "skipped_at_start": dict(source.skip_report.skipped)}
-    kept = _resumable_shards(root, items, old, meta["shard_size"]) if old is not None else []
-    lines, intact, _ = read_shard_lines(root / SHARDS_NAME)
+    lines, intact, _ = read_shard_lines(root / SHARDS_NAME)  # a torn or damaged line and all after it: redone
+    kept = _resumable_shards(root, items, old, lines, meta["shard_size"]) if old is not None else []
     whole = (root / SHARDS_NAME).stat().st_size if (root / SHARDS_NAME).exists() else -1
     if head != old or lines != kept or intact != whole:
         write_index(root, head, kept)  # once per build call (a torn line dropped); shard lines are appended from here on
@@ -221,11 +221,11 @@ def _build_locked(source: ImageSource, root: Path, meta: dict[str, Any], splits:
     if max_shards is not None:
         todo = todo[:max_shards]
     if todo:
-        _stream(source, root, meta, items, todo, num_workers, progress)
+        _stream(root, meta, items, todo, num_workers, progress)
 
 
 def _resumable_shards(root: Path, items: dict[str, list[ImageItem]], old: dict[str, Any],
-                      shard_size: int) -> list[dict[str, Any]]:
+                      entries: list[dict[str, Any]], shard_size: int) -> list[dict[str, Any]]:
     """The shard lines a resumed build keeps: per split, the longest prefix (in item order)
     of lines whose files are intact; refuses a source that lists other photos now."""
     for name in SPLITS:
@@ -233,7 +233,6 @@ def _resumable_shards(root: Path, items: dict[str, list[ImageItem]], old: dict[s
         if was is not None and was != len(items[name]):
             raise CacheError(f"cache_dir={root}: the source now lists {len(items[name])} {name} photos, the cache was "
                              f"started with {was}; choose another cache_dir or pass overwrite=true")
-    entries, _, _ = read_shard_lines(root / SHARDS_NAME)  # a torn or damaged line and all after it: redone
     kept = []
     for name in SPLITS:
         for number, entry in enumerate(sorted((e for e in entries if e.get("split") == name), key=lambda e: e["first_item"])):
@@ -257,7 +256,6 @@ class _Shard:
     images: np.ndarray  # (len(chunk) * views, 3, T, T), the first count * views rows filled
     views: int
     count: int = 0
-    received: int = 0
     keys: list[str] = field(default_factory=list)
     labels: list[list[int]] = field(default_factory=list)
     excluded: dict[str, str] = field(default_factory=dict)
@@ -270,14 +268,9 @@ class _Shard:
             self.count += 1
             self.keys.append(item.key)
             self.labels.append(list(item.labels))
-        self.received += 1
-
-    @property
-    def full(self) -> bool:
-        return self.received == len(self.chunk)
 
 
-def _stream(source: ImageSource, root: Path, meta: dict[str, Any], items: dict[str, list[ImageItem]],
+def _stream(root: Path, meta: dict[str, Any], items: dict[str, list[ImageItem]],
             todo: list[tuple[str, int]], num_workers: int, progress: bool) -> None:
     """Decode the photos of the shards ``todo`` ((split, first item) in order) as one stream
     and hand each finished shard to the writer thread."""
