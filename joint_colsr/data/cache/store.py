@@ -302,7 +302,9 @@ def summarize(index: dict[str, Any]) -> str:
         done = sum(s["num_items"] for s in entry["shards"])
         state = "complete" if entry["complete"] else f"incomplete ({done} of {entry['num_items']} photos processed)"
         reasons = ", ".join(f"{n} {r}" for r, n in excluded.most_common()) or "none"
-        lines.append(f"{name}: {kept} images in {len(entry['shards'])} shards, {state}; "
+        views = len(index.get("val_views", [WHOLE])) if name == "val" else 1
+        stored = f" ({views} views each)" if views > 1 else ""
+        lines.append(f"{name}: {kept} photos{stored} in {len(entry['shards'])} shards, {state}; "
                      f"skipped {sum(excluded.values())} files ({reasons})")
     at_start = count_reasons(index.get("skipped_at_start", {}).values())
     if at_start:
