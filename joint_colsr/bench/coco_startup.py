@@ -1,0 +1,184 @@
+"""COCO start-up benchmark: seconds and peak memory from ``data=coco`` to the lists of photos.
+
+    python -m joint_colsr.bench.coco_startup              # full scale: 118,287 + 5,000 images, ~500 MB of JSON
+    python -m joint_colsr.bench.coco_startup --quick      # 2,000 + 100 images, a smoke test
+
+On a synthetic COCO 2017 layout (:mod:`joint_colsr.bench.coco_synth`), each measurement is
+a fresh Python process (what a run, or one DDP rank, is) that imports the suite, then builds
+the data source and lists what its stage needs; it reports the wall and CPU seconds of that
+step and its peak resident memory above the process after its imports (``ru_maxrss``):
+
+* ``pycocotools``: today's reference, ``COCO(instances_train2017.json)`` alone;
+* ``first_start``: ``CocoSource(validation=heldout).split()`` with no index: parses both
+  annotation files and stores their compact indexes;
+* ``second_start``: the same again: reads the indexes;
+* ``eval_start``: a ``test`` stage with ``validation=val2017`` (what ``eval`` does): val2017 only.
+
+The annotation files were just written, so they are in the page cache: a first start on a
+cold disk adds the time to read ~500 MB. Writes ``coco_startup`` (and the headline keys
+``coco_second_start_seconds``, ``coco_second_start_peak_gib``) to ``benchmarks/results.json``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as dt
+import json
+import logging
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+from joint_colsr.bench import merge_results, replace_report_section
+
+log = logging.getLogger(__name__)
+
+REPORT_BEGIN = "<!-- BEGIN coco start-up benchmark (python -m joint_colsr.bench.coco_startup) -->"
+REPORT_END = "<!-- END coco start-up benchmark -->"
+#: The issue's targets for a second start on full COCO.
+TARGET_SECONDS, TARGET_GIB = 5.0, 0.5
+QUICK_SCALE = (2_000, 100)
+
+#: Run in the child: the step being measured, after the imports every run pays anyway.
+_CHILD = r"""
+import json, resource, sys, time
+what, root, index_dir, held_out = sys.argv[1], sys.argv[2], sys.argv[3], int(sys.argv[4])
+from joint_colsr.data.coco import CocoSource
+if what == "pycocotools":
+    import contextlib, io
+    from pycocotools.coco import COCO
+before = resource.getrusage(resource.RUSAGE_SELF)
+wall = time.perf_counter()
+if what == "pycocotools":
+    with contextlib.redirect_stdout(io.StringIO()):
+        coco = COCO(f"{root}/annotations/instances_train2017.json")
+    counts = {"train": len(coco.imgs)}
+elif what == "eval_start":
+    source = CocoSource(root, validation="val2017", index_dir=index_dir)
+    counts = {"val": len(source.validation_items()), "categories": len(source.categories)}
+else:
+    source = CocoSource(root, validation="heldout", val_images=held_out, index_dir=index_dir)
+    train, val = source.split()
+    counts = {"train": len(train), "val": len(val), "categories": len(source.categories)}
+wall = time.perf_counter() - wall
+after = resource.getrusage(resource.RUSAGE_SELF)
+print(json.dumps({"seconds": wall, "cpu_seconds": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
+                  "peak_above_imports_bytes": 1024 * (after.ru_maxrss - before.ru_maxrss),
+                  "imports_rss_bytes": 1024 * before.ru_maxrss, "counts": counts}))
+"""
+
+
+def measure_start(what: str, root: Path, index_dir: Path, held_out: int = 5000) -> dict[str, Any]:
+    """One fresh process doing ``what`` (see the module docs; ``held_out``: the held-out slice); its numbers."""
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]))
+    done = subprocess.run([sys.executable, "-c", _CHILD, what, str(root), str(index_dir), str(held_out)], capture_output=True, text=True, env=env,
+                          check=False)
+    if done.returncode != 0:
+        raise RuntimeError(f"coco start-up child ({what}) failed: {done.stderr[-2000:]}")
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    out["peak_above_imports_gib"] = out["peak_above_imports_bytes"] / 2**30
+    log.info("coco start-up: %s %.2f s (CPU %.2f s), peak %.3f GiB above the imports", what, out["seconds"],
+             out["cpu_seconds"], out["peak_above_imports_gib"])
+    return out
+
+
+def run_coco_startup_benchmark(quick: bool = False, root: str | Path | None = None, work_dir: str | Path | None = None) -> dict[str, Any]:
+    """Write a synthetic COCO (or use ``root``, one written by :mod:`joint_colsr.bench.coco_synth`)
+    and measure each start in its own process; return the numbers."""
+    from joint_colsr.bench.coco_synth import FULL_SCALE, make_synthetic_coco
+
+    load_before = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
+    train_images, val_images = QUICK_SCALE if quick else (FULL_SCALE["train2017"][0], FULL_SCALE["val2017"][0])
+    with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
+        if root is None:
+            root = Path(tmp) / "coco"
+            start = time.perf_counter()
+            layout = make_synthetic_coco(root, train_images, val_images)
+            log.info("coco start-up: wrote the synthetic layout in %.0f s: %s", time.perf_counter() - start, layout)
+        else:
+            root = Path(root)
+            layout = {folder: {"images": len(os.listdir(root / folder)),
+                               "bytes": (root / "annotations" / f"instances_{folder}.json").stat().st_size} for folder in FULL_SCALE}
+        index_dir = Path(tmp) / "index"  # fresh: the first start finds no index
+        shutil.rmtree(index_dir, ignore_errors=True)
+        held_out = min(5000, layout["train2017"]["images"] // 10)  # data=coco's 5,000 at full scale
+        starts = {what: measure_start(what, root, index_dir, held_out) for what in ("pycocotools", "first_start", "second_start", "eval_start")}
+        index_bytes = sum(p.stat().st_size for p in index_dir.glob("*.npz"))
+    second = starts["second_start"]
+    return {
+        "coco_second_start_seconds": round(second["seconds"], 3),
+        "coco_second_start_peak_gib": round(second["peak_above_imports_gib"], 3),
+        "starts": starts,
+        "layout": layout,
+        "index_bytes": index_bytes,
+        "targets": {"second_start_seconds": TARGET_SECONDS, "second_start_peak_gib": TARGET_GIB},
+        "quick": quick,
+        "load_average_before": load_before,
+        "load_average_after": [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None,
+        "date_utc": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M"),
+    }
+
+
+def write_results(result: dict[str, Any], out_dir: Path) -> None:
+    """Read-modify-write ``results.json`` (only this benchmark's keys) and its section of ``RESULTS.md``."""
+    merge_results(out_dir, {
+        "coco_second_start_seconds": result["coco_second_start_seconds"],
+        "coco_second_start_peak_gib": result["coco_second_start_peak_gib"],
+        "coco_startup": {k: v for k, v in result.items() if not k.startswith("coco_")},
+    })
+    replace_report_section(out_dir, REPORT_BEGIN, REPORT_END, render_markdown(result))
+
+
+def render_markdown(r: dict[str, Any]) -> str:
+    train, val = r["layout"]["train2017"], r["layout"]["val2017"]
+    rows = [
+        ("pycocotools `COCO(instances_train2017.json)` (before: every start, every rank)", "pycocotools"),
+        ("first start: `split()`, parses both files, stores the index", "first_start"),
+        ("**second start**: `split()` from the index (every later start, every rank)", "second_start"),
+        ("eval start: `test` stage, `validation=val2017` (val2017 only)", "eval_start"),
+    ]
+    lines = [
+        "## COCO start-up: seconds and memory to list the photos",
+        "",
+        f"Synthetic COCO 2017 layout ({train['images']:,} + {val['images']:,} images, "
+        f"{train['bytes'] / 1e6:.0f} + {val['bytes'] / 1e6:.0f} MB of instances JSON, in the page cache){' (quick: tiny scale, the numbers mean nothing)' if r['quick'] else ''}. "
+        f"Each start is a fresh process; peak = resident memory above that process after its imports. "
+        f"Load average before / after: {r['load_average_before']} / {r['load_average_after']}; {r['date_utc']} UTC.",
+        "",
+        "| step | seconds | CPU seconds | peak GiB above imports |",
+        "| --- | ---: | ---: | ---: |",
+    ]
+    for label, key in rows:
+        s = r["starts"][key]
+        lines.append(f"| {label} | {s['seconds']:.2f} | {s['cpu_seconds']:.2f} | {s['peak_above_imports_gib']:.3f} |")
+    lines += [
+        "",
+        f"Second start: `coco_second_start_seconds` = {r['coco_second_start_seconds']}, `coco_second_start_peak_gib` = "
+        f"{r['coco_second_start_peak_gib']} (targets < {r['targets']['second_start_seconds']:g} s, < {r['targets']['second_start_peak_gib']:g} GiB). "
+        f"The stored indexes take {r['index_bytes'] / 1e6:.1f} MB.",
+        f"Reproduce: `python -m joint_colsr.bench.coco_startup{' --quick' if r['quick'] else ''}` "
+        "(or `python -m joint_colsr.bench --sections coco_startup`).",
+    ]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--quick", action="store_true", help=f"{QUICK_SCALE[0]:,} + {QUICK_SCALE[1]:,} images: a smoke test")
+    parser.add_argument("--root", type=Path, default=None, help="an existing synthetic layout (python -m joint_colsr.bench.coco_synth)")
+    parser.add_argument("--work-dir", type=Path, default=None, help="where the temporary layout goes (default: the system's temp)")
+    parser.add_argument("--out", type=Path, default=Path("benchmarks"), help="folder of results.json and RESULTS.md")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    result = run_coco_startup_benchmark(quick=args.quick, root=args.root, work_dir=args.work_dir)
+    write_results(result, args.out)
+    print(render_markdown(result))
+
+
+if __name__ == "__main__":
+    main()
