@@ -87,13 +87,21 @@ def measure_start(what: str, root: Path, index_dir: Path, held_out: int = 5000) 
     return out
 
 
-def run_coco_startup_benchmark(quick: bool = False, root: str | Path | None = None, work_dir: str | Path | None = None) -> dict[str, Any]:
+def run_coco_startup_benchmark(quick: bool = False, root: str | Path | None = None, work_dir: str | Path | None = None,
+                               scale: tuple[int, int] | None = None) -> dict[str, Any]:
     """Write a synthetic COCO (or use ``root``, one written by :mod:`joint_colsr.bench.coco_synth`)
-    and measure each start in its own process; return the numbers."""
+    and measure each start in its own process; return the numbers.
+
+    Args:
+        quick: a tiny layout (:data:`QUICK_SCALE`): checks that it runs.
+        root: an existing layout to measure instead of writing one.
+        work_dir: where the temporary layout and indexes go (default: the system's temp).
+        scale: ``(train images, val images)`` of the written layout (default: COCO's, or quick's).
+    """
     from joint_colsr.bench.coco_synth import FULL_SCALE, make_synthetic_coco
 
     load_before = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
-    train_images, val_images = QUICK_SCALE if quick else (FULL_SCALE["train2017"][0], FULL_SCALE["val2017"][0])
+    train_images, val_images = scale or (QUICK_SCALE if quick else (FULL_SCALE["train2017"][0], FULL_SCALE["val2017"][0]))
     with tempfile.TemporaryDirectory(dir=work_dir) as tmp:
         if root is None:
             root = Path(tmp) / "coco"

@@ -1,11 +1,14 @@
 """A compact index of a COCO instances file: parsed once, read back in milliseconds.
 
+    python -m joint_colsr.data.coco_index --root /data/coco     # build (or check) both splits' indexes now
+
 ``instances_train2017.json`` is ~450 MB of JSON; what the suite needs of it is the image ids,
 their file names, each image's category ids and the categories table (a few MB). The first
 start parses the file once (:func:`parse_instances`: the stdlib JSON parser with a hook that
-drops each annotation's segmentation as soon as it is read: ~5 s and ~1 GiB peak on full
-COCO, against ~13 s and ~3.1 GiB for pycocotools) and stores those arrays as one ``.npz``;
-every later start, and every DDP rank, reads only that file.
+drops each annotation's segmentation as soon as it is read, so the polygons never fill
+memory together as they do in pycocotools) and stores those arrays as one ``.npz``; every
+later start, and every DDP rank, reads only that file (``python -m joint_colsr.bench.coco_startup``
+measures both).
 
 Where the index lives (:func:`load_index`, ``data.source.index_dir``):
 
@@ -25,6 +28,7 @@ read; the file is written atomically, so a reader never sees half an index.
 
 from __future__ import annotations
 
+import argparse
 import hashlib
 import json
 import logging
@@ -89,7 +93,7 @@ class InstancesIndex:
 
 def _compact(obj: dict[str, Any]) -> Any:
     """``json`` object hook: each object is replaced as soon as it is decoded, so the ~860k
-    annotations' polygons never coexist in memory (what makes pycocotools peak at ~3 GiB)."""
+    annotations' polygons never coexist in memory (what makes pycocotools peak at several GiB)."""
     if "category_id" in obj and "image_id" in obj:  # an annotation
         return (obj["image_id"], obj["category_id"])
     if "file_name" in obj:  # an image
@@ -257,3 +261,18 @@ def load_index(annotation_file: str | os.PathLike, index_dir: str | os.PathLike 
         write_index(target / name, index, key, annotation_file)
         _remove_stale(target, target / name, annotation_file)
     return index
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="Build (or read back) the compact index of a COCO root's instances files.")
+    parser.add_argument("--root", required=True, help="the COCO 2017 folder (annotations/instances_{train,val}2017.json)")
+    parser.add_argument("--index-dir", default=None, help="where the index goes (default: beside the data, or the user cache)")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    for split in ("train2017", "val2017"):
+        index = load_index(Path(args.root).expanduser() / "annotations" / f"instances_{split}.json", args.index_dir)
+        print(f"{split}: {len(index)} images; {index.origin}")
+
+
+if __name__ == "__main__":
+    main()
