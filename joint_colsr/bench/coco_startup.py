@@ -6,7 +6,8 @@
 On a synthetic COCO 2017 layout (:mod:`joint_colsr.bench.coco_synth`), each measurement is
 a fresh Python process (what a run, or one DDP rank, is) that imports the suite, then builds
 the data source and lists what its stage needs; it reports the wall and CPU seconds of that
-step and its peak resident memory above the process after its imports (``ru_maxrss``):
+step and its peak resident memory above the process after its imports (Linux: the
+high-water mark ``VmHWM``, reset after the imports, minus ``VmRSS`` then):
 
 * ``pycocotools``: today's reference, ``COCO(instances_train2017.json)`` alone;
 * ``first_start``: ``CocoSource(validation=heldout).split()`` with no index: parses both
@@ -52,6 +53,25 @@ from joint_colsr.data.coco import CocoSource
 if what == "pycocotools":
     import contextlib, io
     from pycocotools.coco import COCO
+
+
+def memory(key):
+    # /proc/self/status, bytes; None off Linux
+    try:
+        with open("/proc/self/status") as status:
+            return next(int(line.split()[1]) * 1024 for line in status if line.startswith(key + ":"))
+    except (OSError, StopIteration):
+        return None
+
+
+# The peak from here on: reset the high-water mark to the current RSS (Linux >= 4.0). Not
+# ru_maxrss: Linux carries it across fork + exec, so it starts at the parent's RSS.
+try:
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+except OSError:
+    pass
+imports = memory("VmRSS")
 before = resource.getrusage(resource.RUSAGE_SELF)
 wall = time.perf_counter()
 if what == "pycocotools":
@@ -67,9 +87,11 @@ else:
     counts = {"train": len(train), "val": len(val), "categories": len(source.categories)}
 wall = time.perf_counter() - wall
 after = resource.getrusage(resource.RUSAGE_SELF)
+peak = memory("VmHWM")
+if imports is None or peak is None:  # not Linux: ru_maxrss, an upper bound of the step's peak
+    imports, peak = 0, after.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 print(json.dumps({"seconds": wall, "cpu_seconds": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
-                  "peak_above_imports_bytes": 1024 * (after.ru_maxrss - before.ru_maxrss),
-                  "imports_rss_bytes": 1024 * before.ru_maxrss, "counts": counts}))
+                  "peak_above_imports_bytes": max(0, peak - imports), "imports_rss_bytes": imports, "counts": counts}))
 """
 
 
