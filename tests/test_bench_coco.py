@@ -7,7 +7,12 @@ import json
 
 import pytest
 
-from joint_colsr.bench.coco_startup import REPORT_BEGIN, REPORT_END, run_coco_startup_benchmark, write_results
+from joint_colsr.bench.coco_startup import (
+    REPORT_BEGIN,
+    REPORT_END,
+    run_coco_startup_benchmark,
+    write_results,
+)
 
 
 @pytest.mark.slow

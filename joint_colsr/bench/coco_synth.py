@@ -160,7 +160,7 @@ def make_synthetic_coco(root: str | os.PathLike, train_images: int = FULL_SCALE[
     linked = 0
     for folder, image_ids in splits.items():
         per_image = annotations_per_image or FULL_SCALE[folder][1] / FULL_SCALE[folder][0]
-        count = int(round(per_image * len(image_ids)))
+        count = round(per_image * len(image_ids))
         stats[folder] = _write_split(root / "annotations" / f"instances_{folder}.json", image_ids, count, first_ann, folder, rng)
         first_ann += count
         (root / folder).mkdir(exist_ok=True)

@@ -35,6 +35,7 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
+
 from joint_colsr.data.coco_index import InstancesIndex, load_index
 from joint_colsr.data.decode import ImageDecodeError, SkipReason, probe_image
 from joint_colsr.data.sources import ImageItem, ImageSource
@@ -128,7 +129,10 @@ class CocoSource(ImageSource):
         return self.root / "annotations" / f"instances_{folder}.json"
 
     def _index(self, folder: str) -> InstancesIndex:
-        return load_index(self._annotation_file(folder), self.index_dir)
+        try:
+            return load_index(self._annotation_file(folder), self.index_dir)
+        except ValueError as err:  # not an instances file: say what is expected
+            raise ValueError(f"{err}; {COCO_LAYOUT_HELP}") from None
 
     @staticmethod
     def _category_table(index: InstancesIndex) -> dict[int, dict[str, str]]:

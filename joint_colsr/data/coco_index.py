@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import itertools
 import json
 import logging
 import os
@@ -81,7 +82,7 @@ class InstancesIndex:
         """Each image's category ids, as tuples (one list for all images: cheaper than N slices)."""
         flat = self.label_ids.tolist()
         starts = self.label_starts.tolist()
-        return [tuple(flat[a:b]) for a, b in zip(starts[:-1], starts[1:])]
+        return [tuple(flat[a:b]) for a, b in itertools.pairwise(starts)]
 
     def containing_any(self, category_ids: list[int]) -> np.ndarray:
         """``(N,)`` bool: images with at least one annotation of these categories."""
