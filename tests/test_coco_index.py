@@ -207,3 +207,17 @@ def test_annotation_file_that_is_not_instances_is_named(tmp_path):
     index = parse_instances(path)  # no annotations: pycocotools reads it too
     assert index.image_ids.tolist() == [1, 2] and index.file_names.tolist() == ["a.jpg", "b.jpg"]
     assert np.diff(index.label_starts).tolist() == [0, 0]
+
+
+def test_eval_on_coco_never_reads_train2017(tmp_path):
+    from joint_colsr.eval import evaluate
+
+    from .conftest import compose_config
+
+    root = make_tiny_coco(tmp_path / "coco")
+    (root / "annotations" / "instances_train2017.json").write_text("[]")  # reading it would fail
+    cfg = compose_config("eval", ["baseline=gray", "data=coco", f"data.root={root}", "data.input_size=16", "data.output_size=32",
+                                  "data.batch_size=2", "data.num_workers=0", "num_examples=1", "trainer.accelerator=cpu"],
+                         output_dir=tmp_path / "eval")
+    metrics = evaluate(cfg)
+    assert metrics["num_images"] + metrics["skipped"] == 3  # val2017's photos, the grayscale one skipped
