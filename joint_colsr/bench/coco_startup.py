@@ -10,10 +10,15 @@ step and its peak resident memory above the process after its imports (Linux: th
 high-water mark ``VmHWM``, reset after the imports, minus ``VmRSS`` then):
 
 * ``pycocotools``: today's reference, ``COCO(instances_train2017.json)`` alone;
-* ``first_start``: ``CocoSource(validation=heldout).split()`` with no index: parses both
-  annotation files and stores their compact indexes;
-* ``second_start``: the same again: reads the indexes;
-* ``eval_start``: a ``test`` stage with ``validation=val2017`` (what ``eval`` does): val2017 only.
+* ``first_start``: ``CocoSource(validation=heldout).split()`` (``data=coco`` training) with
+  no index: parses the train2017 annotations (the held-out slice is part of them) and
+  stores their compact index;
+* ``second_start``: the same again: reads the index;
+* ``eval_first_start``, ``eval_start``: a ``test`` stage with ``validation=val2017`` (what
+  ``eval`` does), first and second time: val2017 only;
+* ``first_start_ranks_at_once``: 8 processes making the first start together (DDP ranks):
+  one parses, the others wait for its index; the slowest one's seconds and the memory
+  peaks of all.
 
 The annotation files were just written, so they are in the page cache: a first start on a
 cold disk adds the time to read ~500 MB. Writes ``coco_startup`` (and the headline keys
@@ -72,13 +77,26 @@ try:
 except OSError:
     pass
 imports = memory("VmRSS")
+import logging
+
+
+class Origins(logging.Handler):
+    # how each annotation index was got ("COCO train2017: annotation index parsed ..." / "read from ...")
+    parsed = 0
+
+    def emit(self, record):
+        Origins.parsed += "annotation index parsed" in record.getMessage()
+
+
+logging.getLogger("joint_colsr.data.coco").addHandler(Origins())
+logging.getLogger("joint_colsr.data.coco").setLevel(logging.INFO)
 before = resource.getrusage(resource.RUSAGE_SELF)
 wall = time.perf_counter()
 if what == "pycocotools":
     with contextlib.redirect_stdout(io.StringIO()):
         coco = COCO(f"{root}/annotations/instances_train2017.json")
     counts = {"train": len(coco.imgs)}
-elif what == "eval_start":
+elif what.startswith("eval"):
     source = CocoSource(root, validation="val2017", index_dir=index_dir)
     counts = {"val": len(source.validation_items()), "categories": len(source.categories)}
 else:
@@ -91,26 +109,37 @@ peak = memory("VmHWM")
 if imports is None or peak is None:  # not Linux: ru_maxrss, an upper bound of the step's peak
     imports, peak = 0, after.ru_maxrss * (1 if sys.platform == "darwin" else 1024)
 print(json.dumps({"seconds": wall, "cpu_seconds": after.ru_utime + after.ru_stime - before.ru_utime - before.ru_stime,
-                  "peak_above_imports_bytes": max(0, peak - imports), "imports_rss_bytes": imports, "counts": counts}))
+                  "peak_above_imports_bytes": max(0, peak - imports), "imports_rss_bytes": imports, "counts": counts,
+                  "indexes_parsed": Origins.parsed}))
 """
 
 
-def measure_start(what: str, root: Path, index_dir: Path, held_out: int = 5000) -> dict[str, Any]:
-    """One fresh process doing ``what`` (see the module docs; ``held_out``: the held-out slice); its numbers."""
+def measure_starts(what: str, root: Path, index_dir: Path, held_out: int = 5000, processes: int = 1) -> list[dict[str, Any]]:
+    """``processes`` fresh processes doing ``what`` at once (see the module docs; ``held_out``:
+    the held-out slice), as DDP ranks start; the numbers of each."""
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).resolve().parents[2]), os.environ.get("PYTHONPATH", "")]))
-    done = subprocess.run([sys.executable, "-c", _CHILD, what, str(root), str(index_dir), str(held_out)], capture_output=True, text=True, env=env,
-                          check=False)
-    if done.returncode != 0:
-        raise RuntimeError(f"coco start-up child ({what}) failed: {done.stderr[-2000:]}")
-    out = json.loads(done.stdout.strip().splitlines()[-1])
-    out["peak_above_imports_gib"] = out["peak_above_imports_bytes"] / 2**30
-    log.info("coco start-up: %s %.2f s (CPU %.2f s), peak %.3f GiB above the imports", what, out["seconds"],
-             out["cpu_seconds"], out["peak_above_imports_gib"])
-    return out
+    children = [subprocess.Popen([sys.executable, "-c", _CHILD, what, str(root), str(index_dir), str(held_out)],
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env) for _ in range(processes)]
+    outs = []
+    for child in children:
+        stdout, stderr = child.communicate()
+        if child.returncode != 0:
+            raise RuntimeError(f"coco start-up child ({what}) failed: {stderr[-2000:]}")
+        out = json.loads(stdout.strip().splitlines()[-1])
+        out["peak_above_imports_gib"] = out["peak_above_imports_bytes"] / 2**30
+        outs.append(out)
+    log.info("coco start-up: %s x%d: %s", what, processes, "; ".join(
+        f"{o['seconds']:.2f} s (CPU {o['cpu_seconds']:.2f} s), peak {o['peak_above_imports_gib']:.3f} GiB above the imports" for o in outs))
+    return outs
+
+
+def measure_start(what: str, root: Path, index_dir: Path, held_out: int = 5000) -> dict[str, Any]:
+    """One fresh process doing ``what``; its numbers."""
+    return measure_starts(what, root, index_dir, held_out)[0]
 
 
 def run_coco_startup_benchmark(quick: bool = False, root: str | Path | None = None, work_dir: str | Path | None = None,
-                               scale: tuple[int, int] | None = None) -> dict[str, Any]:
+                               scale: tuple[int, int] | None = None, ranks: int | None = None) -> dict[str, Any]:
     """Write a synthetic COCO (or use ``root``, one written by :mod:`joint_colsr.bench.coco_synth`)
     and measure each start in its own process; return the numbers.
 
@@ -119,7 +148,10 @@ def run_coco_startup_benchmark(quick: bool = False, root: str | Path | None = No
         root: an existing layout to measure instead of writing one.
         work_dir: where the temporary layout and indexes go (default: the system's temp).
         scale: ``(train images, val images)`` of the written layout (default: COCO's, or quick's).
+        ranks: processes started at once, as DDP ranks, for ``first_start_ranks_at_once``
+            (default 8; 2 when quick).
     """
+    ranks = ranks or (2 if quick else 8)
     from joint_colsr.bench.coco_synth import FULL_SCALE, make_synthetic_coco
 
     load_before = [round(x, 2) for x in os.getloadavg()] if hasattr(os, "getloadavg") else None
@@ -137,13 +169,21 @@ def run_coco_startup_benchmark(quick: bool = False, root: str | Path | None = No
         index_dir = Path(tmp) / "index"  # fresh: the first start finds no index
         shutil.rmtree(index_dir, ignore_errors=True)
         held_out = min(5000, layout["train2017"]["images"] // 10)  # data=coco's 5,000 at full scale
-        starts = {what: measure_start(what, root, index_dir, held_out) for what in ("pycocotools", "first_start", "second_start", "eval_start")}
+        starts = {what: measure_start(what, root, index_dir, held_out) for what in
+                  ("pycocotools", "first_start", "second_start", "eval_first_start", "eval_start")}
         index_bytes = sum(p.stat().st_size for p in index_dir.glob("*.npz"))
+        # DDP: every rank starts at once with no index; one parses each file, the others wait and read.
+        ranks = measure_starts("first_start", root, Path(tmp) / "index_ranks", held_out, processes=ranks)
+        together = {"ranks": len(ranks), "slowest_seconds": max(r["seconds"] for r in ranks),
+                    "indexes_parsed": sum(r["indexes_parsed"] for r in ranks),
+                    "peak_above_imports_gib_sum": sum(r["peak_above_imports_gib"] for r in ranks),
+                    "peak_above_imports_gib_max": max(r["peak_above_imports_gib"] for r in ranks)}
     second = starts["second_start"]
     return {
         "coco_second_start_seconds": round(second["seconds"], 3),
         "coco_second_start_peak_gib": round(second["peak_above_imports_gib"], 3),
         "starts": starts,
+        "first_start_ranks_at_once": together,
         "layout": layout,
         "index_bytes": index_bytes,
         "targets": {"second_start_seconds": TARGET_SECONDS, "second_start_peak_gib": TARGET_GIB},
@@ -168,9 +208,10 @@ def render_markdown(r: dict[str, Any]) -> str:
     train, val = r["layout"]["train2017"], r["layout"]["val2017"]
     rows = [
         ("pycocotools `COCO(instances_train2017.json)` (before: every start, every rank)", "pycocotools"),
-        ("first start: `split()`, parses both files, stores the index", "first_start"),
-        ("**second start**: `split()` from the index (every later start, every rank)", "second_start"),
-        ("eval start: `test` stage, `validation=val2017` (val2017 only)", "eval_start"),
+        ("first start: training's `split()` (held-out validation), parses train2017, stores its index", "first_start"),
+        ("**second start**: the same from the index (every later start, every rank)", "second_start"),
+        ("eval, first start: `test` stage, `validation=val2017`: parses val2017 alone", "eval_first_start"),
+        ("eval, second start: val2017's index alone", "eval_start"),
     ]
     lines = [
         "## COCO start-up: seconds and memory to list the photos",
@@ -191,6 +232,12 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"Second start: `coco_second_start_seconds` = {r['coco_second_start_seconds']}, `coco_second_start_peak_gib` = "
         f"{r['coco_second_start_peak_gib']} (targets < {r['targets']['second_start_seconds']:g} s, < {r['targets']['second_start_peak_gib']:g} GiB). "
         f"The stored indexes take {r['index_bytes'] / 1e6:.1f} MB.",
+        "",
+        f"First start of {r['first_start_ranks_at_once']['ranks']} processes at once (DDP ranks, no index yet): the slowest took "
+        f"{r['first_start_ranks_at_once']['slowest_seconds']:.2f} s; {r['first_start_ranks_at_once']['indexes_parsed']} annotation "
+        f"file(s) parsed in all (the others waited and read its index); memory peaks above the imports "
+        f"{r['first_start_ranks_at_once']['peak_above_imports_gib_max']:.3f} GiB at most, "
+        f"{r['first_start_ranks_at_once']['peak_above_imports_gib_sum']:.3f} GiB summed over the processes.",
         f"Reproduce: `python -m joint_colsr.bench.coco_startup{' --quick' if r['quick'] else ''}` "
         "(or `python -m joint_colsr.bench --sections coco_startup`).",
     ]
@@ -203,9 +250,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--root", type=Path, default=None, help="an existing synthetic layout (python -m joint_colsr.bench.coco_synth)")
     parser.add_argument("--work-dir", type=Path, default=None, help="where the temporary layout goes (default: the system's temp)")
     parser.add_argument("--out", type=Path, default=Path("benchmarks"), help="folder of results.json and RESULTS.md")
+    parser.add_argument("--ranks", type=int, default=None, help="processes of the at-once first start (default 8; 2 with --quick)")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result = run_coco_startup_benchmark(quick=args.quick, root=args.root, work_dir=args.work_dir)
+    result = run_coco_startup_benchmark(quick=args.quick, root=args.root, work_dir=args.work_dir, ranks=args.ranks)
     write_results(result, args.out)
     print(render_markdown(result))
 
