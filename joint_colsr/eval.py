@@ -176,8 +176,15 @@ class Evaluator(pl.LightningModule):
         joint = "GT L*" if row["psnr_joint"] is None else f"{row['psnr_joint']:.2f}"
         text = f"PSNR {row['psnr']:.2f} | own L* {joint}  {Path(str(row['key'])).stem[:16]}"
 
+        kept: list[Tensor] = []
+
         def images() -> list[Tensor]:
-            return evaluation_row(l_lowres.cpu(), rgb.cpu(), rgb_joint.cpu(), target.cpu(), text)
+            # Made once per kept image, as uint8 copies of that image alone (evaluation_row):
+            # a slice of the batch would keep the whole batch alive (memory bounded by
+            # num_examples, not by the batch size or the number of batches).
+            if not kept:
+                kept.extend(evaluation_row(l_lowres, rgb, rgb_joint, target, text))
+            return kept
 
         psnr = row["psnr"]
         if len(self.best) < n or psnr > self.best[-1][0]:
