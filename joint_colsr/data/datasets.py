@@ -17,7 +17,7 @@ from torch.utils.data import Dataset
 
 from joint_colsr.data.decode import ImageDecodeError, unusable_reason
 from joint_colsr.data.sampler import sample_seed
-from joint_colsr.data.sources import ImageItem
+from joint_colsr.data.sources import USABLE_HELP, ImageItem
 
 log = logging.getLogger(__name__)
 
@@ -176,7 +176,7 @@ class ReferenceImages(Dataset):
         if not 0 <= index < self.length:
             raise IndexError(f"index {index} out of range for {self.length} samples")
         item_idx, view = self._item_and_view(index)
-        skipped = 0
+        skipped, unusable = 0, []
         for attempt in range(len(self.items)):
             item = self.items[(item_idx + attempt) % len(self.items)]
             try:
@@ -188,11 +188,14 @@ class ReferenceImages(Dataset):
                 if reason is None:
                     break
             skipped += 1
+            unusable.append(f"{item.path or item.key}: {reason}")
             if item.key not in self._logged:
                 self._logged.add(item.key)
                 log.warning("skipping %s: %s", item.path or item.key, reason)
         else:
-            raise RuntimeError(f"none of the {len(self.items)} images could be decoded and used")
+            more = f"\n  ... and {len(unusable) - 20} more" if len(unusable) > 20 else ""
+            raise RuntimeError(f"none of the {len(self.items)} photos of this {'training' if self.train else 'validation'} "
+                               "split could be decoded and used:\n  " + "\n  ".join(unusable[:20]) + more + "\n" + USABLE_HELP)
         out = self._make(rgb, view, np.random.default_rng(seed))
         sample = {
             "rgb": torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))),
