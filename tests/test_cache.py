@@ -185,8 +185,8 @@ def test_a_cache_from_before_colour_profiles_were_converted_warns(tmp_path, imag
 
 
 def test_cached_validation_views_are_never_enlarged_crops(tiny_coco, tmp_path):
-    from joint_colsr.data.cache import CachedImages
-    from joint_colsr.data.datasets import VALIDATION_VIEWS
+    from joint_colsr.data.datasets import CachedImages
+    from joint_colsr.data.views import VALIDATION_VIEWS
 
     source = CocoSource(str(tiny_coco))
     build_cache(source, tmp_path / "s", output_size=32, progress=False)

@@ -84,7 +84,7 @@ def test_samples_split_has_no_validation_leak():
     # Every training crop is drawn from a training photo.
     dataset = ReferenceImages(train, 64, train=True, length=50)
     for index in range(50):
-        assert dataset.items[dataset._item_and_view(index)[0]].group not in {i.group for i in val}
+        assert dataset.items[dataset.locate(index)[1]].group not in {i.group for i in val}
     # And the datamodule builds its datasets from exactly these items.
     dm = ColSRDataModule(source, batch_size=2, num_workers=0, input_size=32, output_size=64)
     dm.setup("fit")
@@ -289,7 +289,7 @@ def test_datamodule_bad_arguments(kwargs, match):
 
 def test_training_crops_are_never_enlarged():
     """No blurred targets: a random crop keeps at least output_size source pixels per side."""
-    from joint_colsr.data.datasets import random_resized_box
+    from joint_colsr.data.views import random_resized_box
 
     rng = np.random.default_rng(0)
     for _ in range(200):

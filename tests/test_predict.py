@@ -10,7 +10,7 @@ from PIL import Image
 from torch import nn
 
 from joint_colsr.color import rgb_uint8_to_lab_batch
-from joint_colsr.data.datasets import resize_box
+from joint_colsr.data.views import resize_box
 from joint_colsr.metrics import psnr_uint8, rgb_from_prediction
 from joint_colsr.nets import JointPaperNet
 from joint_colsr.predict import TiledColorizer, predict

@@ -69,7 +69,7 @@ def write_synthetic_cache(root: Path, train_images: int, val_images: int, size: 
     colour offset; every shard holds the same images).
     Written directly, without decoding photos: gigabytes take seconds.
     """
-    from joint_colsr.data.cache import CACHE_VERSION, COLOUR_HANDLING, INDEX_NAME, _sha256
+    from joint_colsr.data.cache.store import CACHE_VERSION, COLOUR_HANDLING, INDEX_NAME, sha256_of
 
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -103,7 +103,7 @@ def write_synthetic_cache(root: Path, train_images: int, val_images: int, size: 
             file_name = f"{name}-{first // shard_size:05d}.npy"
             np.save(root / file_name, full[:n])
             if n not in digests:
-                digests[n] = _sha256(root / file_name)
+                digests[n] = sha256_of(root / file_name)
             keys = [f"{name}{i}" for i in range(first, first + n)]
             shards.append({"file": file_name, "first_item": first, "num_items": n, "items_sha1": "synthetic", "count": n,
                            "bytes": (root / file_name).stat().st_size, "sha256": digests[n],

@@ -12,10 +12,11 @@ import torch
 from torch.utils.data import DataLoader
 
 from joint_colsr.color import rgb_uint8_to_lab_batch
-from joint_colsr.data.cache import CachedImages, ImageCache, collate_samples
-from joint_colsr.data.datasets import TRAIN_CROPS, VALIDATION_VIEWS, ReferenceImages
+from joint_colsr.data.cache import ImageCache
+from joint_colsr.data.datasets import CachedImages, ReferenceImages, collate_samples
 from joint_colsr.data.sampler import EpochSeededSampler
 from joint_colsr.data.sources import ImageSource
+from joint_colsr.data.views import TRAIN_CROPS, VALIDATION_VIEWS
 from joint_colsr.preemption import ignore_preemption_signals_in_worker
 
 log = logging.getLogger(__name__)

@@ -1,113 +1,119 @@
-"""Datasets of reference images: decode, crop, resize to ``S x S`` RGB uint8. Nothing else.
+"""Datasets of reference images (``S x S`` RGB uint8), from photo files or from a decoded cache.
 
 Colour conversion does not happen here: workers move only uint8 (4x less than float32),
 and LAB runs on the device (see :meth:`ColSRDataModule.on_after_batch_transfer`).
+
+Both datasets share :class:`ReferenceSamples`: which photo and view a sample index means,
+how its seed draws the crop and the flip, the sample dict. Only where the pixels come
+from differs.
 """
 
 from __future__ import annotations
 
 import logging
-import math
-from typing import Sequence
+from typing import TYPE_CHECKING, Sequence
 
 import numpy as np
 import torch
-from PIL import Image
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, default_collate
 
 from joint_colsr.data.decode import ImageDecodeError, unusable_reason
 from joint_colsr.data.sampler import sample_seed
 from joint_colsr.data.sources import USABLE_HELP, ImageItem
+from joint_colsr.data.views import TRAIN_CROPS, VALIDATION_VIEWS, WHOLE, Box, resize_box, training_box, view_box
+
+if TYPE_CHECKING:
+    from joint_colsr.data.cache.store import CacheSplit
 
 log = logging.getLogger(__name__)
 
-Box = tuple[float, float, float, float]  # (left, top, right, bottom), fractions of width/height
 
-#: Deterministic validation views: the whole image (the evaluation protocol: squash-resize),
-#: then crops of 2/3 of each side at the centre and the four corners.
-VALIDATION_VIEWS: tuple[Box, ...] = (
-    (0.0, 0.0, 1.0, 1.0),
-    (1 / 6, 1 / 6, 5 / 6, 5 / 6),
-    (0.0, 0.0, 2 / 3, 2 / 3),
-    (1 / 3, 0.0, 1.0, 2 / 3),
-    (0.0, 1 / 3, 2 / 3, 1.0),
-    (1 / 3, 1 / 3, 1.0, 1.0),
-)
+class ReferenceSamples(Dataset):
+    """What sample ``index`` of an epoch is, whatever holds the photos.
 
-
-#: Training crop modes: a random resized crop (``data.crop_scale``) or the whole photo
-#: squash-resized to the output size (the paper's recipe).
-TRAIN_CROPS = ("random_resized", "whole")
-
-
-def random_resized_box(
-    rng: np.random.Generator, width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float],
-    min_side: float = 0.0,
-) -> tuple[float, float, float, float]:
-    """A crop box in pixels covering ``scale`` of the area with aspect ratio in ``ratio``
-    (log-uniform), as torchvision's ``RandomResizedCrop`` draws it; falls back to the
-    largest centred box of a ratio inside the range.
-
-    ``min_side``: no side of the box is shorter than this (the output size): a box drawn
-    smaller is grown, keeping its aspect, so a crop is never *enlarged* to the target
-    (that would make a blurred "high-resolution" target). On a photo too small for that
-    the fallback box is used (the whole photo is then enlarged, as validation does).
-    """
-    area = width * height
-    log_ratio = (math.log(ratio[0]), math.log(ratio[1]))
-    for _ in range(10):
-        target = area * rng.uniform(*scale)
-        aspect = math.exp(rng.uniform(*log_ratio))
-        w = math.sqrt(target * aspect)
-        h = math.sqrt(target / aspect)
-        if 0 < min(w, h) < min_side:
-            grow = min_side / min(w, h)
-            w, h = w * grow, h * grow
-        if 0 < w <= width and 0 < h <= height:
-            x0 = rng.uniform(0, width - w)
-            y0 = rng.uniform(0, height - h)
-            return x0, y0, x0 + w, y0 + h
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, width / ratio[0]
-    elif in_ratio > ratio[1]:
-        w, h = height * ratio[1], height
-    else:
-        w, h = width, height
-    x0, y0 = (width - w) / 2, (height - h) / 2
-    return x0, y0, x0 + w, y0 + h
-
-
-def resize_box(rgb: np.ndarray, box: tuple[float, float, float, float], size: int) -> np.ndarray:
-    """Crop ``box`` (pixels) out of ``rgb`` and resize it to ``size x size`` (bicubic, antialiased)."""
-    img = Image.fromarray(rgb)
-    out = img.resize((size, size), Image.Resampling.BICUBIC, box=box)
-    return np.asarray(out, dtype=np.uint8)
-
-
-class ReferenceImages(Dataset):
-    """Reference images (``S x S`` RGB uint8) made from photographs.
-
-    Training (``train=True``): each sample is photo ``index % len(items)``, either a random
-    resized crop (``train_crop="random_resized"``; no side under ``output_size`` source pixels,
-    so a target is never a crop enlarged beyond its source resolution) or the whole photo
-    squash-resized (``"whole"``: the paper's recipe), with a random horizontal flip when
-    ``hflip``; all drawn from the sample seed. ``length`` sets how many samples make an
-    epoch (few photos, many crops).
+    Training (``train=True``): each sample is photo ``index % num_photos``, either a random
+    resized crop (``train_crop="random_resized"``; no side under ``output_size`` source
+    pixels, so a target is never a crop enlarged beyond its source resolution) or the whole
+    photo squash-resized (``"whole"``: the paper's recipe), with a random horizontal flip
+    when ``hflip``; all drawn from the sample seed. ``length`` sets how many samples make
+    an epoch (few photos, many crops).
 
     Validation (``train=False``): photo ``index // len(views)`` seen through the fixed
     view ``index % len(views)``: deterministic.
 
     Indexing takes ``index`` or ``(index, sample_seed)`` (what :class:`EpochSeededSampler`
-    yields). A photo that fails to decode, or that :func:`unusable_reason` rejects
-    (grayscale, tiny, extreme aspect ratio), is skipped (the next photo is used) and
-    counted in the sample's ``skipped`` field, so a bad file never ends an epoch. Each
-    skipped file is logged once per process with its reason.
+    yields).
 
     Args:
         label_columns: COCO category id -> column; when given, samples carry ``labels``,
             a ``(num_classes,)`` uint8 multi-hot vector of the photo's categories.
+    """
+
+    def __init__(
+        self,
+        num_photos: int,
+        output_size: int,
+        train: bool,
+        length: int | None = None,
+        views: Sequence[Box] = (WHOLE,),
+        crop_scale: tuple[float, float] = (0.25, 1.0),
+        crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        hflip: bool = True,
+        label_columns: dict[int, int] | None = None,
+        train_crop: str = "random_resized",
+    ) -> None:
+        if train_crop not in TRAIN_CROPS:
+            raise ValueError(f"data.train_crop must be one of {', '.join(TRAIN_CROPS)}, got {train_crop!r}")
+        self.num_photos = int(num_photos)
+        self.output_size = int(output_size)
+        self.train = train
+        self.views = tuple(views)
+        self.crop_scale = tuple(crop_scale)
+        self.crop_ratio = tuple(crop_ratio)
+        self.hflip = hflip
+        self.train_crop = train_crop
+        self.label_columns = label_columns
+        default_length = self.num_photos if train else self.num_photos * len(self.views)
+        self.length = int(length) if length else default_length
+
+    def __len__(self) -> int:
+        return self.length
+
+    def locate(self, key: int | tuple[int, int]) -> tuple[int, int, Box | None, np.random.Generator]:
+        """``(index, photo, view or None (training), rng)`` of one sample key."""
+        index, seed = (key if isinstance(key, tuple) else (key, sample_seed(0, 0, key)))
+        if not 0 <= index < self.length:
+            raise IndexError(f"index {index} out of range for {self.length} samples")
+        if self.train:
+            return index, index % self.num_photos, None, np.random.default_rng(seed)
+        return index, index // len(self.views), self.views[index % len(self.views)], np.random.default_rng(seed)
+
+    def box(self, rng: np.random.Generator, width: int, height: int, view: Box | None) -> Box:
+        """The sample's box in a ``width x height`` image: its view, or a training box drawn from ``rng``."""
+        if view is not None:
+            return view_box(view, width, height)
+        return training_box(rng, width, height, self.train_crop, self.output_size, self.crop_scale, self.crop_ratio)
+
+    def flip(self, rng: np.random.Generator) -> bool:
+        """Whether a training sample is flipped (drawn after its box)."""
+        return bool(self.train and self.hflip and rng.random() < 0.5)
+
+    def labels(self, categories: Sequence[int]) -> torch.Tensor:
+        return multi_hot(categories, self.label_columns)
+
+
+class ReferenceImages(ReferenceSamples):
+    """Reference images decoded from photo files (see :class:`ReferenceSamples` for the samples).
+
+    A photo that fails to decode, or that :func:`unusable_reason` rejects (grayscale, tiny,
+    extreme aspect ratio), is skipped (the next photo is used) and counted in the sample's
+    ``skipped`` field, so a bad file never ends an epoch. Each skipped file is logged once
+    per process with its reason.
+
+    Args:
+        items: the photos.
         exclude_grayscale, min_side, max_aspect: see :func:`unusable_reason`.
+        others: see :class:`ReferenceSamples`.
 
     Returns:
         dict with ``rgb``: ``(3, S, S)`` uint8 tensor; ``index``: int; ``skipped``: int;
@@ -120,7 +126,7 @@ class ReferenceImages(Dataset):
         output_size: int,
         train: bool,
         length: int | None = None,
-        views: Sequence[Box] = (VALIDATION_VIEWS[0],),
+        views: Sequence[Box] = (WHOLE,),
         crop_scale: tuple[float, float] = (0.25, 1.0),
         crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
         hflip: bool = True,
@@ -132,53 +138,18 @@ class ReferenceImages(Dataset):
     ) -> None:
         if not items:
             raise ValueError("ReferenceImages needs at least one image item")
-        if train_crop not in TRAIN_CROPS:
-            raise ValueError(f"data.train_crop must be one of {', '.join(TRAIN_CROPS)}, got {train_crop!r}")
-        self.train_crop = train_crop
+        super().__init__(len(items), output_size, train, length, views, crop_scale, crop_ratio, hflip, label_columns, train_crop)
         self.items = list(items)
-        self.output_size = int(output_size)
-        self.train = train
-        self.views = tuple(views)
-        self.crop_scale = tuple(crop_scale)
-        self.crop_ratio = tuple(crop_ratio)
-        self.hflip = hflip
-        default_length = len(self.items) if train else len(self.items) * len(self.views)
-        self.length = int(length) if length else default_length
-        self.label_columns = label_columns
         self.exclude_grayscale = exclude_grayscale
         self.min_side = int(min_side)
         self.max_aspect = float(max_aspect)
         self._logged: set[str] = set()
 
-    def __len__(self) -> int:
-        return self.length
-
-    def _item_and_view(self, index: int) -> tuple[int, Box | None]:
-        if self.train:
-            return index % len(self.items), None
-        return index // len(self.views), self.views[index % len(self.views)]
-
-    def _make(self, rgb: np.ndarray, view: Box | None, rng: np.random.Generator) -> np.ndarray:
-        height, width = rgb.shape[:2]
-        if view is None and self.train_crop == "random_resized":
-            box = random_resized_box(rng, width, height, self.crop_scale, self.crop_ratio, min_side=self.output_size)
-        elif view is None:
-            box = (0.0, 0.0, float(width), float(height))
-        else:
-            box = (view[0] * width, view[1] * height, view[2] * width, view[3] * height)
-        out = resize_box(rgb, box, self.output_size)
-        if view is None and self.hflip and rng.random() < 0.5:
-            out = out[:, ::-1]
-        return out
-
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        index, seed = (key if isinstance(key, tuple) else (key, sample_seed(0, 0, key)))
-        if not 0 <= index < self.length:
-            raise IndexError(f"index {index} out of range for {self.length} samples")
-        item_idx, view = self._item_and_view(index)
+        index, photo, view, rng = self.locate(key)
         skipped, unusable = 0, []
         for attempt in range(len(self.items)):
-            item = self.items[(item_idx + attempt) % len(self.items)]
+            item = self.items[(photo + attempt) % len(self.items)]
             try:
                 rgb = item.load()
             except ImageDecodeError as err:
@@ -196,15 +167,98 @@ class ReferenceImages(Dataset):
             more = f"\n  ... and {len(unusable) - 20} more" if len(unusable) > 20 else ""
             raise RuntimeError(f"none of the {len(self.items)} photos of this {'training' if self.train else 'validation'} "
                                "split could be decoded and used:\n  " + "\n  ".join(unusable[:20]) + more + "\n" + USABLE_HELP)
-        out = self._make(rgb, view, np.random.default_rng(seed))
-        sample = {
-            "rgb": torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))),
-            "index": index,
-            "skipped": skipped,
-        }
+        height, width = rgb.shape[:2]
+        out = resize_box(rgb, self.box(rng, width, height, view), self.output_size)
+        if self.flip(rng):
+            out = out[:, ::-1]
+        sample = {"rgb": torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))), "index": index, "skipped": skipped}
         if self.label_columns is not None:
-            sample["labels"] = multi_hot(item.labels, self.label_columns)
+            sample["labels"] = self.labels(item.labels)
         return sample
+
+
+class CachedImages(ReferenceSamples):
+    """Reference images read from a cache split (see :class:`ReferenceSamples` for the samples).
+
+    Training: a random resized crop only when the cached side exceeds ``output_size`` and
+    ``train_crop="random_resized"`` (no side under ``output_size`` cached pixels: never an
+    enlarged crop); else the cached image itself (resized down when cached larger); and the
+    flip. Validation: the whole-photo view is the cached image itself, byte for byte.
+    Views other than the whole photo need a validation split cached at 1.5x the output size
+    or more (``preprocess val_size=``), so that they too are crops at their source resolution.
+    """
+
+    def __init__(
+        self,
+        split: CacheSplit,
+        output_size: int,
+        train: bool,
+        length: int | None = None,
+        views: Sequence[Box] = (WHOLE,),
+        crop_scale: tuple[float, float] = (0.25, 1.0),
+        crop_ratio: tuple[float, float] = (3 / 4, 4 / 3),
+        hflip: bool = True,
+        label_columns: dict[int, int] | None = None,
+        train_crop: str = "random_resized",
+    ) -> None:
+        if len(split) == 0:
+            raise ValueError(f"cache split '{split.name}' holds no images")
+        if not train and len(views) > 1 and split.size * 2 < 3 * int(output_size):
+            raise ValueError(
+                f"data.val_views={len(views)} from a cache whose validation images are {split.size}x{split.size}: its "
+                f"crops would be enlarged to {output_size} (blurred targets). Use data.val_views=1, or rebuild the cache "
+                f"with val_size={-(-3 * int(output_size) // 2)} (python -m joint_colsr.preprocess ... val_size=...)"
+            )
+        super().__init__(len(split), output_size, train, length, views, crop_scale, crop_ratio, hflip, label_columns, train_crop)
+        self.split = split
+        #: Whether training crops (else the whole cached image is used).
+        self.crop = train and split.size > self.output_size and train_crop == "random_resized"
+
+    def plan(self, key: int | tuple[int, int]) -> tuple[int, int, Box | None, bool]:
+        """``(index, photo, box or None (use the cached image as is), flip)`` for one sample key."""
+        index, photo, view, rng = self.locate(key)
+        side = self.split.size
+        if view is None and not self.crop:  # the whole photo, resized down when cached larger
+            box = None if side == self.output_size else (0.0, 0.0, float(side), float(side))
+        elif view == WHOLE and side == self.output_size:
+            box = None
+        else:
+            box = self.box(rng, side, side, view)
+        return index, photo, box, self.flip(rng)
+
+    def _fill(self, out: np.ndarray, photo: int, box: Box | None, flip: bool) -> None:
+        """Write the ``(3, S, S)`` sample into ``out``: one copy out of the memory map."""
+        chw = self.split.image(photo)
+        if box is not None:
+            chw = resize_box(np.ascontiguousarray(chw.transpose(1, 2, 0)), box, self.output_size).transpose(2, 0, 1)
+        out[...] = chw[:, :, ::-1] if flip else chw
+
+    def __getitem__(self, key: int | tuple[int, int]) -> dict:
+        index, photo, box, flip = self.plan(key)
+        rgb = np.empty((3, self.output_size, self.output_size), np.uint8)
+        self._fill(rgb, photo, box, flip)
+        sample = {"rgb": torch.from_numpy(rgb), "index": index, "skipped": 0}
+        if self.label_columns is not None:
+            sample["labels"] = self.labels(self.split.labels[photo])
+        return sample
+
+    def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> dict[str, torch.Tensor]:
+        """A whole batch, already collated (the DataLoader's batched fetch): each image is
+        copied once, from the memory map straight into the batch tensor, which a worker
+        allocates in shared memory (what ``default_collate`` does) so it crosses to the
+        main process without another copy. Same samples as ``__getitem__``, key by key."""
+        plans = [self.plan(k) for k in keys]
+        shape = (len(plans), 3, self.output_size, self.output_size)
+        rgb = torch.empty(shape, dtype=torch.uint8)
+        if torch.utils.data.get_worker_info() is not None:
+            rgb.share_memory_()
+        out = rgb.numpy()
+        for i, (_, photo, box, flip) in enumerate(plans):
+            self._fill(out[i], photo, box, flip)
+        batch = {"rgb": rgb, "index": torch.tensor([p[0] for p in plans]), "skipped": torch.zeros(len(plans), dtype=torch.long)}
+        if self.label_columns is not None:
+            batch["labels"] = torch.stack([self.labels(self.split.labels[p[1]]) for p in plans])
+        return batch
 
 
 def multi_hot(labels: Sequence[int], columns: dict[int, int]) -> torch.Tensor:
@@ -214,3 +268,12 @@ def multi_hot(labels: Sequence[int], columns: dict[int, int]) -> torch.Tensor:
         out[columns[label]] = 1
     return out
 
+
+def collate_samples(data: list[dict] | dict) -> dict:
+    """``default_collate``, except for a batch a dataset's ``__getitems__`` already collated."""
+    if isinstance(data, dict):
+        return data
+    return default_collate(data)
+
+
+__all__ = ["VALIDATION_VIEWS", "CachedImages", "ReferenceImages", "ReferenceSamples", "collate_samples", "multi_hot"]

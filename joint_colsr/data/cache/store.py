@@ -1,0 +1,224 @@
+"""Reading a cache of decoded reference images: memory-mapped uint8 shards plus a JSON index.
+
+Decoding a COCO JPEG and resizing it costs ~10 ms of a CPU core; reading the same
+256x256 image from a memory-mapped shard costs ~0.1 ms. ``python -m joint_colsr.preprocess``
+builds the cache once; ``data.cache=DIR`` makes :class:`ColSRDataModule` read it, so no
+epoch decodes a JPEG.
+
+Layout of ``DIR``::
+
+    index.json            meta (source description, sizes, filters) and, per split, the
+                          shards written so far: file, item range, kept keys and labels,
+                          excluded files with reasons, byte size and sha256
+    train-00000.npy ...   (n, 3, T, T) uint8, channels first (the layout a batch has)
+    val-00000.npy ...     (n, 3, S, S) uint8, S = data.output_size
+
+What is stored: the validation split holds exactly the reference images of the evaluation
+protocol (the whole photo squash-resized to S x S, antialiased bicubic). The training
+split holds the whole photo squash-resized to T x T (``train_size``, default S). Training
+augmentation then works on the cached image: at T = S a random horizontal flip only (no
+resampling, so no blur enters the super-resolution target); at T > S a random resized
+crop (``data.crop_scale``) resized down to S, plus the flip.
+
+Opening verifies structure (every shard present, its .npy
+header and byte size as indexed; ``verify="full"`` also checks each shard's sha256).
+Photos excluded at build time (see :mod:`.build`) are listed in the index with their reasons.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any, Sequence
+
+import numpy as np
+
+from joint_colsr.data.decode import count_reasons
+from joint_colsr.data.sources import ImageSource
+
+log = logging.getLogger(__name__)
+
+CACHE_VERSION = 1
+INDEX_NAME = "index.json"
+SPLITS = ("train", "val")
+
+BUILD_HELP = "build it with: python -m joint_colsr.preprocess data=<source> [data.root=DIR] cache_dir=DIR"
+
+#: How decoding treats colour profiles; a cache built before it converted them lacks the key.
+COLOUR_HANDLING = "embedded ICC profiles converted to sRGB (LittleCMS, relative colorimetric)"
+
+
+class CacheError(RuntimeError):
+    """A cache that cannot be read as asked; the message names the folder and what to do."""
+
+
+def sha256_of(path: Path) -> str:
+    """Hex sha256 of a file, read in 4 MiB blocks."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class CacheSplit:
+    """One split of an opened cache: ``len()`` images, ``image(i)`` -> ``(3, T, T)`` uint8.
+
+    Shards are memory-mapped on first access in each process (DataLoader workers reopen
+    them instead of receiving pickled maps).
+    """
+
+    def __init__(self, root: Path, name: str, shards: list[dict[str, Any]], size: int) -> None:
+        self.root = root
+        self.name = name
+        self.size = size
+        self.files = [s["file"] for s in shards]
+        counts = [s["count"] for s in shards]
+        self.offsets = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
+        self.keys = [k for s in shards for k in s["keys"]]
+        self.labels = [tuple(lab) for s in shards for lab in s["labels"]]
+        self.excluded = {p: r for s in shards for p, r in s["excluded"].items()}
+        self._maps: list[np.ndarray | None] = [None] * len(self.files)
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def _map(self, shard: int) -> np.ndarray:
+        arr = self._maps[shard]
+        if arr is None:
+            # A plain ndarray view of the map: np.memmap's Python-level __getitem__ costs more than the copy.
+            arr = self._maps[shard] = np.asarray(np.load(self.root / self.files[shard], mmap_mode="r"))
+        return arr
+
+    def image(self, i: int) -> np.ndarray:
+        shard = int(np.searchsorted(self.offsets, i, side="right")) - 1
+        return self._map(shard)[i - self.offsets[shard]]
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_maps"] = [None] * len(self.files)
+        return state
+
+
+class ImageCache:
+    """An opened, verified cache (see the module docstring).
+
+    Use :meth:`open`; ``splits["train"]`` and ``splits["val"]`` are :class:`CacheSplit`.
+    """
+
+    def __init__(self, root: Path, index: dict[str, Any], splits: dict[str, CacheSplit]) -> None:
+        self.root = root
+        self.index = index
+        self.splits = splits
+
+    @property
+    def output_size(self) -> int:
+        return int(self.index["output_size"])
+
+    @property
+    def categories(self) -> dict[int, dict[str, str]]:
+        return {int(k): v for k, v in self.index.get("categories", {}).items()}
+
+    @classmethod
+    def open(cls, cache_dir: str | os.PathLike, verify: str = "quick", splits: Sequence[str] = SPLITS) -> "ImageCache":
+        """Open and verify a cache.
+
+        Args:
+            verify: ``"quick"`` (every shard present, .npy header and byte size as indexed),
+                ``"full"`` (also each shard's sha256: reads every byte), or ``"none"``.
+            splits: the splits that must be complete.
+
+        Raises:
+            CacheError: missing, incomplete, from another version, or damaged; the message
+                says which file and how to rebuild.
+        """
+        if verify not in ("quick", "full", "none"):
+            raise ValueError(f"data.cache_verify must be quick, full or none, got {verify!r}")
+        root = Path(cache_dir).expanduser().resolve()
+        index_path = root / INDEX_NAME
+        if not index_path.is_file():
+            raise CacheError(f"data.cache={cache_dir!r}: no {INDEX_NAME} in {root}; {BUILD_HELP}")
+        try:
+            index = json.loads(index_path.read_text())
+        except json.JSONDecodeError as err:
+            raise CacheError(f"data.cache={cache_dir!r}: {index_path} is not valid JSON ({err}); {BUILD_HELP}") from None
+        if index.get("version") != CACHE_VERSION:
+            raise CacheError(f"data.cache={cache_dir!r}: cache version {index.get('version')}, this code reads {CACHE_VERSION}; rebuild it")
+        if index.get("colour") != COLOUR_HANDLING:
+            log.warning("data.cache=%s was built before embedded colour profiles were converted to sRGB: photos tagged "
+                        "Adobe RGB, Display P3 or CMYK profiles hold their stored values; rebuild it (preprocess ... "
+                        "overwrite=true) for exact colours", cache_dir)
+        opened = {}
+        for name in splits:
+            entry = index.get("splits", {}).get(name)
+            if entry is None or not entry.get("complete"):
+                done = sum(s["num_items"] for s in entry["shards"]) if entry else 0
+                total = entry["num_items"] if entry else "?"
+                raise CacheError(
+                    f"data.cache={cache_dir!r}: split '{name}' is incomplete ({done} of {total} photos); "
+                    "rerun the same preprocess command to resume it"
+                )
+            size = int(index["sizes"][name])
+            for shard in entry["shards"] if verify != "none" else ():
+                _verify_shard(root, shard, size, full=verify == "full")
+            opened[name] = CacheSplit(root, name, entry["shards"], size)
+        cache = cls(root, index, opened)
+        for name, split in opened.items():
+            reasons = count_reasons(split.excluded.values())
+            log.info("cache %s: %s: %d images; excluded at build: %d (%s)", root, name, len(split),
+                     len(split.excluded), ", ".join(f"{n} {r}" for r, n in reasons.most_common()) or "none")
+        return cache
+
+    def check_matches(self, source: ImageSource | None, output_size: int) -> None:
+        """Fail unless this cache was built from ``source`` (same description) at ``output_size``.
+
+        ``source=None`` (training from the cache alone, no ``data.root``) checks the size only.
+        """
+        if self.output_size != output_size:
+            raise CacheError(f"data.cache={self.root} holds {self.output_size}x{self.output_size} images, "
+                             f"data.output_size={output_size}; rebuild the cache or set data.output_size={self.output_size}")
+        if source is None:
+            return
+        built, now = self.index["source"], source.describe()
+        if built != now:
+            raise CacheError(f"data.cache={self.root} was built from source {built}, the data config describes {now}; "
+                             "use the same data config (e.g. data.categories, data.max_images) or rebuild the cache")
+
+    def excluded_summary(self) -> dict[str, int]:
+        """Reason -> number of photos excluded at build time, over all opened splits."""
+        return {str(k): n for k, n in count_reasons(r for s in self.splits.values() for r in s.excluded.values()).items()}
+
+
+def _verify_shard(root: Path, shard: dict[str, Any], size: int, full: bool) -> None:
+    path = root / shard["file"]
+    if not path.is_file():
+        raise CacheError(f"cache {root}: shard {path.name} is missing; rerun the preprocess command to rebuild it")
+    if path.stat().st_size != shard["bytes"]:
+        raise CacheError(f"cache {root}: shard {path.name} has {path.stat().st_size} bytes, the index says {shard['bytes']}; "
+                         "it is damaged: delete it and rerun the preprocess command")
+    try:
+        arr = np.load(path, mmap_mode="r")
+    except (ValueError, OSError) as err:
+        raise CacheError(f"cache {root}: shard {path.name} is not a readable .npy file ({err})") from None
+    if arr.dtype != np.uint8 or arr.shape != (shard["count"], 3, size, size):
+        raise CacheError(f"cache {root}: shard {path.name} holds {arr.dtype} {arr.shape}, "
+                         f"expected uint8 {(shard['count'], 3, size, size)}")
+    if full and sha256_of(path) != shard["sha256"]:
+        raise CacheError(f"cache {root}: shard {path.name} fails its sha256 check; delete it and rerun the preprocess command")
+
+
+def summarize(index: dict[str, Any]) -> str:
+    """One line per split: images kept, excluded with reasons, shards."""
+    lines = []
+    for name, entry in index.get("splits", {}).items():
+        kept = sum(s["count"] for s in entry["shards"])
+        excluded = count_reasons(r for s in entry["shards"] for r in s["excluded"].values())
+        done = sum(s["num_items"] for s in entry["shards"])
+        state = "complete" if entry["complete"] else f"incomplete ({done} of {entry['num_items']} photos processed)"
+        reasons = ", ".join(f"{n} {r}" for r, n in excluded.most_common()) or "none"
+        lines.append(f"{name}: {kept} images in {len(entry['shards'])} shards, {state}; "
+                     f"skipped {sum(excluded.values())} files ({reasons})")
+    return "\n".join(lines)
