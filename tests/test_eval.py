@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from joint_colsr.config_checks import ConfigError
@@ -70,6 +71,46 @@ def test_unreadable_photo_is_skipped_counted_and_not_scored_twice(tmp_path, imag
     with open(run / "per_image.csv") as f:
         keys = [r["key"] for r in csv.DictReader(f)]
     assert len(keys) == len(set(keys)) == 8
+
+
+def test_eval_from_a_cache_reports_the_photos_the_cache_excluded(tmp_path, image_folder):
+    """Photos left out before evaluating are reported with their reasons, labelled by stage:
+    when the cache was built (grayscale, truncated), at start-up (too small), while evaluating."""
+    from PIL import Image
+
+    from joint_colsr.data import build_cache
+
+    from .conftest import random_photo
+
+    rng = np.random.default_rng(1)
+    Image.fromarray(random_photo(rng, 60, 80)).convert("L").save(image_folder / "gray.jpg")
+    truncated = image_folder / "a" / "truncated.png"
+    Image.fromarray(random_photo(rng, 60, 80)).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    Image.fromarray(random_photo(rng, 10, 12)).save(image_folder / "tiny.png")
+    cache = tmp_path / "cache"
+    build_cache(ImageFolder(str(image_folder), val_fraction=1.0), cache, output_size=32, splits=("val",), progress=False)
+    metrics, run = _run(tmp_path, ["baseline=gray", "data=folder", f"data.root={image_folder}", f"data.cache={cache}",
+                                   "data.input_size=16", "data.output_size=32"])
+    assert metrics["num_images"] == 8 and metrics["skipped"] == 0
+    build = metrics["excluded_at_cache_build"]
+    assert build["count"] == 2 and build["reasons"] == {"grayscale": 1, "corrupt or truncated": 1}
+    assert set(build["photos"]) == {str(image_folder / "gray.jpg"), str(truncated)} and build["cache"] == str(cache)
+    start = metrics["excluded_at_start_up"]
+    assert start["count"] == 1 and start["photos"] == {str(image_folder / "tiny.png"): "too small (12x10, shorter side < 16)"}
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["excluded_at_cache_build"] == build and saved["excluded_at_start_up"] == start
+    md = (run / "metrics.md").read_text()
+    assert f"- excluded when the cache `{cache}` was built: 2 (1 grayscale, 1 corrupt or truncated)" in md \
+        or f"- excluded when the cache `{cache}` was built: 2 (1 corrupt or truncated, 1 grayscale)" in md
+    assert "- excluded at start-up (the source's checks, before the split): 1 (1 too small)" in md
+    assert "- skipped while evaluating (could not be decoded or used): 0" in md
+    # Without the cache the same photos are decoded while evaluating: skipped, not excluded at build.
+    files, _ = _run(tmp_path, ["baseline=gray", "data=folder", f"data.root={image_folder}",
+                               "data.input_size=16", "data.output_size=32"], "files")
+    assert files["excluded_at_cache_build"] is None and files["excluded_at_start_up"] == start
+    assert sorted(files["skipped_photos"]) == ["a/truncated.png", "gray.jpg"]
+    assert files["psnr"] == pytest.approx(metrics["psnr"], abs=1e-4)
 
 
 def test_checkpoint_eval_on_samples(tmp_path, tiny_ckpt):
