@@ -68,6 +68,9 @@ TABLE_COLUMNS: dict[str, str] = {
     "psnr_gray": "gray PSNR",
 }
 
+#: Images whose metrics are computed together (bounds the metrics' working memory).
+METRICS_CHUNK = 16
+
 #: Metrics of the L* a model delivers (protocol 2, Y-PSNR): null for a GT-L*-guided model.
 PROTOCOL2_METRICS = ("psnr_joint", "ssim_joint", "psnr_y")
 #: The mark next to every number of a model fed the ground-truth high-resolution L*.
@@ -157,21 +160,28 @@ class Evaluator(pl.LightningModule):
             l_own = batch["l_highres"]  # given, not produced: the protocol-2 keys are nulled below
         else:
             l_own = out["l"] if out.get("l") is not None else upscale_l(batch["l_lowres"], size)
-        m = image_metrics(batch["l_highres"], l_own, ab, batch["ab_target"], batch["rgb_target"], self.crop_border)
-        m["psnr_gray"] = colorization_psnr(batch["l_highres"], torch.zeros_like(ab), batch["rgb_target"])
         skipped = batch.get("skipped", torch.zeros_like(batch["index"])).tolist()
-        for i, index in enumerate(batch["index"].tolist()):
-            if skipped[i]:
-                # The dataset put the next usable photo in place of an unusable one: that photo
-                # is scored at its own index, so this sample would count it twice.
-                self.skipped_keys.append(self._describe(index)["key"])
-                continue
-            row = {"index": index, **self._describe(index)}
-            row.update({k: float(m[k][i]) for k in (*PER_IMAGE_METRICS, "psnr_gray")})
-            if self.guided:
-                row.update(dict.fromkeys(PROTOCOL2_METRICS))
-            self.rows.append(row)
-            self._keep_examples(row, batch["l_lowres"][i], m["rgb"][i], m["rgb_joint"][i], batch["rgb_target"][i])
+        indices = batch["index"].tolist()
+        # Per-image metrics, a few images at a time: their temporaries (~20 float copies of
+        # the images) stay bounded whatever data.batch_size is; the values are per image.
+        for start in range(0, len(indices), METRICS_CHUNK):
+            part = slice(start, start + METRICS_CHUNK)
+            m = image_metrics(batch["l_highres"][part], l_own[part], ab[part], batch["ab_target"][part],
+                              batch["rgb_target"][part], self.crop_border)
+            m["psnr_gray"] = colorization_psnr(batch["l_highres"][part], torch.zeros_like(ab[part]), batch["rgb_target"][part])
+            for j, index in enumerate(indices[part]):
+                i = start + j
+                if skipped[i]:
+                    # The dataset put the next usable photo in place of an unusable one: that photo
+                    # is scored at its own index, so this sample would count it twice.
+                    self.skipped_keys.append(self._describe(index)["key"])
+                    continue
+                row = {"index": index, **self._describe(index)}
+                row.update({k: float(m[k][j]) for k in (*PER_IMAGE_METRICS, "psnr_gray")})
+                if self.guided:
+                    row.update(dict.fromkeys(PROTOCOL2_METRICS))
+                self.rows.append(row)
+                self._keep_examples(row, batch["l_lowres"][i], m["rgb"][j], m["rgb_joint"][j], batch["rgb_target"][i])
 
     def _keep_examples(self, row: dict, l_lowres: Tensor, rgb: Tensor, rgb_joint: Tensor, target: Tensor) -> None:
         n = self.num_examples

@@ -178,9 +178,7 @@ def test_eval_reproduces_the_runs_degradation_from_the_checkpoint_alone(tmp_path
     assert metrics["psnr"] == pytest.approx(trained["val/psnr"], abs=1e-4)
 
 
-def test_evaluator_keeps_only_uint8_copies_of_its_example_images():
-    """Memory is bounded by num_examples, not by the batch size or the number of batches: the
-    images kept for the figures are uint8 copies of one image each, never views of a batch."""
+def _evaluate_random_batches(batches: int, batch_size: int):
     import torch
 
     from joint_colsr.assembly import build_eval_system
@@ -190,17 +188,35 @@ def test_evaluator_keeps_only_uint8_copies_of_its_example_images():
     cfg = compose_config("eval", ["baseline=bicubic", "data.input_size=16", "data.output_size=32"])
     evaluator = Evaluator(build_eval_system(cfg), crop_border=2, num_examples=2)
     evaluator.system.eval()
-    generator, batch_size = torch.Generator().manual_seed(0), 8
-    for step in range(6):  # photos of ever better and ever worse PSNR: the kept examples change
+    generator = torch.Generator().manual_seed(0)
+    for step in range(batches):  # photos of ever better and ever worse PSNR: the kept examples change
         rgb = torch.randint(0, 256, (batch_size, 3, 4, 4), generator=generator, dtype=torch.uint8)
         rgb = torch.nn.functional.interpolate(rgb.float(), size=32, mode="bilinear").round().to(torch.uint8)
         batch = dict(rgb_uint8_to_lab_batch(rgb, 16), index=torch.arange(step * batch_size, (step + 1) * batch_size),
                      skipped=torch.zeros(batch_size, dtype=torch.long))
         with torch.no_grad():
             evaluator.test_step(batch, step)
-    assert len(evaluator.rows) == 6 * batch_size and len(evaluator.best) == len(evaluator.worst) == 2
+    return evaluator
+
+
+def test_evaluator_keeps_only_uint8_copies_of_its_example_images(monkeypatch):
+    """Memory is bounded by num_examples, not by the batch size or the number of batches: the
+    images kept for the figures are uint8 copies of one image each, never views of a batch;
+    the metrics' temporaries are bounded by computing them a few images at a time."""
+    import torch
+
+    import joint_colsr.eval
+
+    evaluator = _evaluate_random_batches(6, 20)  # 20 = a chunk of 16 + 4
+    assert len(evaluator.rows) == 6 * 20 and len(evaluator.best) == len(evaluator.worst) == 2
     kept = [image for entry in (*evaluator.best, *evaluator.worst) for image in entry[2]]
     assert len(kept) == 2 * 2 * 4
     for image in kept:
         assert image.dtype == torch.uint8 and tuple(image.shape) == (3, 32, 32)
         assert image.untyped_storage().nbytes() == image.numel(), "a kept image holds a larger storage (its batch)"
+    # Chunked metrics are the metrics of the whole batch at once, image by image.
+    monkeypatch.setattr(joint_colsr.eval, "METRICS_CHUNK", 1000)
+    whole = _evaluate_random_batches(6, 20)
+    for row, same in zip(evaluator.rows, whole.rows, strict=True):
+        assert row["index"] == same["index"]
+        assert all(row[k] == pytest.approx(same[k], rel=1e-5, abs=1e-5) for k in ("psnr", "ssim", "psnr_joint", "auc_ab", "psnr_gray"))
