@@ -169,6 +169,7 @@ class Evaluator(pl.LightningModule):
             m = image_metrics(batch["l_highres"][part], l_own[part], ab[part], batch["ab_target"][part],
                               batch["rgb_target"][part], self.crop_border)
             m["psnr_gray"] = colorization_psnr(batch["l_highres"][part], torch.zeros_like(ab[part]), batch["rgb_target"][part])
+            values = {k: m[k].tolist() for k in (*PER_IMAGE_METRICS, "psnr_gray")}  # one transfer per metric
             for j, index in enumerate(indices[part]):
                 i = start + j
                 if skipped[i]:
@@ -177,7 +178,7 @@ class Evaluator(pl.LightningModule):
                     self.skipped_keys.append(self._describe(index)["key"])
                     continue
                 row = {"index": index, **self._describe(index)}
-                row.update({k: float(m[k][j]) for k in (*PER_IMAGE_METRICS, "psnr_gray")})
+                row.update({k: float(v[j]) for k, v in values.items()})
                 if self.guided:
                     row.update(dict.fromkeys(PROTOCOL2_METRICS))
                 self.rows.append(row)
