@@ -1,0 +1,245 @@
+"""Training loaders that Lightning resumes mid-epoch: over photo files, and over a decoded cache.
+
+:class:`ResumableDataLoader` is a torch DataLoader (workers decode and crop JPEGs).
+:class:`CachedBatchLoader` feeds training from a cache with one copy per image: a
+background thread gathers each batch's cached images from the memory maps straight into
+one of a ring of reused (pinned, when a GPU trains) buffers, with the batch's sample
+indices, flip flags and crop boxes; crops and flips then run on the model's device
+(:func:`joint_colsr.data.geometry.augment`, from ``on_after_batch_transfer``). No worker
+processes, no per-batch allocation, no per-sample Python objects.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import queue
+import threading
+from typing import Any, Callable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from joint_colsr.data.datasets import CachedImages
+from joint_colsr.data.sampler import EpochSeededSampler, sample_keys
+
+log = logging.getLogger(__name__)
+
+
+class _ResumableState:
+    """``state_dict``/``load_state_dict`` of a training loader (Lightning stores them in checkpoints).
+
+    The state is the epoch and the number of samples this rank already trained on; the
+    :class:`EpochSeededSampler` then skips exactly those, so no sample is repeated or
+    skipped (the order and every crop are pure functions of seed, epoch and index).
+    """
+
+    sampler: EpochSeededSampler
+    batch_size: int
+    _batches_done: Callable[[], int]
+    _epoch_batches: Callable[[], float]
+
+    def state_dict(self) -> dict[str, int]:
+        done = self._batches_done()
+        return {"epoch": self.sampler.epoch, "samples_done": done * self.batch_size,
+                "epoch_done": int(done >= self._epoch_batches())}
+
+    def load_state_dict(self, state: dict[str, int]) -> None:
+        if "epoch" not in state:
+            return
+        epoch, samples = int(state["epoch"]), int(state.get("samples_done", 0))
+        if state.get("epoch_done", samples >= len(self.sampler)):
+            # Saved on the epoch's last batch: Lightning goes on with the next epoch, and with
+            # worker processes the iterator it makes now (before it sets the epoch) is that one's.
+            self.sampler.set_epoch(epoch + 1)
+            log.info("resuming at the start of epoch %d", epoch + 1)
+        else:
+            self.sampler.resume(epoch, samples)
+            log.info("resuming epoch %d after %d samples", epoch, samples)
+
+
+class ResumableDataLoader(_ResumableState, DataLoader):
+    """A DataLoader that Lightning can resume mid-epoch (see :class:`_ResumableState`)."""
+
+    def __init__(self, *args: Any, batches_done: Callable[[], int], epoch_batches: Callable[[], float], **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._batches_done = batches_done
+        self._epoch_batches = epoch_batches
+
+
+class RingSlot:
+    """One reused batch buffer: ``(B, 3, T, T)`` uint8 images plus the batch's small tensors.
+
+    ``transferred()`` (called once the batch was copied to a GPU, from
+    ``on_after_batch_transfer``) records a CUDA event; the gathering thread waits for it
+    before overwriting the slot, so an asynchronous copy out of pinned memory is never
+    overwritten while in flight.
+    """
+
+    def __init__(self, batch_size: int, side: int, num_classes: int | None, pin: bool) -> None:
+        def empty(*shape: int, dtype: torch.dtype = torch.uint8) -> torch.Tensor:
+            return torch.empty(shape, dtype=dtype, pin_memory=pin)
+
+        self.rgb = empty(batch_size, 3, side, side)
+        self.index = empty(batch_size, dtype=torch.int64)
+        self.skipped = torch.zeros(batch_size, dtype=torch.int64, pin_memory=pin)
+        self.flip = empty(batch_size, dtype=torch.bool)
+        self.labels = empty(batch_size, num_classes) if num_classes is not None else None
+        self._event: torch.cuda.Event | None = None
+
+    def transferred(self) -> None:
+        if torch.cuda.is_available():
+            self._event = torch.cuda.Event()
+            self._event.record()
+
+    def wait_until_free(self) -> None:
+        event, self._event = self._event, None
+        if event is not None:
+            event.synchronize()
+
+
+class CachedBatchLoader(_ResumableState):
+    """Training batches of a :class:`CachedImages` dataset, gathered by one background thread.
+
+    Each batch is a dict: ``rgb`` ``(B, 3, T, T)`` uint8 cached images (before crop and
+    flip); ``index`` ``(B,)`` int64; ``skipped`` ``(B,)`` zeros; ``flip`` ``(B,)`` bool
+    (when ``hflip``); ``boxes`` ``(B, 4)`` int64 numpy array of whole-pixel crop boxes (when
+    the images are cropped or resized; numpy, so it stays on the host); ``labels``
+    ``(B, C)`` uint8 (with labels); ``slot``: the :class:`RingSlot` the tensors live in.
+
+    **Lifetime.** The tensors of batch ``k`` are views of a reused buffer: they stay
+    unchanged until the consumer asks for batch ``k + HOLD`` (``HOLD = 3``: Lightning holds
+    the batch being trained and the one it fetched ahead). Copy what must live longer.
+
+    Order and sample keys are those of ``sampler`` (an :class:`EpochSeededSampler`:
+    epoch order, DDP shard, mid-epoch resume), so batches are pure functions of
+    (seed, epoch, index), whatever the timing of the thread.
+
+    Args:
+        dataset: a training :class:`CachedImages`.
+        sampler: the epoch order; Lightning calls ``sampler.set_epoch`` (found as ``.sampler``).
+        batch_size: images per batch.
+        drop_last: drop a last partial batch (as a DataLoader does).
+        pin_memory: allocate the ring in pinned memory (a GPU trains).
+        batches_done, epoch_batches: Lightning's counts, for the resume state.
+        prefetch: batches gathered ahead of the one the consumer asks for (>= 1).
+    """
+
+    HOLD = 3
+
+    def __init__(self, dataset: CachedImages, sampler: EpochSeededSampler, batch_size: int, drop_last: bool,
+                 pin_memory: bool, batches_done: Callable[[], int], epoch_batches: Callable[[], float], prefetch: int = 2) -> None:
+        if not dataset.train:
+            raise ValueError("CachedBatchLoader serves training datasets")
+        if batch_size < 1 or prefetch < 1:
+            raise ValueError(f"batch_size and prefetch must be >= 1, got {batch_size} and {prefetch}")
+        self.dataset = dataset
+        self.sampler = sampler
+        self.batch_size = batch_size
+        self.drop_last = drop_last
+        self.pin_memory = pin_memory
+        self.prefetch = prefetch
+        self._batches_done = batches_done
+        self._epoch_batches = epoch_batches
+        self._slots: list[RingSlot] | None = None
+        self._active: _Gatherer | None = None
+
+    def __len__(self) -> int:
+        n = len(self.sampler)
+        return n // self.batch_size if self.drop_last else math.ceil(n / self.batch_size)
+
+    def ring(self) -> list[RingSlot]:
+        """The ``HOLD + prefetch`` reused buffers (allocated on first use, kept across epochs)."""
+        if self._slots is None:
+            num_classes = len(self.dataset.label_columns) if self.dataset.label_columns is not None else None
+            self._slots = [RingSlot(self.batch_size, self.dataset.split.size, num_classes, self.pin_memory)
+                           for _ in range(self.HOLD + self.prefetch)]
+        return self._slots
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        # A generator: the epoch (and a pending resume offset) is read at the first next(),
+        # after Lightning has called set_epoch, as a DataLoader's sampler is.
+        if self._active is not None:  # a previous iteration left unfinished: stop its thread first
+            self._active.stop()
+            self._active = None
+        epoch, indices = self.sampler.take_epoch()
+        count = len(indices) // self.batch_size if self.drop_last else math.ceil(len(indices) / self.batch_size)
+        if count == 0:
+            return
+        keys = sample_keys(self.sampler.seed, epoch, indices)
+        gatherer = self._active = _Gatherer(self, indices, keys, count)
+        try:
+            for k in range(count):
+                yield gatherer.take(k)
+        finally:
+            gatherer.stop()
+            if self._active is gatherer:
+                self._active = None
+
+    def fill(self, slot: RingSlot, indices: np.ndarray, keys: np.ndarray) -> dict[str, Any]:
+        """Gather samples ``indices`` into ``slot`` and return the batch (views of the slot)."""
+        n = len(indices)
+        photos, boxes, flips = self.dataset.training_plan(indices, keys)
+        self.dataset.split.gather(photos, slot.rgb.numpy())
+        slot.index.numpy()[:n] = indices
+        batch: dict[str, Any] = {"rgb": slot.rgb[:n], "index": slot.index[:n], "skipped": slot.skipped[:n], "slot": slot}
+        if flips is not None:
+            slot.flip.numpy()[:n] = flips
+            batch["flip"] = slot.flip[:n]
+        if boxes is not None:
+            batch["boxes"] = boxes
+        if slot.labels is not None:
+            np.take(self.dataset.label_matrix(), photos, axis=0, out=slot.labels.numpy()[:n])
+            batch["labels"] = slot.labels[:n]
+        return batch
+
+
+class _Gatherer:
+    """The thread of one iteration: fills batch ``m`` into slot ``m % len(ring)`` once the
+    consumer has asked for batch ``m - prefetch`` (so batches ``m - len(ring)`` and older,
+    which shared that slot, are past their lifetime)."""
+
+    def __init__(self, loader: CachedBatchLoader, indices: np.ndarray, keys: np.ndarray, count: int) -> None:
+        self.loader = loader
+        self.ring = loader.ring()
+        self.indices, self.keys, self.count = indices, keys, count
+        self.asked = 0
+        self.stopping = False
+        self.cond = threading.Condition()
+        self.ready: queue.Queue = queue.Queue()
+        self.thread = threading.Thread(target=self._run, name="cached-batch-gather", daemon=True)
+        self.thread.start()
+
+    def _run(self) -> None:
+        bs, prefetch = self.loader.batch_size, self.loader.prefetch
+        try:
+            for m in range(self.count):
+                with self.cond:
+                    self.cond.wait_for(lambda: self.stopping or m <= self.asked + prefetch)
+                    if self.stopping:
+                        return
+                slot = self.ring[m % len(self.ring)]
+                slot.wait_until_free()
+                part = slice(m * bs, (m + 1) * bs)
+                self.ready.put(self.loader.fill(slot, self.indices[part], self.keys[part]))
+        except BaseException as err:  # handed to the consumer, raised there
+            self.ready.put(err)
+
+    def take(self, k: int) -> dict[str, Any]:
+        with self.cond:
+            self.asked = k
+            self.cond.notify()
+        item = self.ready.get()
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def stop(self) -> None:
+        with self.cond:
+            self.stopping = True
+            self.cond.notify()
+        self.thread.join()
+
+
+__all__ = ["CachedBatchLoader", "ResumableDataLoader", "RingSlot"]
