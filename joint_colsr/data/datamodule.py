@@ -280,8 +280,10 @@ class ColSRDataModule(pl.LightningDataModule):
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, dict) and "rgb" in batch:
             rgb = batch["rgb"]
-            if "slot" in batch and rgb.is_cuda:
-                batch["slot"].transferred()  # the ring buffer may be reused once this copy is done
+            if "slot" in batch:  # a CachedBatchLoader batch: still its buffer's contents?
+                batch["slot"].check(batch["generation"])
+                if rgb.is_cuda:
+                    batch["slot"].transferred()  # the buffer may be refilled once this copy is done
             if "flip" in batch or "boxes" in batch:  # a cache batch: crop and flip here, on the device
                 rgb = augment(rgb, self.output_size, batch.get("flip"), batch.get("boxes"))
             lab = rgb_uint8_to_lab_batch(rgb, self.input_size, self.lowres_interpolation, compiled=self.compile_lab_conversion)

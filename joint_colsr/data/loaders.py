@@ -22,6 +22,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from joint_colsr.data.datasets import CachedImages
+from joint_colsr.data.geometry import augment
 from joint_colsr.data.sampler import EpochSeededSampler, sample_keys
 
 log = logging.getLogger(__name__)
@@ -86,7 +87,15 @@ class RingSlot:
         self.skipped = torch.zeros(batch_size, dtype=torch.int64, pin_memory=pin)
         self.flip = empty(batch_size, dtype=torch.bool)
         self.labels = empty(batch_size, num_classes) if num_classes is not None else None
+        #: How many times the slot was filled: a batch remembers the value it was handed out with.
+        self.generation = 0
         self._event: torch.cuda.Event | None = None
+
+    def check(self, generation: int) -> None:
+        """Fail if the slot was refilled since a batch of ``generation`` was handed out."""
+        if generation != self.generation:
+            raise RuntimeError(f"a cached batch was used after its buffer was reused: batches of CachedBatchLoader "
+                               f"live until {CachedBatchLoader.HOLD} more are taken; clone what must live longer")
 
     def transferred(self) -> None:
         if torch.cuda.is_available():
@@ -106,11 +115,13 @@ class CachedBatchLoader(_ResumableState):
     flip); ``index`` ``(B,)`` int64; ``skipped`` ``(B,)`` zeros; ``flip`` ``(B,)`` bool
     (when ``hflip``); ``boxes`` ``(B, 4)`` int64 numpy array of whole-pixel crop boxes (when
     the images are cropped or resized; numpy, so it stays on the host); ``labels``
-    ``(B, C)`` uint8 (with labels); ``slot``: the :class:`RingSlot` the tensors live in.
+    ``(B, C)`` uint8 (with labels); ``slot``: the :class:`RingSlot` the tensors live in, and
+    ``generation``: its fill count when handed out (``slot.check(generation)``).
 
     **Lifetime.** The tensors of batch ``k`` are views of a reused buffer: they stay
     unchanged until the consumer asks for batch ``k + HOLD`` (``HOLD = 3``: Lightning holds
-    the batch being trained and the one it fetched ahead). Copy what must live longer.
+    the batch being trained and the one it fetched ahead). Copy what must live longer;
+    ``on_after_batch_transfer`` refuses a batch whose buffer was refilled.
 
     Order and sample keys are those of ``sampler`` (an :class:`EpochSeededSampler`:
     epoch order, DDP shard, mid-epoch resume), so batches are pure functions of
@@ -181,9 +192,11 @@ class CachedBatchLoader(_ResumableState):
         """Gather samples ``indices`` into ``slot`` and return the batch (views of the slot)."""
         n = len(indices)
         photos, boxes, flips = self.dataset.training_plan(indices, keys)
+        slot.generation += 1
         self.dataset.split.gather(photos, slot.rgb.numpy())
         slot.index.numpy()[:n] = indices
-        batch: dict[str, Any] = {"rgb": slot.rgb[:n], "index": slot.index[:n], "skipped": slot.skipped[:n], "slot": slot}
+        batch: dict[str, Any] = {"rgb": slot.rgb[:n], "index": slot.index[:n], "skipped": slot.skipped[:n], "slot": slot,
+                                 "generation": slot.generation}
         if flips is not None:
             slot.flip.numpy()[:n] = flips
             batch["flip"] = slot.flip[:n]
@@ -193,6 +206,19 @@ class CachedBatchLoader(_ResumableState):
             np.take(self.dataset.label_matrix(), photos, axis=0, out=slot.labels.numpy()[:n])
             batch["labels"] = slot.labels[:n]
         return batch
+
+
+def owned_batch(batch: dict[str, Any], output_size: int) -> dict[str, Any]:
+    """A batch that owns its memory: a :class:`CachedBatchLoader` batch cropped and flipped
+    here (:func:`augment`, on the batch's device) and copied out of its ring buffer; any
+    other batch as it is. For keeping batches past their lifetime (pre-made benchmark batches)."""
+    if "slot" not in batch:
+        return batch
+    batch["slot"].check(batch["generation"])
+    rgb = augment(batch["rgb"], output_size, batch.get("flip"), batch.get("boxes"))
+    out = {"rgb": rgb.clone() if rgb.data_ptr() == batch["rgb"].data_ptr() else rgb}
+    out.update({k: batch[k].clone() for k in ("index", "skipped", "labels") if k in batch})
+    return out
 
 
 class _Gatherer:
@@ -242,4 +268,4 @@ class _Gatherer:
         self.thread.join()
 
 
-__all__ = ["CachedBatchLoader", "ResumableDataLoader", "RingSlot"]
+__all__ = ["CachedBatchLoader", "ResumableDataLoader", "RingSlot", "owned_batch"]
