@@ -12,7 +12,9 @@ Writes ``DIR/results.json`` (read-modify-write: only this suite's keys are repla
 * ``fast_paths``: bf16-mixed, channels_last, torch.compile, each alone and all together;
 * ``projection``: the paper's schedule (118,287 images x 148 epochs) at the measured rate,
   data loading included;
-* ``data``: the data paths (``data_cache_vs_naive``, from ``joint_colsr.bench.data``).
+* ``data``: the data paths (``data_cache_vs_naive``, from ``joint_colsr.bench.data``) and the
+  cache loader at COCO scale against memcpy (``loader_cache_images_per_s``,
+  ``loader_vs_memcpy``, from ``joint_colsr.bench.loader``).
 
 Runs on the GPU when there is one (``trainer=gpu``) and on the CPU otherwise, with
 settings sized for each (``--quick``: tiny widths and one or two steps, to check that
@@ -61,8 +63,9 @@ from joint_colsr.bench.models import (
 log = logging.getLogger("joint_colsr.bench")
 
 SECTIONS = ("models", "lightning", "fast_paths", "projection", "data")
-#: The keys of results.json this suite writes. The data benchmark writes its own
-#: (``data_cache_vs_naive``, ``data_pipeline``) and its own section of RESULTS.md.
+#: The keys of results.json this suite writes. The data and loader benchmarks write their own
+#: (``data_cache_vs_naive``, ``data_pipeline``; ``loader_cache_images_per_s``,
+#: ``loader_vs_memcpy``, ``loader_cache``) and their own sections of RESULTS.md.
 OWN_KEYS = (
     "machine", "bench_settings", "models", "lightning_vs_raw_loop", "lightning_vs_raw_loop_detail",
     "lightning_self_log_call_ms", "fast_paths", "paper_schedule",
@@ -143,7 +146,16 @@ def run_data_section(quick: bool, device: str, out_dir: Path) -> str:
     except Exception as err:  # the other sections' numbers must still be written
         log.exception("data benchmark failed")
         return f"failed: {type(err).__name__}: {err}"
-    return f"ran: data_cache_vs_naive = {result.get('data_cache_vs_naive')}"
+    said = f"ran: data_cache_vs_naive = {result.get('data_cache_vs_naive')}"
+    try:  # the cache loader at COCO scale (joint_colsr.bench.loader): its own keys and section
+        from joint_colsr.bench import loader as loader_bench
+
+        loader = loader_bench.run_loader_benchmark(quick=quick)
+        loader_bench.write_results(loader, out_dir)
+    except Exception as err:
+        log.exception("loader benchmark failed")
+        return f"{said}; loader benchmark failed: {type(err).__name__}: {err}"
+    return f"{said}; loader_cache_images_per_s = {loader['loader_cache_images_per_s']}, loader_vs_memcpy = {loader['loader_vs_memcpy']}"
 
 
 def _timed(name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
