@@ -45,7 +45,9 @@ from PIL import Image
 from joint_colsr.bench import merge_results, replace_report_section
 from joint_colsr.data import ColSRDataModule, SamplePhotos, build_cache
 from joint_colsr.data.cache.store import INDEX_NAME, sha256_of
-from joint_colsr.data.geometry import augment
+from joint_colsr.data.geometry import augment, crop_resize
+from joint_colsr.data.sampler import sample_keys, sample_uniforms
+from joint_colsr.data.views import BOX_DRAWS, random_resized_boxes, resize_box, whole_pixel_boxes
 
 log = logging.getLogger(__name__)
 
@@ -179,6 +181,33 @@ def cpu_augment_images_per_s(dm: ColSRDataModule, seconds: float) -> float:
     return images / (time.perf_counter() - start)
 
 
+def device_crops_vs_pil(samples: int = 200, cached: int = 384, size: int = 256) -> dict[str, dict[str, float]]:
+    """How far the cache path's crops (whole-pixel boxes, :func:`crop_resize`) are from PIL's
+    ``resize_box``: on the embedded photos squash-resized to ``cached`` (a ``train_size=384``
+    cache), with boxes drawn as training draws them (``crop_scale`` 0.25-1, never under
+    ``size`` pixels a side). Against PIL on the same fractional box (the file path's way: a
+    sub-pixel shift of up to half a pixel) and on the rounded box (the two kernels alone).
+    Uint8 levels; a deterministic result (no timing)."""
+    photos = [resize_box(item.array, (0.0, 0.0, float(item.array.shape[1]), float(item.array.shape[0])), cached)
+              for item in SamplePhotos().items()]
+    boxes = random_resized_boxes(sample_uniforms(sample_keys(0, 0, np.arange(samples)), BOX_DRAWS), cached, cached,
+                                 (0.25, 1.0), (3 / 4, 4 / 3), min_side=size)
+    whole = whole_pixel_boxes(boxes, cached, cached)
+    diffs: dict[str, list[np.ndarray]] = {"fractional_box": [], "rounded_box": []}
+    for i in range(samples):
+        photo = photos[i % len(photos)]
+        ours = crop_resize(torch.from_numpy(photo.transpose(2, 0, 1).copy())[None], whole[i:i + 1], size)[0]
+        ours = ours.numpy().transpose(1, 2, 0).astype(np.float64)
+        diffs["fractional_box"].append(np.abs(ours - resize_box(photo, tuple(boxes[i]), size)))
+        diffs["rounded_box"].append(np.abs(ours - resize_box(photo, tuple(float(v) for v in whole[i]), size)))
+    out = {}
+    for name, parts in diffs.items():
+        d = np.stack(parts)
+        out[name] = {"mean_abs": round(float(d.mean()), 3), "max_abs": float(d.max()),
+                     "psnr_db": round(float(10 * np.log10(255**2 / (d**2).mean())), 2), "share_2_levels_or_more": round(float((d >= 2).mean()), 4)}
+    return out
+
+
 def run_loader_benchmark(quick: bool = False, num_images: int | None = None, batch_size: int = 160,
                          seconds: float | None = None, size: int = 256, work_dir: str | Path | None = None) -> dict[str, Any]:
     """Build the synthetic cache, measure the loader and memcpy; return the numbers (see the module docstring)."""
@@ -212,6 +241,7 @@ def run_loader_benchmark(quick: bool = False, num_images: int | None = None, bat
         "loader_cache_images_per_s": round(loader["images_per_s"], 1),
         "loader_vs_memcpy": round(loader["images_per_s"] / memcpy, 3),
         "loader_cache": {
+            "device_crops_vs_pil": device_crops_vs_pil(16 if quick else 200),
             "main_thread_us_per_image": round(1e6 * loader["main_thread_s_per_image"], 3),
             "memcpy_images_per_s": round(memcpy, 1),
             "memcpy_gb_per_s": round(memcpy * image_bytes / 1e9, 2),
@@ -257,6 +287,11 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"| training process main thread, us of CPU per image | {d['main_thread_us_per_image']:.2f} |",
         f"| crops + flips (`geometry.augment`, a device op) run on this CPU, images/s | {d['cpu_augment_images_per_s']:,.0f} |",
         f"| read from disk (page cache dropped), images/s | {cold} |",
+        "",
+        "Crops on the device (whole-pixel boxes, `geometry.crop_resize`) vs PIL's `resize_box` on 384-pixel cached "
+        "images, 256-pixel crops (`device_crops_vs_pil`): "
+        + "; ".join(f"vs the {name.replace('_', ' ')}: mean {v['mean_abs']} levels, max {v['max_abs']:.0f}, {v['psnr_db']} dB"
+                    for name, v in d["device_crops_vs_pil"].items()) + ".",
         "",
         f"Reproduce: `python -m joint_colsr.bench.loader` (also part of `make bench`); the synthetic cache took "
         f"{d['synthetic_cache_seconds']} s to make and {d['open_seconds']} s to open.",
