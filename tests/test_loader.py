@@ -176,6 +176,12 @@ def test_loader_shards_ranks_and_resumes_mid_epoch(cache_dir):
     it = iter(loader)
     first = next(it)["index"].clone()
     assert torch.equal(torch.cat([b["index"].clone() for b in loader]), torch.cat(full)) and torch.equal(first, full[0])
+    threads = _datamodule(cache_dir, cache_gather_threads=2).train_dataloader()
+    assert threads.gather_threads == 2
+    for one, two in zip(dm.train_dataloader(), threads):  # two threads gather the same batches
+        assert torch.equal(one["rgb"], two["rgb"]) and torch.equal(one["index"], two["index"])
+    with pytest.raises(ValueError, match="data.cache_gather_threads"):
+        _datamodule(cache_dir, cache_gather_threads=0)
     ranks = []
     for rank in range(2):
         sampler = EpochSeededSampler(len(dm.train_set), True, seed=5, rank=rank, world_size=2)

@@ -63,6 +63,8 @@ class ColSRDataModule(pl.LightningDataModule):
         exclude_grayscale: skip photos without colour (also those stored as RGB).
         min_side: skip photos whose shorter side is below this.
         max_aspect: skip photos more elongated than this (longer / shorter side).
+        cache_gather_threads: threads copying each cached training batch (see
+            :class:`CachedBatchLoader`; 1 keeps the other cores for the training process).
     """
 
     def __init__(
@@ -89,6 +91,7 @@ class ColSRDataModule(pl.LightningDataModule):
         exclude_grayscale: bool = True,
         min_side: int = 16,
         max_aspect: float = 10.0,
+        cache_gather_threads: int = 1,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -132,6 +135,9 @@ class ColSRDataModule(pl.LightningDataModule):
         self.seed = int(seed)
         if cache_verify not in ("quick", "full", "none"):
             raise ValueError(f"data.cache_verify must be quick, full or none, got {cache_verify!r}")
+        if isinstance(cache_gather_threads, bool) or not isinstance(cache_gather_threads, int) or cache_gather_threads < 1:
+            raise ValueError(f"data.cache_gather_threads must be a positive integer, got {cache_gather_threads!r}")
+        self.cache_gather_threads = cache_gather_threads
         if min_side < 1 or max_aspect < 1:
             raise ValueError(f"data.min_side ({min_side}) and data.max_aspect ({max_aspect}) must be >= 1")
         self.root = root
@@ -246,7 +252,8 @@ class ColSRDataModule(pl.LightningDataModule):
         if split == "train" and isinstance(dataset, CachedImages):
             # One copy per image, by a thread of this process: no workers (data.num_workers
             # serves the file path and validation).
-            return CachedBatchLoader(dataset, sampler, self.batch_size, drop_last, self.pin_memory and on_gpu, **extra)
+            return CachedBatchLoader(dataset, sampler, self.batch_size, drop_last, self.pin_memory and on_gpu, **extra,
+                                     gather_threads=self.cache_gather_threads)
         loader_cls = ResumableDataLoader if split == "train" else DataLoader
         return loader_cls(
             dataset,

@@ -15,6 +15,7 @@ import logging
 import math
 import queue
 import threading
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any, Callable, Iterator
 
 import numpy as np
@@ -135,22 +136,27 @@ class CachedBatchLoader(_ResumableState):
         pin_memory: allocate the ring in pinned memory (a GPU trains).
         batches_done, epoch_batches: Lightning's counts, for the resume state.
         prefetch: batches gathered ahead of the one the consumer asks for (>= 1).
+        gather_threads: threads that copy one batch's images (>= 1): the gathering thread
+            and ``gather_threads - 1`` helpers, each on its own part of the batch.
     """
 
     HOLD = 3
 
     def __init__(self, dataset: CachedImages, sampler: EpochSeededSampler, batch_size: int, drop_last: bool,
-                 pin_memory: bool, batches_done: Callable[[], int], epoch_batches: Callable[[], float], prefetch: int = 2) -> None:
+                 pin_memory: bool, batches_done: Callable[[], int], epoch_batches: Callable[[], float], prefetch: int = 2,
+                 gather_threads: int = 1) -> None:
         if not dataset.train:
             raise ValueError("CachedBatchLoader serves training datasets")
-        if batch_size < 1 or prefetch < 1:
-            raise ValueError(f"batch_size and prefetch must be >= 1, got {batch_size} and {prefetch}")
+        if batch_size < 1 or prefetch < 1 or gather_threads < 1:
+            raise ValueError(f"batch_size, prefetch and gather_threads must be >= 1, got {batch_size}, {prefetch} and {gather_threads}")
         self.dataset = dataset
         self.sampler = sampler
         self.batch_size = batch_size
         self.drop_last = drop_last
         self.pin_memory = pin_memory
         self.prefetch = prefetch
+        self.gather_threads = gather_threads
+        self._helpers: ThreadPoolExecutor | None = None
         self._batches_done = batches_done
         self._epoch_batches = epoch_batches
         self._slots: list[RingSlot] | None = None
@@ -188,12 +194,25 @@ class CachedBatchLoader(_ResumableState):
             if self._active is gatherer:
                 self._active = None
 
+    def _gather(self, photos: np.ndarray, out: np.ndarray) -> None:
+        """``split.gather`` of ``photos`` into ``out``, split across ``gather_threads`` threads."""
+        parts = np.array_split(np.arange(len(photos)), self.gather_threads)
+        if self.gather_threads == 1 or len(photos) < self.gather_threads:
+            self.dataset.split.gather(photos, out)
+            return
+        if self._helpers is None:
+            self._helpers = ThreadPoolExecutor(self.gather_threads - 1, thread_name_prefix="cached-batch-gather-helper")
+        pending = [self._helpers.submit(self.dataset.split.gather, photos[p], out[p[0]:p[-1] + 1]) for p in parts[1:]]
+        self.dataset.split.gather(photos[parts[0]], out[: len(parts[0])])
+        for job in pending:
+            job.result()
+
     def fill(self, slot: RingSlot, indices: np.ndarray, keys: np.ndarray) -> dict[str, Any]:
         """Gather samples ``indices`` into ``slot`` and return the batch (views of the slot)."""
         n = len(indices)
         photos, boxes, flips = self.dataset.training_plan(indices, keys)
         slot.generation += 1
-        self.dataset.split.gather(photos, slot.rgb.numpy())
+        self._gather(photos, slot.rgb.numpy())
         slot.index.numpy()[:n] = indices
         batch: dict[str, Any] = {"rgb": slot.rgb[:n], "index": slot.index[:n], "skipped": slot.skipped[:n], "slot": slot,
                                  "generation": slot.generation}
