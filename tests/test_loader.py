@@ -149,14 +149,18 @@ def test_ring_never_overwrites_a_batch_the_consumer_still_holds(cache_dir):
     loader = dm.train_dataloader()
     assert loader.HOLD == 3
     held = []
-    for batch in loader:
-        held = [*held[-2:], batch]  # the last 3 batches
-        time.sleep(0.01)  # the gathering thread runs ahead as far as it may
-        for old in held:
-            fresh = np.empty_like(old["rgb"].numpy())
-            dm.train_set.split.gather(old["index"].numpy() % dm.train_set.num_photos, fresh)
-            assert np.array_equal(old["rgb"].numpy(), fresh)
-    slots = {id(b["slot"]) for b in held}
+    for epoch in range(3):
+        loader.sampler.set_epoch(epoch)
+        for n, batch in enumerate(loader):
+            held = [*held[-2:], (batch, batch["index"].clone())]  # the last 3 batches, also across the epoch's end
+            time.sleep(0.01)  # the gathering thread runs ahead as far as it may
+            for old, index in held:
+                fresh = np.empty_like(old["rgb"].numpy())
+                dm.train_set.split.gather(index.numpy() % dm.train_set.num_photos, fresh)
+                assert np.array_equal(old["rgb"].numpy(), fresh) and torch.equal(old["index"], index)
+            if epoch == 1 and n == 6:
+                break  # an epoch left early (limit_train_batches): the next one starts in another slot
+    slots = {id(b["slot"]) for b, _ in held}
     assert len(slots) == 3 and len(loader.ring()) == loader.HOLD + loader.prefetch  # reused, not reallocated
     # A batch kept past its lifetime is refused where training meets it, not silently used.
     stale = [b for b in loader]

@@ -161,6 +161,9 @@ class CachedBatchLoader(_ResumableState):
         self._epoch_batches = epoch_batches
         self._slots: list[RingSlot] | None = None
         self._active: _Gatherer | None = None
+        #: Batches handed out so far, over all iterations: batch number ``n`` lives in slot
+        #: ``n % len(ring)``, so the lifetime holds across epochs too.
+        self.taken = 0
 
     def __len__(self) -> int:
         n = len(self.sampler)
@@ -241,13 +244,14 @@ def owned_batch(batch: dict[str, Any], output_size: int) -> dict[str, Any]:
 
 
 class _Gatherer:
-    """The thread of one iteration: fills batch ``m`` into slot ``m % len(ring)`` once the
-    consumer has asked for batch ``m - prefetch`` (so batches ``m - len(ring)`` and older,
-    which shared that slot, are past their lifetime)."""
+    """The thread of one iteration: fills its batch ``m`` into slot ``(base + m) % len(ring)``
+    (``base``: batches the loader handed out before) once the consumer has asked for batch
+    ``m - prefetch`` (so the batches that shared that slot are past their lifetime)."""
 
     def __init__(self, loader: CachedBatchLoader, indices: np.ndarray, keys: np.ndarray, count: int) -> None:
         self.loader = loader
         self.ring = loader.ring()
+        self.base = loader.taken
         self.indices, self.keys, self.count = indices, keys, count
         self.asked = 0
         self.stopping = False
@@ -264,7 +268,7 @@ class _Gatherer:
                     self.cond.wait_for(lambda: self.stopping or m <= self.asked + prefetch)
                     if self.stopping:
                         return
-                slot = self.ring[m % len(self.ring)]
+                slot = self.ring[(self.base + m) % len(self.ring)]
                 slot.wait_until_free()
                 part = slice(m * bs, (m + 1) * bs)
                 self.ready.put(self.loader.fill(slot, self.indices[part], self.keys[part]))
@@ -278,6 +282,7 @@ class _Gatherer:
         item = self.ready.get()
         if isinstance(item, BaseException):
             raise item
+        self.loader.taken = self.base + k + 1
         return item
 
     def stop(self) -> None:
