@@ -151,10 +151,11 @@ def _is_main_process() -> bool:
 
 
 @contextmanager
-def lock_folder(folder: Path, busy: str) -> Iterator[None]:
+def lock_folder(folder: Path, busy: str, wait: bool = False) -> Iterator[None]:
     """Hold ``folder/.lock`` (a POSIX record lock: released when the process ends, even by
     SIGKILL, and not inherited by forked DataLoader workers, which may outlive a run by a
-    moment). Another process holding it: ``ConfigError(busy.format(pid=...))`` at once."""
+    moment). Another process holding it: ``ConfigError(busy.format(pid=...))`` at once, or
+    with ``wait`` the message is logged and the lock waited for."""
     folder.mkdir(parents=True, exist_ok=True)
     handle = open(folder / ".lock", "a+")
     try:
@@ -162,7 +163,11 @@ def lock_folder(folder: Path, busy: str) -> Iterator[None]:
             fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except OSError:
             handle.seek(0)
-            raise ConfigError(busy.format(pid=handle.read().strip() or "unknown")) from None
+            message = busy.format(pid=handle.read().strip() or "unknown")
+            if not wait:
+                raise ConfigError(message) from None
+            log.info("%s: waiting", message)
+            fcntl.lockf(handle, fcntl.LOCK_EX)
         handle.seek(0)
         handle.truncate()
         handle.write(str(os.getpid()))

@@ -103,6 +103,9 @@ def test_quick_bench_writes_results_and_keeps_other_writers_keys(tmp_path):
         assert results["bench_settings"]["data_benchmark"].startswith("ran")
         assert _positive(results["data_cache_vs_naive"])
 
+    assert results["bench_settings"]["coco_startup_benchmark"].startswith("ran")  # its own keys and section
+    assert _positive(results["coco_second_start_seconds"]) and "## COCO start-up" in (out / "RESULTS.md").read_text()
+
     main(["--quick", "--out", str(out), "--sections", "projection"])  # a rerun replaces our part only
     rerun = json.loads((out / "results.json").read_text())
     assert rerun["models"] == results["models"] and rerun["written_by_someone_else"] == {"x": 1}
@@ -112,7 +115,7 @@ def test_quick_bench_writes_results_and_keeps_other_writers_keys(tmp_path):
         assert heading in md
     assert results["machine"]["cpu_model"] in md
     # The header says which sections this run measured and which numbers are older.
-    assert set(rerun["section_runs"]) == {"models", "lightning", "fast_paths", "projection", "data"}
+    assert set(rerun["section_runs"]) == {"models", "lightning", "fast_paths", "projection", "data", "coco_startup"}
     assert rerun["section_runs"]["projection"]["run"] != rerun["section_runs"]["models"]["run"]
     older = next(line for line in md.splitlines() if line.startswith("- The last run measured: projection."))
     assert "fast_paths (" in older and "models (" in older and "projection (" not in older

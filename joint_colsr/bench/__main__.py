@@ -14,7 +14,10 @@ Writes ``DIR/results.json`` (read-modify-write: only this suite's keys are repla
   data loading included;
 * ``data``: the data paths (``data_cache_vs_naive``, from ``joint_colsr.bench.data``) and the
   cache loader at COCO scale against memcpy (``loader_cache_images_per_s``,
-  ``loader_vs_memcpy``, from ``joint_colsr.bench.loader``).
+  ``loader_vs_memcpy``, from ``joint_colsr.bench.loader``);
+* ``coco_startup``: seconds and peak memory of a COCO start on a synthetic full-scale layout,
+  first (parsing the annotations) and second (their compact index), from
+  ``joint_colsr.bench.coco_startup`` (``coco_second_start_seconds``).
 
 Runs on the GPU when there is one (``trainer=gpu``) and on the CPU otherwise, with
 settings sized for each (``--quick``: tiny widths and one or two steps, to check that
@@ -62,10 +65,10 @@ from joint_colsr.bench.models import (
 
 log = logging.getLogger("joint_colsr.bench")
 
-SECTIONS = ("models", "lightning", "fast_paths", "projection", "data")
-#: The keys of results.json this suite writes. The data and loader benchmarks write their own
-#: (``data_cache_vs_naive``, ``data_pipeline``; ``loader_cache_images_per_s``,
-#: ``loader_vs_memcpy``, ``loader_cache``) and their own sections of RESULTS.md.
+SECTIONS = ("models", "lightning", "fast_paths", "projection", "data", "coco_startup")
+#: The keys of results.json this suite writes. The data, loader and COCO start-up benchmarks
+#: write their own (``data_cache_vs_naive``, ``data_pipeline``; ``loader_cache_images_per_s``,
+#: ``loader_vs_memcpy``, ``loader_cache``; ``coco_startup`` ...) and their own sections of RESULTS.md.
 OWN_KEYS = (
     "machine", "bench_settings", "models", "lightning_vs_raw_loop", "lightning_vs_raw_loop_detail",
     "lightning_self_log_call_ms", "fast_paths", "paper_schedule",
@@ -158,6 +161,21 @@ def run_data_section(quick: bool, device: str, out_dir: Path) -> str:
     return f"{said}; loader_cache_images_per_s = {loader['loader_cache_images_per_s']}, loader_vs_memcpy = {loader['loader_vs_memcpy']}"
 
 
+def run_coco_startup_section(quick: bool, out_dir: Path) -> str:
+    """Run the COCO start-up benchmark (``joint_colsr.bench.coco_startup``); it writes its own
+    keys and RESULTS.md section into ``out_dir``. Returns what happened, in words."""
+    from joint_colsr.bench import coco_startup
+
+    try:
+        result = coco_startup.run_coco_startup_benchmark(quick=quick)
+        coco_startup.write_results(result, out_dir)
+    except Exception as err:  # the other sections' numbers must still be written
+        log.exception("COCO start-up benchmark failed")
+        return f"failed: {type(err).__name__}: {err}"
+    return (f"ran: coco_second_start_seconds = {result['coco_second_start_seconds']}, "
+            f"coco_second_start_peak_gib = {result['coco_second_start_peak_gib']}")
+
+
 def _timed(name: str, fn: Any, *args: Any, **kwargs: Any) -> Any:
     start = time.perf_counter()
     log.info("== %s", name)
@@ -222,6 +240,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         results["paper_schedule"].update(images=PAPER_TRAIN_IMAGES, epochs=PAPER_EPOCHS)
     if "data" in sections:
         results["bench_settings"]["data_benchmark"] = _timed("data", run_data_section, args.quick, device, args.out)
+    if "coco_startup" in sections:
+        results["bench_settings"]["coco_startup_benchmark"] = _timed("coco_startup", run_coco_startup_section, args.quick, args.out)
     # When and where each section was measured: a later partial run (--sections) replaces
     # only its own sections, and RESULTS.md says which numbers are older.
     where = results["machine"].get("gpu") or f"cpu ({results['machine'].get('cpu_model')})"
@@ -356,6 +376,8 @@ def render_markdown(results: dict[str, Any]) -> str:
 
     if st.get("data_benchmark"):
         out += [f"Data benchmark in this run: {st['data_benchmark']} (its own section, when it ran, is below).", ""]
+    if st.get("coco_startup_benchmark"):
+        out += [f"COCO start-up benchmark in this run: {st['coco_startup_benchmark']} (its own section is below).", ""]
 
     out += ["## Reproduce", "", "```bash", "make bench                                   # everything; GPU if there is one",
             "python -m joint_colsr.bench --sections lightning fast_paths   # a part", "python -m joint_colsr.bench --quick --out /tmp/b   # does it run? (seconds)",

@@ -1,4 +1,4 @@
-"""MS-COCO 2017 through pycocotools: the paper's training data (train2017) and test set (val2017).
+"""MS-COCO 2017: the paper's training data (train2017) and test set (val2017).
 
 Two splits (``validation``):
 
@@ -14,6 +14,11 @@ Two splits (``validation``):
 Each item carries its image-level labels (the COCO category ids of its annotations), which
 models with a classification branch can ask for (``data.with_labels=true``).
 
+The annotation files are parsed once into a compact index (:mod:`joint_colsr.data.coco_index`:
+ids, file names, categories; stored beside the data or in the user cache) that later starts
+and every DDP rank read in a fraction of a second. Only the splits a stage needs are read:
+``validate``/``test`` with ``validation=val2017`` (what ``eval`` uses) never read train2017's.
+
 Grayscale photos (about 1% of COCO, some stored as 3-channel RGB) are not found here:
 finding them means decoding every pixel, which a start-up scan of 118k images cannot
 afford. They are detected where the pixels are decoded anyway: when the cache is built
@@ -23,14 +28,15 @@ without a cache, at decode time in the dataset (skipped and counted, like a corr
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
-import io
 import logging
 import os
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
+
+from joint_colsr.data.coco_index import InstancesIndex, load_index
 from joint_colsr.data.decode import ImageDecodeError, SkipReason, probe_image
 from joint_colsr.data.sources import ImageItem, ImageSource
 
@@ -57,9 +63,9 @@ def heldout_keys(keys: Sequence[str], count: int, seed: int) -> set[str]:
 class CocoSource(ImageSource):
     """Photos of the COCO 2017 layout, split as COCO splits them.
 
-    The layout is checked at construction (start-up); the annotation files are read the
+    The layout is checked at construction (start-up); the annotation indexes are read the
     first time items or categories are needed, so a run that reads a prebuilt cache
-    (``data.cache``) never parses the 450 MB training annotations.
+    (``data.cache``) never reads the training annotations.
 
     Args:
         root: folder holding ``train2017/``, ``val2017/`` and ``annotations/``.
@@ -74,6 +80,9 @@ class CocoSource(ImageSource):
             ``val2017`` (COCO's own split); see the module docs.
         val_images: size of the held-out slice (``heldout`` only).
         split_seed: seed of the held-out slice (fixed: not the run's seed).
+        index_dir: folder of the compact annotation indexes; ``None``: beside the data
+            (``annotations/.joint_colsr/``), or the user cache when that is read-only
+            (:mod:`joint_colsr.data.coco_index`).
     """
 
     name = "coco"
@@ -88,6 +97,7 @@ class CocoSource(ImageSource):
         validation: str = "val2017",
         val_images: int = 5000,
         split_seed: int = 0,
+        index_dir: str | None = None,
     ) -> None:
         super().__init__()
         if validation not in VALIDATIONS:
@@ -111,38 +121,34 @@ class CocoSource(ImageSource):
         self.max_images = int(max_images) if max_images is not None else None
         self.max_bad_fraction = float(max_bad_fraction)
         self.check_headers = check_headers
+        self.index_dir = index_dir
         self._splits: dict[str, list[ImageItem]] = {}
         self._categories: dict[int, dict[str, str]] | None = None
 
     def _annotation_file(self, folder: str) -> Path:
         return self.root / "annotations" / f"instances_{folder}.json"
 
-    def _load_coco(self, folder: str):
-        from pycocotools.coco import COCO
-
-        path = self._annotation_file(folder)
-        chatter = io.StringIO()  # pycocotools prints progress; keep it in the log instead
+    def _index(self, folder: str) -> InstancesIndex:
         try:
-            with contextlib.redirect_stdout(chatter):
-                coco = COCO(str(path))
-        except (ValueError, KeyError, TypeError) as err:
-            raise ValueError(f"{path} is not a COCO instances file ({type(err).__name__}: {err}); {COCO_LAYOUT_HELP}") from None
-        log.info("%s: %s", path.name, " ".join(chatter.getvalue().split()))
-        return coco
+            return load_index(self._annotation_file(folder), self.index_dir)
+        except ValueError as err:  # not an instances file: say what is expected
+            raise ValueError(f"{err}; {COCO_LAYOUT_HELP}") from None
+
+    @staticmethod
+    def _category_table(index: InstancesIndex) -> dict[int, dict[str, str]]:
+        return {c["id"]: {"name": c["name"], "supercategory": c["supercategory"]} for c in index.categories}
 
     @property
     def categories(self) -> dict[int, dict[str, str]]:
         """COCO category id -> ``{"name", "supercategory"}`` (read from the val2017 annotations)."""
         if self._categories is None:
-            coco = self._load_coco("val2017")
-            self._categories = {int(c["id"]): {"name": c["name"], "supercategory": c["supercategory"]}
-                                for c in coco.loadCats(coco.getCatIds())}
+            self._categories = self._category_table(self._index("val2017"))
         return self._categories
 
-    def _selected_category_ids(self, coco) -> list[int] | None:
+    def _selected_category_ids(self, index: InstancesIndex) -> list[int] | None:
         if self.category_names is None:
             return None
-        cats = coco.loadCats(coco.getCatIds())
+        cats = index.categories
         ids: set[int] = set()
         unknown = []
         for name in self.category_names:
@@ -156,42 +162,39 @@ class CocoSource(ImageSource):
         return sorted(ids)
 
     def _load_split(self, folder: str) -> list[ImageItem]:
-        coco = self._load_coco(folder)
+        index = self._index(folder)
+        log.info("COCO %s: annotation index %s", folder, index.origin)
         if self._categories is None:
-            self._categories = {int(c["id"]): {"name": c["name"], "supercategory": c["supercategory"]}
-                                for c in coco.loadCats(coco.getCatIds())}
-        wanted = self._selected_category_ids(coco)
-        if wanted is None:
-            image_ids = set(coco.getImgIds())
-        else:  # getImgIds(catIds=[a, b]) means "a and b"; we want "a or b"
-            image_ids = set().union(*(coco.getImgIds(catIds=[c]) for c in wanted))
-        image_ids = sorted(image_ids)
-        if self.max_images is not None:
-            image_ids = image_ids[: self.max_images]
+            self._categories = self._category_table(index)
+        wanted = self._selected_category_ids(index)
+        rows = np.arange(len(index)) if wanted is None else np.flatnonzero(index.containing_any(wanted))
+        if self.max_images is not None:  # image ids ascend: the lowest ids first
+            rows = rows[: self.max_images]
         image_dir = self.root / folder
         present = set(os.listdir(image_dir))  # one listdir instead of 118k stat calls
+        labels = index.labels()
+        names = index.file_names[rows].tolist()
+        prefix = os.path.join(image_dir, "")  # + name: str(image_dir / name) without a Path per photo
         items = []
-        for image_id in image_ids:
-            file_name = coco.imgs[image_id]["file_name"]
-            path = image_dir / file_name
+        for row, file_name in zip(rows.tolist(), names):
+            path = prefix + file_name
             if file_name not in present:
-                self.skip_report.add(str(path), SkipReason.MISSING.describe())
+                self.skip_report.add(path, SkipReason.MISSING.describe())
                 continue
             if self.check_headers:
                 try:
                     probe_image(path)
                 except ImageDecodeError as err:
-                    self.skip_report.add(str(path), err.reason)
+                    self.skip_report.add(path, err.reason)
                     continue
-            labels = tuple(sorted({int(a["category_id"]) for a in coco.imgToAnns.get(image_id, [])}))
             key = f"{folder}/{file_name}"
-            items.append(ImageItem(key=key, group=key, path=str(path), labels=labels))
-        bad = len(image_ids) - len(items)
+            items.append(ImageItem(key=key, group=key, path=path, labels=labels[row]))
+        bad = len(rows) - len(items)
         if bad:
             log.warning("data.root=%s (%s): %s", self.root, folder, self.skip_report.summary())
-        if bad > self.max_bad_fraction * len(image_ids) or not items:
+        if bad > self.max_bad_fraction * len(rows) or not items:
             raise RuntimeError(
-                f"data.root={self.root}: {bad} of {len(image_ids)} images of {folder} are missing or unreadable "
+                f"data.root={self.root}: {bad} of {len(rows)} images of {folder} are missing or unreadable "
                 f"(more than data.source.max_bad_fraction={self.max_bad_fraction}). {self.skip_report.summary(limit=50)}"
             )
         what = f"containing {self.category_names}" if self.category_names else "in all"
@@ -214,6 +217,13 @@ class CocoSource(ImageSource):
             return train, self._items_of("val2017")
         held = self._heldout_keys()
         return [i for i in train if i.key not in held], [i for i in train if i.key in held]
+
+    def validation_items(self) -> list[ImageItem]:
+        """What validates, reading only what it needs: val2017 alone (``val2017``: what ``eval``
+        scores), or the held-out slice, which train2017's annotations define."""
+        if self.validation == "val2017":
+            return self._items_of("val2017")
+        return self.split()[1]
 
     def _heldout_keys(self) -> set[str]:
         if self._heldout is None:

@@ -180,7 +180,10 @@ class ColSRDataModule(pl.LightningDataModule):
         if self.cache:
             self._setup_from_cache(stage)
             return
-        train_items, val_items = self.source.split()
+        if stage in (None, "fit"):
+            train_items, val_items = self.source.split()
+        else:  # validate / test / predict: only what validates (eval on COCO never reads train2017)
+            train_items, val_items = [], self.source.validation_items()
         self.categories = self.source.categories
         columns = self._label_columns()
         if stage in (None, "fit") and not train_items:

@@ -108,6 +108,11 @@ class ImageSource:
             (val if self.is_validation_group(item.group) else train).append(item)
         return train, val
 
+    def validation_items(self) -> list[ImageItem]:
+        """The validation side of :meth:`split` alone (``validate``/``test`` stages); sources
+        that can list it without reading the training side override this (COCO)."""
+        return self.split()[1]
+
 
 # ---------------------------------------------------------------------------------------
 # Embedded sample photographs (scikit-image and scikit-learn ship them: no download)
