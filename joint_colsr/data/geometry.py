@@ -78,7 +78,10 @@ def crop_resize(images: Tensor, boxes: np.ndarray, size: int) -> Tensor:
         resized = resize_bicubic(crops.float(), (size, size))
         if images.dtype == torch.uint8:
             resized = resized.round_().clamp_(0, 255)
-        out[torch.from_numpy(members).to(images.device)] = resized.to(images.dtype)
+        if len(members) == 1:  # random crops: mostly one per size; no index tensor to move
+            out[int(members[0])] = resized[0].to(images.dtype)
+        else:
+            out[torch.from_numpy(members).to(images.device)] = resized.to(images.dtype)
     return out
 
 
