@@ -9,13 +9,24 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from PIL import Image
 
-from joint_colsr.data import ColSRDataModule, EpochSeededSampler, ImageCache, SamplePhotos, build_cache
+from joint_colsr.data import (
+    ColSRDataModule,
+    EpochSeededSampler,
+    ImageCache,
+    SamplePhotos,
+    build_cache,
+)
 from joint_colsr.data.geometry import augment, crop_resize, hflip
 from joint_colsr.data.loaders import CachedBatchLoader
 from joint_colsr.data.sampler import sample_keys, sample_uniforms
-from joint_colsr.data.views import BOX_DRAWS, random_resized_box, random_resized_boxes, resize_box, whole_pixel_boxes
+from joint_colsr.data.views import (
+    BOX_DRAWS,
+    random_resized_box,
+    random_resized_boxes,
+    resize_box,
+    whole_pixel_boxes,
+)
 from joint_colsr.train import train
 
 from .conftest import random_photo
@@ -30,7 +41,7 @@ def cache_dir(tmp_path_factory) -> Path:
 
 
 def _datamodule(cache_dir, **kwargs) -> ColSRDataModule:
-    settings = dict(batch_size=2, num_workers=0, input_size=16, output_size=32, train_samples_per_epoch=16, seed=5)
+    settings = {"batch_size": 2, "num_workers": 0, "input_size": 16, "output_size": 32, "train_samples_per_epoch": 16, "seed": 5}
     dm = ColSRDataModule(None, cache=str(cache_dir), **{**settings, **kwargs})
     dm.setup("fit")
     return dm
@@ -195,8 +206,9 @@ def test_loader_shards_ranks_and_resumes_mid_epoch(cache_dir):
 
 
 def test_flip_only_and_labels_without_crops(tmp_path):
-    from .test_coco import make_tiny_coco
     from joint_colsr.data.coco import CocoSource
+
+    from .test_coco import make_tiny_coco
 
     coco = make_tiny_coco(tmp_path / "coco")
     build_cache(CocoSource(str(coco)), tmp_path / "c", output_size=32, progress=False)

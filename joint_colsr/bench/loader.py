@@ -49,7 +49,12 @@ from joint_colsr.data import ColSRDataModule, SamplePhotos, build_cache
 from joint_colsr.data.cache.store import INDEX_NAME, sha256_of
 from joint_colsr.data.geometry import augment, crop_resize
 from joint_colsr.data.sampler import sample_keys, sample_uniforms
-from joint_colsr.data.views import BOX_DRAWS, random_resized_boxes, resize_box, whole_pixel_boxes
+from joint_colsr.data.views import (
+    BOX_DRAWS,
+    random_resized_boxes,
+    resize_box,
+    whole_pixel_boxes,
+)
 
 log = logging.getLogger(__name__)
 
@@ -289,10 +294,10 @@ def render_markdown(r: dict[str, Any]) -> str:
     return "\n".join([
         "## Cache loader at COCO scale: images per second delivered vs memcpy",
         "",
-        f"{s['images']:,} cached training images of {s['image']} (a synthetic cache: hard links of real shards; "
-        f"warm page cache), batch {s['batch_size']}, `ColSRDataModule(data.cache=...).train_dataloader()` iterated for "
-        f"{s['seconds']:g} s at steady state. Load average before / after: {d['load_average_before']} / {d['load_average_after']}. "
-        f"{d['date_utc']} UTC{' (quick: the numbers mean nothing)' if s['quick'] else ''}.",
+        (f"{s['images']:,} cached training images of {s['image']} (a synthetic cache: hard links of real shards; "
+         f"warm page cache), batch {s['batch_size']}, `ColSRDataModule(data.cache=...).train_dataloader()` iterated for "
+         f"{s['seconds']:g} s at steady state. Load average before / after: {d['load_average_before']} / {d['load_average_after']}. "
+         f"{d['date_utc']} UTC{' (quick: the numbers mean nothing)' if s['quick'] else ''}."),
         "",
         "| measure | value |",
         "| --- | ---: |",
@@ -309,8 +314,8 @@ def render_markdown(r: dict[str, Any]) -> str:
         + "; ".join(f"vs the {name.replace('_', ' ')}: mean {v['mean_abs']} levels, max {v['max_abs']:.0f}, {v['psnr_db']} dB"
                     for name, v in d["device_crops_vs_pil"].items()) + ".",
         "",
-        f"Reproduce: `python -m joint_colsr.bench.loader` (also part of `make bench`); the synthetic cache took "
-        f"{d['synthetic_cache_seconds']} s to make and {d['open_seconds']} s to open.",
+        (f"Reproduce: `python -m joint_colsr.bench.loader` (also part of `make bench`); the synthetic cache took "
+         f"{d['synthetic_cache_seconds']} s to make and {d['open_seconds']} s to open."),
     ])
 
 

@@ -15,8 +15,9 @@ import logging
 import math
 import queue
 import threading
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
-from typing import Any, Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -265,14 +266,14 @@ class _Gatherer:
         try:
             for m in range(self.count):
                 with self.cond:
-                    self.cond.wait_for(lambda: self.stopping or m <= self.asked + prefetch)
+                    self.cond.wait_for(lambda m=m: self.stopping or m <= self.asked + prefetch)
                     if self.stopping:
                         return
                 slot = self.ring[(self.base + m) % len(self.ring)]
                 slot.wait_until_free()
                 part = slice(m * bs, (m + 1) * bs)
                 self.ready.put(self.loader.fill(slot, self.indices[part], self.keys[part]))
-        except BaseException as err:  # handed to the consumer, raised there
+        except Exception as err:  # noqa: BLE001 (any failure is handed to the consumer and raised there)
             self.ready.put(err)
 
     def take(self, k: int) -> dict[str, Any]:
@@ -280,7 +281,7 @@ class _Gatherer:
             self.asked = k
             self.cond.notify()
         item = self.ready.get()
-        if isinstance(item, BaseException):
+        if isinstance(item, Exception):
             raise item
         self.loader.taken = self.base + k + 1
         return item
