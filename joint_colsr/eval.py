@@ -15,9 +15,12 @@ The run directory receives:
   ``uses_ground_truth_l`` (true for a model fed the ground-truth high-resolution L*:
   ``baseline=gray``, ``residual_joint`` ``l_source=gt``; its protocol-2 keys ``psnr_joint``,
   ``ssim_joint`` and ``psnr_y`` are null: its L* is given, not produced),
-  ``skipped`` / ``skipped_photos`` (photos that could not be decoded or used: not scored),
-  and ``by_supercategory`` for sources with categories (COCO);
-* ``metrics.md``: the same as a markdown table (plus the per-supercategory table);
+  and the photos not scored: ``skipped`` / ``skipped_photos`` (found unusable while
+  evaluating: not decoded, grayscale, ...), ``excluded_at_cache_build`` (left out when the
+  cache ``data.cache`` was built; null without a cache) and ``excluded_at_start_up`` (left
+  out by the source's start-up checks), each ``{"count", "reasons", "photos"}``;
+  ``by_supercategory`` for sources with categories (COCO);
+* ``metrics.md``: the same as a markdown table, what was not scored (plus the per-supercategory table);
 * ``per_image.csv``: one row per image;
 * ``best_worst.png``: the ``num_examples`` best and worst images by ``psnr`` (the paper's Fig. 1);
 * ``category.png``: the first ``num_examples`` images showing ``grid_category`` (COCO; the paper's Fig. 2).
@@ -42,6 +45,7 @@ from joint_colsr import CONFIG_DIR
 from joint_colsr.assembly import build_datamodule, build_eval_system, build_trainer, start_run
 from joint_colsr.color import upscale_l
 from joint_colsr.config_checks import ConfigError, check_config, command
+from joint_colsr.data.decode import count_reasons
 from joint_colsr.metrics import PER_IMAGE_METRICS, colorization_psnr, image_metrics, summarize
 from joint_colsr.outputs import print_run_summary, write_json
 from joint_colsr.systems import run_system
@@ -63,6 +67,9 @@ TABLE_COLUMNS: dict[str, str] = {
     "colorfulness_gap": "dCF",
     "psnr_gray": "gray PSNR",
 }
+
+#: Images whose metrics are computed together (bounds the metrics' working memory).
+METRICS_CHUNK = 16
 
 #: Metrics of the L* a model delivers (protocol 2, Y-PSNR): null for a GT-L*-guided model.
 PROTOCOL2_METRICS = ("psnr_joint", "ssim_joint", "psnr_y")
@@ -153,21 +160,29 @@ class Evaluator(pl.LightningModule):
             l_own = batch["l_highres"]  # given, not produced: the protocol-2 keys are nulled below
         else:
             l_own = out["l"] if out.get("l") is not None else upscale_l(batch["l_lowres"], size)
-        m = image_metrics(batch["l_highres"], l_own, ab, batch["ab_target"], batch["rgb_target"], self.crop_border)
-        m["psnr_gray"] = colorization_psnr(batch["l_highres"], torch.zeros_like(ab), batch["rgb_target"])
         skipped = batch.get("skipped", torch.zeros_like(batch["index"])).tolist()
-        for i, index in enumerate(batch["index"].tolist()):
-            if skipped[i]:
-                # The dataset put the next usable photo in place of an unusable one: that photo
-                # is scored at its own index, so this sample would count it twice.
-                self.skipped_keys.append(self._describe(index)["key"])
-                continue
-            row = {"index": index, **self._describe(index)}
-            row.update({k: float(m[k][i]) for k in (*PER_IMAGE_METRICS, "psnr_gray")})
-            if self.guided:
-                row.update(dict.fromkeys(PROTOCOL2_METRICS))
-            self.rows.append(row)
-            self._keep_examples(row, batch["l_lowres"][i], m["rgb"][i], m["rgb_joint"][i], batch["rgb_target"][i])
+        indices = batch["index"].tolist()
+        # Per-image metrics, a few images at a time: their temporaries (~20 float copies of
+        # the images) stay bounded whatever data.batch_size is; the values are per image.
+        for start in range(0, len(indices), METRICS_CHUNK):
+            part = slice(start, start + METRICS_CHUNK)
+            m = image_metrics(batch["l_highres"][part], l_own[part], ab[part], batch["ab_target"][part],
+                              batch["rgb_target"][part], self.crop_border)
+            m["psnr_gray"] = colorization_psnr(batch["l_highres"][part], torch.zeros_like(ab[part]), batch["rgb_target"][part])
+            values = {k: m[k].tolist() for k in (*PER_IMAGE_METRICS, "psnr_gray")}  # one transfer per metric
+            for j, index in enumerate(indices[part]):
+                i = start + j
+                if skipped[i]:
+                    # The dataset put the next usable photo in place of an unusable one: that photo
+                    # is scored at its own index, so this sample would count it twice.
+                    self.skipped_keys.append(self._describe(index)["key"])
+                    continue
+                row = {"index": index, **self._describe(index)}
+                row.update({k: float(v[j]) for k, v in values.items()})
+                if self.guided:
+                    row.update(dict.fromkeys(PROTOCOL2_METRICS))
+                self.rows.append(row)
+                self._keep_examples(row, batch["l_lowres"][i], m["rgb"][j], m["rgb_joint"][j], batch["rgb_target"][i])
 
     def _keep_examples(self, row: dict, l_lowres: Tensor, rgb: Tensor, rgb_joint: Tensor, target: Tensor) -> None:
         n = self.num_examples
@@ -176,8 +191,15 @@ class Evaluator(pl.LightningModule):
         joint = "GT L*" if row["psnr_joint"] is None else f"{row['psnr_joint']:.2f}"
         text = f"PSNR {row['psnr']:.2f} | own L* {joint}  {Path(str(row['key'])).stem[:16]}"
 
+        kept: list[Tensor] = []
+
         def images() -> list[Tensor]:
-            return evaluation_row(l_lowres.cpu(), rgb.cpu(), rgb_joint.cpu(), target.cpu(), text)
+            # Made once per kept image, as uint8 copies of that image alone (evaluation_row):
+            # a slice of the batch would keep the whole batch alive (memory bounded by
+            # num_examples, not by the batch size or the number of batches).
+            if not kept:
+                kept.extend(evaluation_row(l_lowres, rgb, rgb_joint, target, text))
+            return kept
 
         psnr = row["psnr"]
         if len(self.best) < n or psnr > self.best[-1][0]:
@@ -186,6 +208,42 @@ class Evaluator(pl.LightningModule):
             self.worst = sorted([*self.worst, (psnr, row["index"], images())], key=lambda e: (e[0], e[1]))[:n]
         if self.grid_category and self.grid_category in row["categories"] and len(self.category_examples) < n:
             self.category_examples.append(images())
+
+
+def excluded_photos(photos: Mapping[str, str]) -> dict[str, Any]:
+    """``{"count", "reasons": {reason: n}, "photos": {path: reason}}`` of photos left out."""
+    reasons = count_reasons(photos.values())
+    return {"count": len(photos), "reasons": {str(r): n for r, n in reasons.most_common()}, "photos": dict(photos)}
+
+
+def photos_excluded_before_evaluation(datamodule: Any) -> tuple[dict[str, Any] | None, dict[str, Any]]:
+    """``(excluded when the cache was built, excluded at start-up)`` for the evaluated split:
+    the cache's index (null without a cache) and the source's start-up checks (a photo in
+    both is counted where the cache lists it)."""
+    cache = getattr(datamodule, "image_cache", None)
+    at_build = dict(cache.splits["val"].excluded) if cache is not None else None
+    source = getattr(datamodule, "source", None)
+    at_start = source.excluded_from_validation() if source is not None else {}
+    at_start = {path: reason for path, reason in at_start.items() if path not in (at_build or {})}
+    return (None if at_build is None else {"cache": str(cache.root), **excluded_photos(at_build)}), excluded_photos(at_start)
+
+
+def not_scored_lines(metrics: Mapping[str, Any]) -> list[str]:
+    """metrics.md's account of the photos not scored, one line per stage."""
+
+    def counted(entry: Mapping[str, Any]) -> str:
+        reasons = ", ".join(f"{n} {r}" for r, n in entry["reasons"].items())
+        return f"{entry['count']}" + (f" ({reasons})" if reasons else "")
+
+    lines = []
+    build = metrics.get("excluded_at_cache_build")
+    if build is not None:
+        lines.append(f"- excluded when the cache `{build['cache']}` was built: {counted(build)}")
+    lines.append(f"- excluded at start-up (the source's checks, before the split): {counted(metrics['excluded_at_start_up'])}")
+    skipped = metrics["skipped_photos"]
+    lines.append(f"- skipped while evaluating (could not be decoded or used): {len(skipped)}"
+                 + (": " + ", ".join(f"`{k}`" for k in skipped[:20]) + (" ..." if len(skipped) > 20 else "") if skipped else ""))
+    return ["Photos not scored (listed in metrics.json):", "", *lines, ""]
 
 
 def _group_rows(rows: list[dict[str, Any]], field: str, guided: bool = False) -> dict[str, dict[str, Any]]:
@@ -274,6 +332,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     metrics["uses_ground_truth_l"] = evaluator.guided
     metrics["skipped"] = len(evaluator.skipped_keys)
     metrics["skipped_photos"] = evaluator.skipped_keys
+    metrics["excluded_at_cache_build"], metrics["excluded_at_start_up"] = photos_excluded_before_evaluation(datamodule)
     metrics.update(
         model=describe_model(cfg, system),
         ckpt_path=str(cfg.ckpt_path) if cfg.get("ckpt_path") else None,
@@ -301,6 +360,7 @@ def write_outputs(output_dir: Path, metrics: dict[str, Any], rows: list[dict[str
     cells = ["" if metrics.get(k) is None else metrics[k] for k in TABLE_COLUMNS]
     md.append(markdown_table(header, [[name, metrics["num_images"], *cells]]))
     md += [PROTOCOL_NOTE.format(crop=crop), ""]
+    md += not_scored_lines(metrics)
     if "by_supercategory" in metrics:
         md += ["## By COCO supercategory (worst first; an image counts in every supercategory it shows)", ""]
         cols = ["psnr", "psnr_joint", "psnr_gray", "gain_over_gray", "colorfulness_gap", "auc_ab"]
@@ -326,11 +386,15 @@ def write_outputs(output_dir: Path, metrics: dict[str, Any], rows: list[dict[str
 
 
 def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
+    build = metrics.get("excluded_at_cache_build")
+    excluded = metrics["excluded_at_start_up"]["count"] + (build["count"] if build else 0)
+    where = "at cache build and start-up" if build else "at start-up"
     own = f"{GUIDED_MARK}, no own L*" if metrics.get("uses_ground_truth_l") else f"{metrics['psnr_joint']:.2f} dB (own L*)"
     print_run_summary(output_dir, [
         f"{metrics['model']} on {metrics['num_images']} images of '{metrics['data']}': "
         f"PSNR {metrics['psnr']:.2f} dB (GT L*), {own}, "
-        f"gray {metrics['psnr_gray']:.2f} dB; SSIM {metrics['ssim']:.4f}; tables in {output_dir / 'metrics.md'}"
+        f"gray {metrics['psnr_gray']:.2f} dB; SSIM {metrics['ssim']:.4f}; tables in {output_dir / 'metrics.md'}",
+        f"not scored: {excluded} photos excluded before evaluating ({where}), {metrics['skipped']} skipped while evaluating",
     ])
 
 

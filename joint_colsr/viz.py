@@ -110,8 +110,21 @@ def evaluation_row(l_lowres: Tensor, rgb: Tensor, rgb_joint: Tensor, rgb_target:
     Args:
         l_lowres: ``(1, r, r)`` normalized input L*.
         rgb, rgb_joint, rgb_target: ``(3, S, S)`` in [0, 255].
+
+    Returns:
+        four ``(3, S, S)`` uint8 CPU tensors, each with storage of its own (:func:`own_uint8`).
     """
     l_up = upscale_l(l_lowres[None].float(), tuple(rgb_target.shape[-2:]))
     gray = quantize_uint8(merge_l_ab_to_rgb(l_up, torch.zeros_like(l_up).repeat(1, 2, 1, 1)))[0]
     first = caption(gray, text) if text else gray
-    return [first, rgb.float(), rgb_joint.float(), rgb_target.float()]
+    return [own_uint8(image) for image in (first, rgb, rgb_joint, rgb_target)]
+
+
+def own_uint8(image: Tensor) -> Tensor:
+    """``image`` (``(3, h, w)``, [0, 255], any dtype and device) as a uint8 CPU tensor with
+    storage of its own: an image kept for a figure must not be a view that holds its whole
+    batch in memory. The pixels are those :func:`make_grid` would draw."""
+    image = image.detach()
+    if image.dtype != torch.uint8:
+        image = image.float().clamp(0, 255).round().to(torch.uint8)
+    return image.to("cpu").clone(memory_format=torch.contiguous_format)

@@ -16,6 +16,7 @@ Each case runs the real entry point (``train`` / ``predict``) and is judged:
 
 from __future__ import annotations
 
+import csv
 import json
 import shutil
 import sys
@@ -275,6 +276,38 @@ def symlinked_subfolders(d: Path) -> str:
     return "clear" if len(ImageFolder(str(linked)).items()) == 8 else "silent"
 
 
+def _folder_validating_on_grayscale(root: Path, n: int) -> Path:
+    """``n`` colour photos; the one the split validates on (lowest path hash) is grayscale."""
+    from joint_colsr.data.sources import _stable_fraction
+
+    rng = np.random.default_rng(4)
+    root.mkdir(parents=True)
+    names = [f"img{i}.png" for i in range(n)]
+    for name in names:
+        Image.fromarray(random_photo(rng, 120, 160)).save(root / name)
+    gray = root / min(names, key=_stable_fraction)
+    Image.open(gray).convert("L").save(gray)
+    return gray
+
+
+def only_validation_photo_unusable(d: Path) -> str:
+    _folder_validating_on_grayscale(d / "photos", 5)
+    _train(d / "run", "data=folder", f"data.root={d / 'photos'}", "data.source.val_fraction=0.01")
+    with open(d / "run" / "csv" / "metrics.csv") as f:  # validated on a usable photo, none skipped
+        validated = any(row.get("val/psnr") for row in csv.DictReader(f))
+    return "clear" if validated else "silent"
+
+
+def no_usable_validation_photo(d: Path) -> str:
+    gray = _folder_validating_on_grayscale(d / "photos", 2)
+    try:
+        _train(d / "run", "data=folder", f"data.root={d / 'photos'}", "data.source.val_fraction=0.01")
+    except Exception as err:  # noqa: BLE001 - judged on its message: the file, the reason and the fix
+        text = str(err)
+        return "clear" if str(gray) in text and "grayscale" in text and "data.exclude_grayscale=false" in text else "raw"
+    return "silent"
+
+
 def second_preprocess_into_one_cache(d: Path) -> str:
     from joint_colsr.data.cache import build_cache
     from joint_colsr.data.sources import ImageFolder
@@ -306,7 +339,8 @@ CASES: list[Callable[[Path], str]] = [
     step_checkpoints_keep_epoch_end_save, raw_weights_survive_in_last_ckpt, resume_with_changed_lr,
     resume_with_changed_seed, resume_into_another_width, corrupt_last_ckpt_with_intact_copy, text_file_as_ckpt_path,
     foreign_pickle_as_ckpt_path, lr_not_a_number, reversed_crop_scale, negative_samples_per_epoch, ema_typo_key,
-    second_process_in_run_dir, predict_into_input_dir, predict_colliding_stems,
+    second_process_in_run_dir, predict_into_input_dir, predict_colliding_stems, only_validation_photo_unusable,
+    no_usable_validation_photo,
 ]
 
 

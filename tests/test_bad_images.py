@@ -2,6 +2,7 @@
 
 import logging
 import struct
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -115,9 +116,16 @@ def test_a_whole_epoch_over_the_folder_never_crashes_and_counts_skips(bad_folder
     root, _ = bad_folder
     with caplog.at_level(logging.WARNING):
         source = ImageFolder(str(root), val_fraction=0.3)
-    # Header failures are found at start-up and reported ("skipped N files" with reasons).
-    assert {p.split("/")[-1] for p in source.skip_report.skipped} == {"empty.jpg", "text.png"}
-    assert "skipped 2 files" in caplog.text
+    # Header failures and the size filters are applied at start-up, before the split, and
+    # reported ("skipped N files" with reasons); so are the validation photos a decode
+    # check found unusable (a small validation side is decoded at start-up).
+    skipped = {p.relative_to(root).as_posix(): r for p, r in ((Path(p), r) for p, r in source.skip_report.skipped.items())}
+    by_header = {name for name, reason in skipped.items() if not reason.startswith(("grayscale", "corrupt"))}
+    assert by_header == {"empty.jpg", "text.png", "tiny.png", "banner.jpg"}
+    assert all(EXPECTED[name].startswith(("grayscale", "corrupt")) for name in set(skipped) - by_header)
+    assert f"skipped {len(skipped)} files" in caplog.text
+    _, val = source.split()
+    assert val and all(EXPECTED[item.key] == "ok" for item in val)
     dm = ColSRDataModule(source, batch_size=1, num_workers=2, input_size=16, output_size=48, seed=0)
     dm.setup("fit")
     skipped, seen = 0, 0

@@ -133,6 +133,70 @@ def test_folder_source_fails_when_most_files_are_bad(tmp_path):
         ImageFolder(str(tmp_path))
 
 
+def _folder_whose_validation_photo_is(root, kind: str, photos: int = 5):
+    """``photos`` colour photos named ``p0.png``...; the one the split validates on (the
+    lowest path hash: no hash falls under val_fraction=0.01) is made unusable: ``kind``."""
+    from joint_colsr.data.sources import _stable_fraction
+
+    rng = np.random.default_rng(0)
+    names = [f"p{i}.png" for i in range(photos)]
+    for name in names:
+        root.mkdir(exist_ok=True)
+        Image.fromarray(random_photo(rng, 60, 80)).save(root / name)
+    first = min(names, key=_stable_fraction)
+    assert _stable_fraction(first) > 0.01
+    bad = root / first
+    if kind == "too small":
+        Image.fromarray(random_photo(rng, 10, 12)).save(bad)
+    elif kind == "extreme aspect ratio":
+        Image.fromarray(random_photo(rng, 20, 300)).save(bad)
+    elif kind == "grayscale":
+        Image.fromarray(random_photo(rng, 60, 80)).convert("L").save(bad)
+    elif kind == "corrupt or truncated":
+        bad.write_bytes(bad.read_bytes()[:200])  # the header reads, the pixels do not
+    return bad
+
+
+@pytest.mark.parametrize("kind", ["too small", "extreme aspect ratio", "grayscale", "corrupt or truncated"])
+def test_folder_split_is_made_over_usable_photos(tmp_path, kind):
+    """A folder whose validation photo is unusable validates on the next usable one (it
+    crashed with "none of the 1 images could be decoded and used")."""
+    bad = _folder_whose_validation_photo_is(tmp_path / "photos", kind)
+    source = ImageFolder(str(tmp_path / "photos"), val_fraction=0.01)
+    train, val = source.split()
+    assert len(val) == 1 and len(train) == 3 and bad.name not in {i.key for i in train + val}
+    assert source.skip_report.skipped[str(bad)].startswith(kind)
+    dm = ColSRDataModule(source, batch_size=2, num_workers=0, input_size=16, output_size=32)
+    dm.setup("fit")
+    (batch,) = list(dm.val_dataloader())
+    assert batch["skipped"].tolist() == [0]
+
+
+def test_folder_filters_come_from_the_data_config(tmp_path, compose_cfg):
+    from hydra.utils import instantiate
+
+    _folder_whose_validation_photo_is(tmp_path / "photos", "grayscale")
+    cfg = compose_cfg(["data=folder", f"data.root={tmp_path / 'photos'}", "data.min_side=50", "data.exclude_grayscale=false"])
+    source = instantiate(cfg.data.source)
+    assert source.filters == {"min_side": 50, "max_aspect": 10.0, "exclude_grayscale": False}
+    assert len(source.items()) == 5  # the grayscale photo is kept
+    with pytest.raises(RuntimeError, match=r"(?s)no usable photo.*too small \(80x60, shorter side < 70\).*data.min_side"):
+        ImageFolder(str(tmp_path / "photos"), min_side=70)  # every photo is 80x60
+
+
+def test_no_usable_validation_photo_fails_at_start_up_naming_files_and_fix(tmp_path):
+    bad = _folder_whose_validation_photo_is(tmp_path / "photos", "grayscale", photos=2)
+    with pytest.raises(RuntimeError, match=rf"(?s)no usable photo for validation.*{bad}: grayscale.*data.exclude_grayscale=false"):
+        ImageFolder(str(tmp_path / "photos"), val_fraction=0.01)
+    # Without the start-up decode, the dataset names the files and the fix when it finds none usable.
+    source = ImageFolder(str(tmp_path / "photos"), val_fraction=0.01, decode_check_limit=0)
+    _, val = source.split()
+    dataset = ReferenceImages(val, 32, train=False)
+    with pytest.raises(RuntimeError, match=rf"(?s)none of the 1 photos of this validation split.*{bad}: grayscale.*"
+                                           r"data.exclude_grayscale=false"):
+        dataset[0]
+
+
 def test_folder_source_missing_root_names_path_and_layout(tmp_path):
     with pytest.raises(FileNotFoundError, match=r"data.root=.*nope.*expected a folder holding image files"):
         ImageFolder(str(tmp_path / "nope"))

@@ -4,6 +4,7 @@ import csv
 import dataclasses
 import json
 
+import numpy as np
 import pytest
 
 from joint_colsr.config_checks import ConfigError
@@ -72,6 +73,46 @@ def test_unreadable_photo_is_skipped_counted_and_not_scored_twice(tmp_path, imag
     assert len(keys) == len(set(keys)) == 8
 
 
+def test_eval_from_a_cache_reports_the_photos_the_cache_excluded(tmp_path, image_folder):
+    """Photos left out before evaluating are reported with their reasons, labelled by stage:
+    when the cache was built (grayscale, truncated), at start-up (too small), while evaluating."""
+    from PIL import Image
+
+    from joint_colsr.data import build_cache
+
+    from .conftest import random_photo
+
+    rng = np.random.default_rng(1)
+    Image.fromarray(random_photo(rng, 60, 80)).convert("L").save(image_folder / "gray.jpg")
+    truncated = image_folder / "a" / "truncated.png"
+    Image.fromarray(random_photo(rng, 60, 80)).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:300])
+    Image.fromarray(random_photo(rng, 10, 12)).save(image_folder / "tiny.png")
+    cache = tmp_path / "cache"
+    build_cache(ImageFolder(str(image_folder), val_fraction=1.0), cache, output_size=32, splits=("val",), progress=False)
+    metrics, run = _run(tmp_path, ["baseline=gray", "data=folder", f"data.root={image_folder}", f"data.cache={cache}",
+                                   "data.input_size=16", "data.output_size=32"])
+    assert metrics["num_images"] == 8 and metrics["skipped"] == 0
+    build = metrics["excluded_at_cache_build"]
+    assert build["count"] == 2 and build["reasons"] == {"grayscale": 1, "corrupt or truncated": 1}
+    assert set(build["photos"]) == {str(image_folder / "gray.jpg"), str(truncated)} and build["cache"] == str(cache)
+    start = metrics["excluded_at_start_up"]
+    assert start["count"] == 1 and start["photos"] == {str(image_folder / "tiny.png"): "too small (12x10, shorter side < 16)"}
+    saved = json.loads((run / "metrics.json").read_text())
+    assert saved["excluded_at_cache_build"] == build and saved["excluded_at_start_up"] == start
+    md = (run / "metrics.md").read_text()
+    assert f"- excluded when the cache `{cache}` was built: 2 (1 grayscale, 1 corrupt or truncated)" in md \
+        or f"- excluded when the cache `{cache}` was built: 2 (1 corrupt or truncated, 1 grayscale)" in md
+    assert "- excluded at start-up (the source's checks, before the split): 1 (1 too small)" in md
+    assert "- skipped while evaluating (could not be decoded or used): 0" in md
+    # Without the cache the same photos are decoded while evaluating: skipped, not excluded at build.
+    files, _ = _run(tmp_path, ["baseline=gray", "data=folder", f"data.root={image_folder}",
+                               "data.input_size=16", "data.output_size=32"], "files")
+    assert files["excluded_at_cache_build"] is None and files["excluded_at_start_up"] == start
+    assert sorted(files["skipped_photos"]) == ["a/truncated.png", "gray.jpg"]
+    assert files["psnr"] == pytest.approx(metrics["psnr"], abs=1e-4)
+
+
 def test_checkpoint_eval_on_samples(tmp_path, tiny_ckpt):
     metrics, run = _run(tmp_path, [f"ckpt_path={tiny_ckpt}", "data.input_size=64"])
     assert metrics["input_size"] == 96  # the checkpoint's network decides the sizes
@@ -135,3 +176,47 @@ def test_eval_reproduces_the_runs_degradation_from_the_checkpoint_alone(tmp_path
     metrics = evaluate(cfg)
     assert cfg.data.lowres_interpolation == "area" and cfg.data.min_side == 20
     assert metrics["psnr"] == pytest.approx(trained["val/psnr"], abs=1e-4)
+
+
+def _evaluate_random_batches(batches: int, batch_size: int):
+    import torch
+
+    from joint_colsr.assembly import build_eval_system
+    from joint_colsr.color import rgb_uint8_to_lab_batch
+    from joint_colsr.eval import Evaluator
+
+    cfg = compose_config("eval", ["baseline=bicubic", "data.input_size=16", "data.output_size=32"])
+    evaluator = Evaluator(build_eval_system(cfg), crop_border=2, num_examples=2)
+    evaluator.system.eval()
+    generator = torch.Generator().manual_seed(0)
+    for step in range(batches):  # photos of ever better and ever worse PSNR: the kept examples change
+        rgb = torch.randint(0, 256, (batch_size, 3, 4, 4), generator=generator, dtype=torch.uint8)
+        rgb = torch.nn.functional.interpolate(rgb.float(), size=32, mode="bilinear").round().to(torch.uint8)
+        batch = dict(rgb_uint8_to_lab_batch(rgb, 16), index=torch.arange(step * batch_size, (step + 1) * batch_size),
+                     skipped=torch.zeros(batch_size, dtype=torch.long))
+        with torch.no_grad():
+            evaluator.test_step(batch, step)
+    return evaluator
+
+
+def test_evaluator_keeps_only_uint8_copies_of_its_example_images(monkeypatch):
+    """Memory is bounded by num_examples, not by the batch size or the number of batches: the
+    images kept for the figures are uint8 copies of one image each, never views of a batch;
+    the metrics' temporaries are bounded by computing them a few images at a time."""
+    import torch
+
+    import joint_colsr.eval
+
+    evaluator = _evaluate_random_batches(6, 20)  # 20 = a chunk of 16 + 4
+    assert len(evaluator.rows) == 6 * 20 and len(evaluator.best) == len(evaluator.worst) == 2
+    kept = [image for entry in (*evaluator.best, *evaluator.worst) for image in entry[2]]
+    assert len(kept) == 2 * 2 * 4
+    for image in kept:
+        assert image.dtype == torch.uint8 and tuple(image.shape) == (3, 32, 32)
+        assert image.untyped_storage().nbytes() == image.numel(), "a kept image holds a larger storage (its batch)"
+    # Chunked metrics are the metrics of the whole batch at once, image by image.
+    monkeypatch.setattr(joint_colsr.eval, "METRICS_CHUNK", 1000)
+    whole = _evaluate_random_batches(6, 20)
+    for row, same in zip(evaluator.rows, whole.rows, strict=True):
+        assert row["index"] == same["index"]
+        assert all(row[k] == pytest.approx(same[k], rel=1e-5, abs=1e-5) for k in ("psnr", "ssim", "psnr_joint", "auc_ab", "psnr_gray"))

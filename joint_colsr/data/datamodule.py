@@ -151,6 +151,8 @@ class ColSRDataModule(pl.LightningDataModule):
         self.categories: dict[int, dict[str, str]] = {}
         self.train_set: ReferenceImages | CachedImages | None = None
         self.val_set: ReferenceImages | CachedImages | None = None
+        #: The decoded-image cache read (``data.cache``), once :meth:`setup` opened it.
+        self.image_cache: ImageCache | None = None
         self._samplers: dict[str, EpochSeededSampler] = {}
         #: Run the device-side LAB conversion through torch.compile (set by ``speed.compile``).
         self.compile_lab_conversion = False
@@ -205,6 +207,7 @@ class ColSRDataModule(pl.LightningDataModule):
     def _setup_from_cache(self, stage: str | None) -> None:
         splits = ("train", "val") if stage in (None, "fit") else ("val",)
         cache = ImageCache.open(self.cache, verify=self.cache_verify, splits=splits)
+        self.image_cache = cache
         cache.check_matches(self.source, self.output_size)
         if self.source is None:
             log.info("data.root not set: training from cache %s alone (built from %s)", cache.root, cache.index["source"])

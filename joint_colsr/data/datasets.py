@@ -22,7 +22,7 @@ from torch.utils.data import Dataset, default_collate
 from joint_colsr.data.decode import ImageDecodeError, unusable_reason
 from joint_colsr.data.geometry import augment
 from joint_colsr.data.sampler import sample_keys, sample_seed, sample_uniforms
-from joint_colsr.data.sources import ImageItem
+from joint_colsr.data.sources import USABLE_HELP, ImageItem
 from joint_colsr.data.views import (
     BOX_DRAWS,
     TRAIN_CROPS,
@@ -164,7 +164,7 @@ class ReferenceImages(ReferenceSamples):
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
         index, photo, view, rng = self.locate(key)
-        skipped = 0
+        skipped, unusable = 0, []
         for attempt in range(len(self.items)):
             item = self.items[(photo + attempt) % len(self.items)]
             try:
@@ -176,11 +176,14 @@ class ReferenceImages(ReferenceSamples):
                 if reason is None:
                     break
             skipped += 1
+            unusable.append(f"{item.path or item.key}: {reason}")
             if item.key not in self._logged:
                 self._logged.add(item.key)
                 log.warning("skipping %s: %s", item.path or item.key, reason)
         else:
-            raise RuntimeError(f"none of the {len(self.items)} images could be decoded and used")
+            more = f"\n  ... and {len(unusable) - 20} more" if len(unusable) > 20 else ""
+            raise RuntimeError(f"none of the {len(self.items)} photos of this {'training' if self.train else 'validation'} "
+                               "split could be decoded and used:\n  " + "\n  ".join(unusable[:20]) + more + "\n" + USABLE_HELP)
         height, width = rgb.shape[:2]
         out = resize_box(rgb, self.box(rng, width, height, view), self.output_size)
         if self.flip(rng):

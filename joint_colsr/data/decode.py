@@ -190,6 +190,16 @@ def is_effectively_grayscale(rgb: np.ndarray, tolerance: int = 2) -> bool:
     return bool(np.abs(x[..., 0] - x[..., 1]).max() <= tolerance and np.abs(x[..., 1] - x[..., 2]).max() <= tolerance)
 
 
+def size_reason(width: int, height: int, min_side: int = 16, max_aspect: float = 10.0) -> str | None:
+    """Why a photo of this size should not become a reference image (too small, too
+    elongated; see :func:`unusable_reason`), or ``None``. Needs only the header's size."""
+    if min(height, width) < min_side:
+        return SkipReason.TOO_SMALL.describe(f"{width}x{height}, shorter side < {min_side}")
+    if max(height, width) > max_aspect * min(height, width):
+        return SkipReason.EXTREME_ASPECT.describe(f"{width}x{height}, more than {max_aspect:g}:1")
+    return None
+
+
 def unusable_reason(rgb: np.ndarray, min_side: int = 16, max_aspect: float = 10.0, exclude_grayscale: bool = True) -> str | None:
     """Why a decoded photo should not become a reference image (the recorded text of a
     :class:`SkipReason`), or ``None`` when it is fine.
@@ -203,10 +213,9 @@ def unusable_reason(rgb: np.ndarray, min_side: int = 16, max_aspect: float = 10.
         exclude_grayscale: grayscale photos (also those stored as RGB) teach a colorizer nothing.
     """
     height, width = rgb.shape[:2]
-    if min(height, width) < min_side:
-        return SkipReason.TOO_SMALL.describe(f"{width}x{height}, shorter side < {min_side}")
-    if max(height, width) > max_aspect * min(height, width):
-        return SkipReason.EXTREME_ASPECT.describe(f"{width}x{height}, more than {max_aspect:g}:1")
+    reason = size_reason(width, height, min_side, max_aspect)
+    if reason is not None:
+        return reason
     # A stride of 2 halves the cost on large photos; colour never hides on odd pixels only.
     view = rgb[::2, ::2] if min(height, width) >= 64 else rgb
     if exclude_grayscale and is_effectively_grayscale(view):

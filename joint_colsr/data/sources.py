@@ -19,7 +19,8 @@ from typing import Callable, Sequence
 import numpy as np
 from tqdm.auto import tqdm
 
-from joint_colsr.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, SkipReason, count_reasons, decode_image, probe_image
+from joint_colsr.data.decode import (IMAGE_EXTENSIONS, ImageDecodeError, SkipReason, count_reasons, decode_image, probe_image,
+                                    size_reason, unusable_reason)
 
 log = logging.getLogger(__name__)
 
@@ -97,6 +98,12 @@ class ImageSource:
 
     def items(self) -> list[ImageItem]:
         raise NotImplementedError
+
+    def excluded_from_validation(self) -> dict[str, str]:
+        """Photos of the validation split left out at start-up (path -> recorded reason), for
+        reports (``eval``'s metrics); empty for a source that cannot tell which split a
+        skipped file belonged to."""
+        return {}
 
     def is_validation_group(self, group: str) -> bool:
         raise NotImplementedError
@@ -216,6 +223,11 @@ FOLDER_LAYOUT_HELP = (
 )
 
 
+#: What to do when no usable photo is left (said after the files and their reasons).
+USABLE_HELP = ("Add colour photos that decode to data.root, or relax the filter that excludes them: "
+               "data.exclude_grayscale=false, a smaller data.min_side, a larger data.max_aspect.")
+
+
 def _stable_fraction(text: str) -> float:
     """A number in [0, 1) that depends on ``text`` alone (not on Python's hash seed)."""
     return int.from_bytes(hashlib.sha1(text.encode("utf-8")).digest()[:8], "big") / 2**64
@@ -237,11 +249,20 @@ def _walk_files(root: Path) -> list[Path]:
 
 
 class ImageFolder(ImageSource):
-    """Every image below ``root`` (recursively), split by file into train and validation.
+    """Every usable image below ``root`` (recursively), split by file into train and validation.
 
     The split is a stable hash of each file's relative path, so adding files never moves
     an existing file to the other side. ``val_fraction=1.0`` puts every file in
     validation (what evaluation uses).
+
+    The split is made over usable photos, as far as start-up can tell cheaply: every file's
+    header is read (``check_headers``), and files that cannot be read, or whose size fails
+    the data config's filters (``min_side``, ``max_aspect``: :func:`size_reason`), are left
+    out before the split. Grayscale and truncated files need a full decode: when the
+    validation side has at most ``decode_check_limit`` photos (and there is a training
+    side), those are decoded at start-up and an unusable one is left out (the next file by
+    hash validates instead), so a small folder never validates on a photo that is then
+    skipped. Every file left out is in :attr:`skip_report` with its reason.
 
     Args:
         root: the folder.
@@ -249,6 +270,10 @@ class ImageFolder(ImageSource):
         extensions: file endings to read (case-insensitive).
         max_bad_fraction: fail at start-up when more than this share of files is unreadable.
         check_headers: open every file's header at start-up (fast) to skip non-images early.
+        min_side, max_aspect, exclude_grayscale: the data config's photo filters
+            (``data.min_side``, ...; see :func:`unusable_reason`).
+        decode_check_limit: decode the validation photos at start-up when there are at most
+            this many (0: never).
     """
 
     name = "folder"
@@ -260,6 +285,10 @@ class ImageFolder(ImageSource):
         extensions: Sequence[str] = IMAGE_EXTENSIONS,
         max_bad_fraction: float = 0.5,
         check_headers: bool = True,
+        min_side: int = 16,
+        max_aspect: float = 10.0,
+        exclude_grayscale: bool = True,
+        decode_check_limit: int = 32,
     ) -> None:
         super().__init__()
         if root is None or str(root) in ("", "???"):
@@ -273,34 +302,94 @@ class ImageFolder(ImageSource):
             raise ValueError(f"data.source.val_fraction must be in [0, 1], got {val_fraction}")
         self.val_fraction = float(val_fraction)
         self.extensions = tuple(e.lower() if e.startswith(".") else f".{e.lower()}" for e in extensions)
+        self.filters = {"min_side": int(min_side), "max_aspect": float(max_aspect), "exclude_grayscale": bool(exclude_grayscale)}
         files = sorted(p for p in _walk_files(self.root) if p.suffix.lower() in self.extensions)
         if not files:
             raise FileNotFoundError(f"data.root={self.root} holds no image files; " + FOLDER_LAYOUT_HELP.format(exts=", ".join(self.extensions)))
-        good = []
+        readable, usable, unreadable = [], [], 0
         for path in tqdm(files, desc=f"checking {self.root.name}/", unit="file", disable=not check_headers or len(files) < 500):
             if check_headers:
                 try:
-                    probe_image(path)
+                    width, height = probe_image(path)
                 except ImageDecodeError as err:
                     self.skip_report.add(str(path), err.reason)
+                    unreadable += 1
                     continue
-            good.append(path)
-        if self.skip_report:
-            log.warning("data.root=%s: %s", self.root, self.skip_report.summary())
-        if len(self.skip_report) > max_bad_fraction * len(files) or not good:
+                readable.append(path)
+                reason = size_reason(width, height, self.filters["min_side"], self.filters["max_aspect"])
+                if reason is not None:
+                    self.skip_report.add(str(path), reason)
+                    continue
+            else:
+                readable.append(path)
+            usable.append(path)
+        if unreadable > max_bad_fraction * len(files) or not readable:
             raise RuntimeError(
-                f"data.root={self.root}: {len(self.skip_report)} of {len(files)} image files are unreadable "
+                f"data.root={self.root}: {unreadable} of {len(files)} image files are unreadable "
                 f"(more than data.source.max_bad_fraction={max_bad_fraction}). {self.skip_report.summary(limit=50)}"
             )
-        keys = [p.relative_to(self.root).as_posix() for p in good]
-        self._items = [ImageItem(key=k, group=k, path=str(p)) for k, p in zip(keys, good)]
-        self._val_keys = {k for k in keys if _stable_fraction(k) < self.val_fraction}
-        # Tiny folders: keep at least one file on each side when both sides are asked for.
-        if 0.0 < self.val_fraction < 1.0 and len(keys) >= 2:
-            if not self._val_keys:
-                self._val_keys = {min(keys, key=_stable_fraction)}
-            if len(self._val_keys) == len(keys):
-                self._val_keys.discard(max(keys, key=_stable_fraction))
+        if not usable:
+            raise RuntimeError(f"data.root={self.root}: no usable photo: {self.skip_report.summary(limit=50)}\n{USABLE_HELP}")
+        # What describe() lists: every readable image file (the filters are the config's, not the folder's).
+        self._listed = [(p.relative_to(self.root).as_posix(), p) for p in readable]
+        self._items = [ImageItem(key=p.relative_to(self.root).as_posix(), group=p.relative_to(self.root).as_posix(), path=str(p))
+                       for p in usable]
+        self._rejected_for_validation: set[str] = set()
+        self._val_keys = self._split_keys(int(decode_check_limit))
+        if self.skip_report:
+            log.warning("data.root=%s: %s", self.root, self.skip_report.summary())
+
+    def _split_keys(self, decode_check_limit: int) -> set[str]:
+        """The validation keys: a stable hash of the path below ``val_fraction``; small
+        validation sides are decode-checked (unusable photos leave the folder's items)."""
+        keys = [item.key for item in self._items]
+        val_keys = {k for k in keys if _stable_fraction(k) < self.val_fraction}
+        both_sides = 0.0 < self.val_fraction < 1.0
+        if not both_sides or len(keys) < 2:
+            return val_keys
+        # Tiny folders: keep at least one file on each side. Candidates in hash order, so
+        # the same files validate whatever else the folder holds.
+        if not val_keys:
+            val_keys = {min(keys, key=_stable_fraction)}
+        if len(val_keys) == len(keys):
+            val_keys.discard(max(keys, key=_stable_fraction))
+        if len(val_keys) > decode_check_limit:
+            return val_keys  # checked when decoded (skipped and counted; ReferenceImages names them)
+        items = {item.key: item for item in self._items}
+        rejected: dict[str, str] = {}
+        candidates = sorted(keys, key=_stable_fraction)
+        checked: set[str] = set()
+        while True:
+            for key in sorted(val_keys - checked):
+                checked.add(key)
+                reason = self._decode_reason(items[key])
+                if reason is not None:
+                    rejected[key] = reason
+                    val_keys.discard(key)
+            if val_keys:
+                break
+            # Every validation photo was unusable: the next usable file by hash validates,
+            # unless that would leave nothing to train on.
+            remaining = [k for k in candidates if k not in rejected and k not in checked]
+            if len(remaining) < 2:
+                break
+            val_keys = {remaining[0]}
+        for key, reason in rejected.items():
+            self.skip_report.add(items[key].path, reason)
+            self._rejected_for_validation.add(items[key].path)
+        self._items = [item for item in self._items if item.key not in rejected]
+        if not val_keys:
+            listing = "\n".join(f"  {items[k].path}: {r}" for k, r in rejected.items())
+            raise RuntimeError(f"data.root={self.root}: no usable photo for validation (the validation split needs one that "
+                               f"decodes, in colour, and passes the size filters); decoded at start-up:\n{listing}\n{USABLE_HELP}")
+        return val_keys
+
+    def _decode_reason(self, item: ImageItem) -> str | None:
+        try:
+            rgb = item.load()
+        except ImageDecodeError as err:
+            return err.reason
+        return unusable_reason(rgb, **self.filters)
 
     def items(self) -> list[ImageItem]:
         return self._items
@@ -308,9 +397,15 @@ class ImageFolder(ImageSource):
     def is_validation_group(self, group: str) -> bool:
         return group in self._val_keys
 
+    def excluded_from_validation(self) -> dict[str, str]:
+        # Start-up exclusions the hash puts in validation, and the validation photos the decode check left out.
+        return {path: reason for path, reason in self.skip_report.skipped.items()
+                if _stable_fraction(Path(path).relative_to(self.root).as_posix()) < self.val_fraction
+                or path in self._rejected_for_validation}
+
     def describe(self) -> dict:
         # The files themselves (relative names and sizes), not the folder's path: a cache of
         # folder A is refused for data.root=B, and still accepted when A moved.
-        listing = "\n".join(f"{item.key}\t{Path(item.path).stat().st_size}" for item in self._items)
+        listing = "\n".join(f"{key}\t{path.stat().st_size}" for key, path in self._listed)
         return {"name": self.name, "val_fraction": self.val_fraction, "extensions": list(self.extensions),
-                "photos": len(self._items), "files_sha256": hashlib.sha256(listing.encode()).hexdigest()}
+                "photos": len(self._listed), "files_sha256": hashlib.sha256(listing.encode()).hexdigest()}
