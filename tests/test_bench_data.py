@@ -29,3 +29,30 @@ def test_write_results_touches_only_its_own_keys_and_section(tmp_path):
     report = (tmp_path / "RESULTS.md").read_text()
     assert "## Models\n\nkept" in report and report.count(REPORT_BEGIN) == report.count(REPORT_END) == 1
     assert "test machine" in report and "| 400 | 40.0 |" in report
+
+
+def test_loader_benchmark_on_a_tiny_synthetic_cache(tmp_path):
+    """The COCO-size generator and the loader measurement, at tiny scale: the synthetic cache
+    opens like a built one (hard links share the bytes), and the numbers land in results.json."""
+    import os
+
+    from joint_colsr.bench.loader import make_synthetic_cache, run_loader_benchmark
+    from joint_colsr.bench.loader import write_results as write_loader_results
+    from joint_colsr.data import ImageCache
+
+    root = make_synthetic_cache(tmp_path / "c", num_images=50, size=16, shard_size=8, real_shards=2)
+    split = ImageCache.open(root, verify="full").splits["train"]
+    assert len(split) == 50 and len(split.files) == 7 and split.size == 16
+    links = [os.stat(root / f) for f in split.files]
+    assert links[2].st_ino == links[0].st_ino and links[3].st_ino == links[1].st_ino  # hard links
+    assert links[6].st_ino not in {s.st_ino for s in links[:6]}  # the partial last shard is its own
+    result = run_loader_benchmark(quick=True, num_images=64, batch_size=4, seconds=0.2, size=16, work_dir=tmp_path)
+    rate, detail = result["loader_cache_images_per_s"], result["loader_cache"]
+    assert rate > 0 and detail["memcpy_images_per_s"] > 0 and detail["main_thread_us_per_image"] >= 0
+    assert abs(result["loader_vs_memcpy"] - rate / detail["memcpy_images_per_s"]) < 1e-3
+    (tmp_path / "out").mkdir()
+    (tmp_path / "out" / "results.json").write_text(json.dumps({"models": {"x": 1}}))
+    write_loader_results(result, tmp_path / "out")
+    results = json.loads((tmp_path / "out" / "results.json").read_text())
+    assert results["models"] == {"x": 1} and results["loader_vs_memcpy"] == result["loader_vs_memcpy"]
+    assert "## Cache loader at COCO scale" in (tmp_path / "out" / "RESULTS.md").read_text()

@@ -12,7 +12,9 @@ Writes ``DIR/results.json`` (read-modify-write: only this suite's keys are repla
 * ``fast_paths``: bf16-mixed, channels_last, torch.compile, each alone and all together;
 * ``projection``: the paper's schedule (118,287 images x 148 epochs) at the measured rate,
   data loading included;
-* ``data``: the data paths (``data_cache_vs_naive``, from ``joint_colsr.bench.data``);
+* ``data``: the data paths (``data_cache_vs_naive``, from ``joint_colsr.bench.data``) and the
+  cache loader at COCO scale against memcpy (``loader_cache_images_per_s``,
+  ``loader_vs_memcpy``, from ``joint_colsr.bench.loader``);
 * ``coco_startup``: seconds and peak memory of a COCO start on a synthetic full-scale layout,
   first (parsing the annotations) and second (their compact index), from
   ``joint_colsr.bench.coco_startup`` (``coco_second_start_seconds``).
@@ -64,9 +66,9 @@ from joint_colsr.bench.models import (
 log = logging.getLogger("joint_colsr.bench")
 
 SECTIONS = ("models", "lightning", "fast_paths", "projection", "data", "coco_startup")
-#: The keys of results.json this suite writes. The data and COCO start-up benchmarks write
-#: their own (``data_cache_vs_naive``, ``data_pipeline``, ``coco_startup`` ...) and their own
-#: sections of RESULTS.md.
+#: The keys of results.json this suite writes. The data, loader and COCO start-up benchmarks
+#: write their own (``data_cache_vs_naive``, ``data_pipeline``; ``loader_cache_images_per_s``,
+#: ``loader_vs_memcpy``, ``loader_cache``; ``coco_startup`` ...) and their own sections of RESULTS.md.
 OWN_KEYS = (
     "machine", "bench_settings", "models", "lightning_vs_raw_loop", "lightning_vs_raw_loop_detail",
     "lightning_self_log_call_ms", "fast_paths", "paper_schedule",
@@ -147,7 +149,16 @@ def run_data_section(quick: bool, device: str, out_dir: Path) -> str:
     except Exception as err:  # the other sections' numbers must still be written
         log.exception("data benchmark failed")
         return f"failed: {type(err).__name__}: {err}"
-    return f"ran: data_cache_vs_naive = {result.get('data_cache_vs_naive')}"
+    said = f"ran: data_cache_vs_naive = {result.get('data_cache_vs_naive')}"
+    try:  # the cache loader at COCO scale (joint_colsr.bench.loader): its own keys and section
+        from joint_colsr.bench import loader as loader_bench
+
+        loader = loader_bench.run_loader_benchmark(quick=quick)
+        loader_bench.write_results(loader, out_dir)
+    except Exception as err:
+        log.exception("loader benchmark failed")
+        return f"{said}; loader benchmark failed: {type(err).__name__}: {err}"
+    return f"{said}; loader_cache_images_per_s = {loader['loader_cache_images_per_s']}, loader_vs_memcpy = {loader['loader_vs_memcpy']}"
 
 
 def run_coco_startup_section(quick: bool, out_dir: Path) -> str:
@@ -291,7 +302,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     if ps:
         out += ["## The paper's schedule", "",
                 f"`joint_paper` (width {ps.get('width_mult')}), batch {ps.get('batch_size')}, {ps.get('precision')}, trained by Lightning on the " +
-                (f"`{ps.get('data')}` photos through the decoded-image cache (`data.cache`, the paper recipe's data path) with {ps.get('num_workers')} loader workers (loading included): "
+                (f"`{ps.get('data')}` photos through the decoded-image cache (`data.cache`, the paper recipe's data path; one gathering thread, no loader workers; loading included): "
                  if ps.get("data_cache") else f"`{ps.get('data')}` data module with {ps.get('num_workers')} loader workers (photo decoding included): ") +
                 f"**{_num(ps['train']['images_per_s'], 1)} images/s** (spread {_num(ps['train']['spread'])}). "
                 f"{PAPER_TRAIN_IMAGES:,} images x {PAPER_EPOCHS} epochs at that rate: **{_num(ps.get('projected_hours'), 1)} hours** "

@@ -112,7 +112,8 @@ def _datamodule_batches(dm: ColSRDataModule, device: str) -> Iterable[Any]:
         loader.sampler.set_epoch(epoch)
         for batch in loader:
             if device != "cpu":  # the model's device converts to LAB (what training does)
-                batch = dm.on_after_batch_transfer({k: v.to(device, non_blocking=True) for k, v in batch.items()}, 0)
+                batch = dm.on_after_batch_transfer({k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v
+                                                    for k, v in batch.items()}, 0)
                 torch.cuda.synchronize()
             yield batch
 

@@ -376,7 +376,7 @@ def render_markdown(r: dict[str, Any]) -> str:
     if runs:
         lines += [
             f"Paper recipe (`experiment=paper`, its callbacks, data from a synthetic {r['cache_images']:,}-image "
-            "decoded-image cache, 8 loader workers), CUDA events around blocks of steps after the warm-up:",
+            "decoded-image cache read by the cache loader's gathering thread), CUDA events around blocks of steps after the warm-up:",
             "",
             "| batch | channels_last + compile | img/s | TFLOP/s (of peak) | peak memory GiB | syncs/step between logging steps | paper schedule at this rate |",
             "|---|---|---|---|---|---|---|",

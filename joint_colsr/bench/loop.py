@@ -12,6 +12,7 @@ the progress bar.
 from __future__ import annotations
 
 import copy
+import itertools
 import statistics
 import tempfile
 import time
@@ -28,6 +29,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from joint_colsr.assembly import build_callbacks, build_datamodule, build_loggers, build_system, build_trainer
 from joint_colsr.averaging import EMAModel
+from joint_colsr.data.loaders import owned_batch
 
 
 def synchronize(device: torch.device) -> None:
@@ -93,7 +95,8 @@ def make_uint8_batches(cfg: DictConfig, batch_size: int, count: int) -> list[dic
         cfg.data.train_samples_per_epoch = batch_size * count
     datamodule = build_datamodule(cfg)
     datamodule.setup("fit")
-    batches = list(datamodule.train_dataloader())[:count]
+    # Cache batches live in reused buffers: each is kept as its own copy, cropped and flipped.
+    batches = [owned_batch(b, datamodule.output_size) for b in itertools.islice(datamodule.train_dataloader(), count)]
     if len(batches) < count or batches[-1]["rgb"].shape[0] != batch_size:
         raise RuntimeError(f"the data source gave fewer than {count} full batches of {batch_size}")
     return batches

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import random
-from typing import Any, Callable, Sequence
+from typing import Any, Sequence
 
 import lightning.pytorch as pl
 import torch
@@ -14,6 +14,8 @@ from torch.utils.data import DataLoader
 from joint_colsr.color import rgb_uint8_to_lab_batch
 from joint_colsr.data.cache import ImageCache
 from joint_colsr.data.datasets import CachedImages, ReferenceImages, collate_samples
+from joint_colsr.data.geometry import augment
+from joint_colsr.data.loaders import CachedBatchLoader, ResumableDataLoader
 from joint_colsr.data.sampler import EpochSeededSampler
 from joint_colsr.data.sources import ImageSource
 from joint_colsr.data.views import TRAIN_CROPS, VALIDATION_VIEWS
@@ -25,15 +27,18 @@ log = logging.getLogger(__name__)
 class ColSRDataModule(pl.LightningDataModule):
     """Reference images from any :class:`ImageSource`, as the joint task needs them.
 
-    Workers decode and resize to ``output_size`` RGB uint8 and move only uint8. On the
-    device, :meth:`on_after_batch_transfer` turns each batch into float32 L*a*b* with
+    From photo files, workers decode and resize to ``output_size`` RGB uint8 and move only
+    uint8. From a cache, :class:`CachedBatchLoader` gathers the cached images (one copy
+    each, by a thread) and :meth:`on_after_batch_transfer` crops and flips them on the
+    device. There, each batch then becomes float32 L*a*b* with
     kornia (outside autocast): ``l_lowres`` (input at ``input_size``), ``l_highres`` and
     ``ab_target`` (at ``output_size``), and ``rgb_target`` (uint8, for metrics).
 
     Args:
         source: where the photos come from; it split them by photo.
         batch_size: per device.
-        num_workers: DataLoader worker processes (0: decode in the main process).
+        num_workers: DataLoader worker processes (0: decode in the main process); the
+            photo-file path and validation use them; training from a cache needs none.
         input_size: side of the low-resolution L* input (96 in the paper).
         output_size: side of the reference image and the a*b* target (256 in the paper).
         lowres_interpolation: how L* is downscaled: bicubic, bilinear or area (antialiased).
@@ -58,6 +63,8 @@ class ColSRDataModule(pl.LightningDataModule):
         exclude_grayscale: skip photos without colour (also those stored as RGB).
         min_side: skip photos whose shorter side is below this.
         max_aspect: skip photos more elongated than this (longer / shorter side).
+        cache_gather_threads: threads copying each cached training batch (see
+            :class:`CachedBatchLoader`; 1 keeps the other cores for the training process).
     """
 
     def __init__(
@@ -84,6 +91,7 @@ class ColSRDataModule(pl.LightningDataModule):
         exclude_grayscale: bool = True,
         min_side: int = 16,
         max_aspect: float = 10.0,
+        cache_gather_threads: int = 1,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -127,6 +135,9 @@ class ColSRDataModule(pl.LightningDataModule):
         self.seed = int(seed)
         if cache_verify not in ("quick", "full", "none"):
             raise ValueError(f"data.cache_verify must be quick, full or none, got {cache_verify!r}")
+        if isinstance(cache_gather_threads, bool) or not isinstance(cache_gather_threads, int) or cache_gather_threads < 1:
+            raise ValueError(f"data.cache_gather_threads must be a positive integer, got {cache_gather_threads!r}")
+        self.cache_gather_threads = cache_gather_threads
         if min_side < 1 or max_aspect < 1:
             raise ValueError(f"data.min_side ({min_side}) and data.max_aspect ({max_aspect}) must be >= 1")
         self.root = root
@@ -233,7 +244,7 @@ class ColSRDataModule(pl.LightningDataModule):
         """Training batches per epoch after ``trainer.limit_train_batches`` (Lightning's count)."""
         return self.trainer.num_training_batches if self.trainer is not None else float("inf")
 
-    def _loader(self, dataset: ReferenceImages, split: str, shuffle: bool) -> DataLoader:
+    def _loader(self, dataset: ReferenceImages | CachedImages, split: str, shuffle: bool) -> DataLoader | CachedBatchLoader:
         rank, world = self._rank_world()
         sampler = EpochSeededSampler(len(dataset), shuffle=shuffle, seed=self.seed, rank=rank, world_size=world)
         # The epoch must be right before the first iterator exists: Lightning creates it (and
@@ -242,15 +253,21 @@ class ColSRDataModule(pl.LightningDataModule):
         sampler.set_epoch(self.trainer.fit_loop.epoch_progress.current.processed if self.trainer is not None else 0)
         self._samplers[split] = sampler
         on_gpu = self.trainer is not None and self.trainer.accelerator is not None and self.trainer.accelerator.__class__.__name__ == "CUDAAccelerator"
-        loader_cls = ResumableDataLoader if split == "train" else DataLoader
+        drop_last = shuffle and len(sampler) >= 2 * self.batch_size
         extra = {"batches_done": self._batches_done, "epoch_batches": self._epoch_batches} if split == "train" else {}
+        if split == "train" and isinstance(dataset, CachedImages):
+            # One copy per image, by a thread of this process: no workers (data.num_workers
+            # serves the file path and validation).
+            return CachedBatchLoader(dataset, sampler, self.batch_size, drop_last, self.pin_memory and on_gpu, **extra,
+                                     gather_threads=self.cache_gather_threads)
+        loader_cls = ResumableDataLoader if split == "train" else DataLoader
         return loader_cls(
             dataset,
             batch_size=self.batch_size,
             sampler=sampler,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and on_gpu,
-            drop_last=shuffle and len(sampler) >= 2 * self.batch_size,
+            drop_last=drop_last,
             persistent_workers=self.num_workers > 0,
             collate_fn=collate_samples,
             # Each worker gets one torch thread: workers only resize uint8 images.
@@ -258,7 +275,7 @@ class ColSRDataModule(pl.LightningDataModule):
             **extra,
         )
 
-    def train_dataloader(self) -> DataLoader:
+    def train_dataloader(self) -> DataLoader | CachedBatchLoader:
         if self.train_set is None:
             self.setup("fit")
         return self._loader(self.train_set, "train", shuffle=True)
@@ -275,47 +292,20 @@ class ColSRDataModule(pl.LightningDataModule):
 
     def on_after_batch_transfer(self, batch: Any, dataloader_idx: int) -> Any:
         if isinstance(batch, dict) and "rgb" in batch:
-            lab = rgb_uint8_to_lab_batch(batch["rgb"], self.input_size, self.lowres_interpolation, compiled=self.compile_lab_conversion)
+            rgb = batch["rgb"]
+            if "slot" in batch:  # a CachedBatchLoader batch: still its buffer's contents?
+                batch["slot"].check(batch["generation"])
+                if rgb.is_cuda:
+                    batch["slot"].transferred()  # the buffer may be refilled once this copy is done
+            if "flip" in batch or "boxes" in batch:  # a cache batch: crop and flip here, on the device
+                rgb = augment(rgb, self.output_size, batch.get("flip"), batch.get("boxes"))
+            lab = rgb_uint8_to_lab_batch(rgb, self.input_size, self.lowres_interpolation, compiled=self.compile_lab_conversion)
             lab["index"] = batch["index"]
             lab["skipped"] = batch["skipped"]
             if "labels" in batch:
                 lab["labels"] = batch["labels"].float()  # moved as uint8, used as float
             return lab
         return batch
-
-
-class ResumableDataLoader(DataLoader):
-    """A DataLoader that Lightning can resume mid-epoch.
-
-    Lightning stores ``state_dict()`` in every checkpoint and, when it restarts inside an
-    epoch, calls ``load_state_dict`` before iterating. The state is the epoch and the
-    number of samples this rank already trained on; the :class:`EpochSeededSampler` then
-    skips exactly those, so no sample is repeated or skipped (the order and every crop are
-    pure functions of seed, epoch and index).
-    """
-
-    def __init__(self, *args: Any, batches_done: Callable[[], int], epoch_batches: Callable[[], float], **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self._batches_done = batches_done
-        self._epoch_batches = epoch_batches
-
-    def state_dict(self) -> dict[str, int]:
-        done = self._batches_done()
-        return {"epoch": self.sampler.epoch, "samples_done": done * self.batch_size,
-                "epoch_done": int(done >= self._epoch_batches())}
-
-    def load_state_dict(self, state: dict[str, int]) -> None:
-        if "epoch" not in state:
-            return
-        epoch, samples = int(state["epoch"]), int(state.get("samples_done", 0))
-        if state.get("epoch_done", samples >= len(self.sampler)):
-            # Saved on the epoch's last batch: Lightning goes on with the next epoch, and with
-            # worker processes the iterator it makes now (before it sets the epoch) is that one's.
-            self.sampler.set_epoch(epoch + 1)
-            log.info("resuming at the start of epoch %d", epoch + 1)
-        else:
-            self.sampler.resume(epoch, samples)
-            log.info("resuming epoch %d after %d samples", epoch, samples)
 
 
 def _single_thread_worker(worker_id: int) -> None:

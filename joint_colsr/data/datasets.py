@@ -4,8 +4,10 @@ Colour conversion does not happen here: workers move only uint8 (4x less than fl
 and LAB runs on the device (see :meth:`ColSRDataModule.on_after_batch_transfer`).
 
 Both datasets share :class:`ReferenceSamples`: which photo and view a sample index means,
-how its seed draws the crop and the flip, the sample dict. Only where the pixels come
-from differs.
+the crop and flip settings, the sample dict. The photo-file dataset draws each sample's
+crop and flip from a numpy generator seeded by :func:`sample_seed` and resamples on the
+CPU; the cache dataset plans whole batches from counter-based draws
+(:func:`sample_uniforms`) and leaves crops and flips to the model's device.
 """
 
 from __future__ import annotations
@@ -18,14 +20,29 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from joint_colsr.data.decode import ImageDecodeError, unusable_reason
-from joint_colsr.data.sampler import sample_seed
+from joint_colsr.data.geometry import augment
+from joint_colsr.data.sampler import sample_keys, sample_seed, sample_uniforms
 from joint_colsr.data.sources import USABLE_HELP, ImageItem
-from joint_colsr.data.views import TRAIN_CROPS, VALIDATION_VIEWS, WHOLE, Box, resize_box, training_box, view_box
+from joint_colsr.data.views import (
+    BOX_DRAWS,
+    TRAIN_CROPS,
+    VALIDATION_VIEWS,
+    WHOLE,
+    Box,
+    random_resized_boxes,
+    resize_box,
+    training_box,
+    view_box,
+    whole_pixel_boxes,
+)
 
 if TYPE_CHECKING:
     from joint_colsr.data.cache.store import CacheSplit
 
 log = logging.getLogger(__name__)
+
+#: Draw of a cache training sample's key that decides its flip (the box takes the next ``BOX_DRAWS``).
+FLIP_DRAW = 0
 
 
 class ReferenceSamples(Dataset):
@@ -183,8 +200,15 @@ class CachedImages(ReferenceSamples):
     Training: a random resized crop only when the cached side exceeds ``output_size`` and
     ``train_crop="random_resized"`` (no side under ``output_size`` cached pixels: never an
     enlarged crop); else the cached image itself (resized down when cached larger); and the
-    flip. Validation: view ``k`` of photo ``p`` is the image the cache stored for it, byte
-    for byte what :class:`ReferenceImages` makes from the file (``preprocess val_views=N``
+    flip. The training geometry is planned here, on the host, for whole batches
+    (:meth:`training_plan`: boxes in whole pixels and flip flags drawn from the sample keys
+    of :func:`sample_keys`) and applied by :func:`joint_colsr.data.geometry.augment`: on the
+    model's device for batches of :class:`~joint_colsr.data.loaders.CachedBatchLoader`, on the
+    CPU for the per-sample API (``ds[(index, key)]``: the same image). A training key is
+    ``index`` (key of seed 0, epoch 0) or ``(index, key)`` with a 64-bit sample key.
+
+    Validation: view ``k`` of photo ``p`` is the image the cache stored for it, byte for
+    byte what :class:`ReferenceImages` makes from the file (``preprocess val_views=N``
     stores the first N views; asking for more is an error naming the rebuild command).
     """
 
@@ -213,23 +237,63 @@ class CachedImages(ReferenceSamples):
         self.split = split
         #: Whether training crops (else the whole cached image is used).
         self.crop = train and split.size > self.output_size and train_crop == "random_resized"
+        self._label_matrix: np.ndarray | None = None
 
-    def plan(self, key: int | tuple[int, int]) -> tuple[int, int, Box | None, bool]:
-        """Training: ``(index, photo, box or None (use the cached image as is), flip)`` for one sample key."""
-        index, photo, view, rng = self.locate(key)
+    # -- training: planned per batch on the host, applied on the device ------------------------
+
+    def training_plan(self, indices: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray | None, np.ndarray | None]:
+        """Where training samples ``indices`` (with sample keys ``keys``) come from, vectorised.
+
+        Returns:
+            ``photos``: ``(B,)`` int64 cached image of each sample; ``boxes``: ``(B, 4)`` int64
+            whole-pixel crop boxes in the cached image, or None (the cached image is the
+            sample: cached at the output size and not cropped); ``flips``: ``(B,)`` bool, or
+            None without ``hflip``. Draw ``FLIP_DRAW`` of a key decides its flip, the next
+            ``BOX_DRAWS`` its box.
+        """
+        if not self.train:
+            raise RuntimeError("training_plan is for a training dataset")
+        indices = np.asarray(indices, np.int64)
+        if len(indices) and (indices.min() < 0 or indices.max() >= self.length):
+            raise IndexError(f"indices out of range for {self.length} samples")
+        photos = indices % self.num_photos
+        u = sample_uniforms(keys, 1 + BOX_DRAWS if self.crop else 1)
         side = self.split.size
-        if not self.crop:  # the whole photo, resized down when cached larger
-            box = None if side == self.output_size else (0.0, 0.0, float(side), float(side))
+        if self.crop:
+            boxes = whole_pixel_boxes(random_resized_boxes(u[:, 1:], side, side, self.crop_scale, self.crop_ratio,
+                                                           min_side=self.output_size), side, side)
+        elif side != self.output_size:  # the whole cached image, resized down
+            boxes = np.tile(np.array([[0, 0, side, side]], np.int64), (len(indices), 1))
         else:
-            box = self.box(rng, side, side, view)
-        return index, photo, box, self.flip(rng)
+            boxes = None
+        flips = u[:, FLIP_DRAW] < 0.5 if self.hflip else None
+        return photos, boxes, flips
 
-    def _fill(self, out: np.ndarray, photo: int, box: Box | None, flip: bool) -> None:
-        """Write the ``(3, S, S)`` sample into ``out``: one copy out of the memory map."""
-        chw = self.split.image(photo)
-        if box is not None:
-            chw = resize_box(np.ascontiguousarray(chw.transpose(1, 2, 0)), box, self.output_size).transpose(2, 0, 1)
-        out[...] = chw[:, :, ::-1] if flip else chw
+    def label_matrix(self) -> np.ndarray:
+        """``(num_photos, num_classes)`` uint8 multi-hot labels of every cached photo (built once)."""
+        if self._label_matrix is None:
+            matrix = np.zeros((self.num_photos, len(self.label_columns)), np.uint8)
+            for photo, labels in enumerate(self.split.labels):
+                matrix[photo, [self.label_columns[label] for label in labels]] = 1
+            self._label_matrix = matrix
+        return self._label_matrix
+
+    def _training_batch(self, keys: Sequence[int | tuple[int, int]]) -> dict[str, torch.Tensor]:
+        """Training samples ``keys`` gathered and augmented on the CPU (the per-sample API)."""
+        pairs = [k if isinstance(k, tuple) else (k, None) for k in keys]
+        indices = np.array([i for i, _ in pairs], np.int64)
+        default = sample_keys(0, 0, indices)
+        sample_key = np.array([default[n] if key is None else key for n, (_, key) in enumerate(pairs)], np.uint64)
+        photos, boxes, flips = self.training_plan(indices, sample_key)
+        rgb = np.empty((len(photos), 3, self.split.size, self.split.size), np.uint8)
+        self.split.gather(photos, rgb)
+        out = augment(torch.from_numpy(rgb), self.output_size, None if flips is None else torch.from_numpy(flips), boxes)
+        batch = {"rgb": out, "index": torch.from_numpy(indices), "skipped": torch.zeros(len(indices), dtype=torch.long)}
+        if self.label_columns is not None:
+            batch["labels"] = torch.from_numpy(self.label_matrix()[photos])
+        return batch
+
+    # -- validation: fixed views --------------------------------------------------------------
 
     def stored_view(self, key: int | tuple[int, int]) -> tuple[int, int, int]:
         """Validation: ``(index, photo, view number)`` of one sample key; the cache holds that image."""
@@ -237,35 +301,18 @@ class CachedImages(ReferenceSamples):
         return index, photo, index % len(self.views)
 
     def __getitem__(self, key: int | tuple[int, int]) -> dict:
-        if not self.train:
-            return self._validation_batch([key], collated=False)
-        index, photo, box, flip = self.plan(key)
-        rgb = np.empty((3, self.output_size, self.output_size), np.uint8)
-        self._fill(rgb, photo, box, flip)
-        sample = {"rgb": torch.from_numpy(rgb), "index": index, "skipped": 0}
-        if self.label_columns is not None:
-            sample["labels"] = self.labels(self.split.labels[photo])
-        return sample
+        if self.train:
+            return {k: v[0] if k != "index" and k != "skipped" else int(v[0]) for k, v in self._training_batch([key]).items()}
+        return self._validation_batch([key], collated=False)
 
     def __getitems__(self, keys: Sequence[int | tuple[int, int]]) -> dict[str, torch.Tensor]:
-        """A whole batch, already collated (the DataLoader's batched fetch): each image is
-        copied once, from the memory map straight into the batch tensor, which a worker
-        allocates in shared memory (what ``default_collate`` does) so it crosses to the
-        main process without another copy. Same samples as ``__getitem__``, key by key."""
-        if not self.train:
-            return self._validation_batch(keys, collated=True)
-        plans = [self.plan(k) for k in keys]
-        shape = (len(plans), 3, self.output_size, self.output_size)
-        rgb = torch.empty(shape, dtype=torch.uint8)
-        if torch.utils.data.get_worker_info() is not None:
-            rgb.share_memory_()
-        out = rgb.numpy()
-        for i, (_, photo, box, flip) in enumerate(plans):
-            self._fill(out[i], photo, box, flip)
-        batch = {"rgb": rgb, "index": torch.tensor([p[0] for p in plans]), "skipped": torch.zeros(len(plans), dtype=torch.long)}
-        if self.label_columns is not None:
-            batch["labels"] = torch.stack([self.labels(self.split.labels[p[1]]) for p in plans])
-        return batch
+        """A whole batch, already collated (the DataLoader's batched fetch): the same samples
+        as ``__getitem__``, key by key. In a worker the batch tensor is allocated in shared
+        memory (what ``default_collate`` does) so it crosses to the main process without
+        another copy. (Training from a cache goes through :class:`CachedBatchLoader` instead.)"""
+        if self.train:
+            return self._training_batch(keys)
+        return self._validation_batch(keys, collated=True)
 
     def _validation_batch(self, keys: Sequence[int | tuple[int, int]], collated: bool) -> dict:
         """The stored views of ``keys``: a collated batch, or (``collated=False``, one key) one sample."""

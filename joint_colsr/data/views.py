@@ -72,6 +72,80 @@ def random_resized_box(
     return x0, y0, x0 + w, y0 + h
 
 
+#: Uniform draws :func:`random_resized_boxes` takes per sample: (area, log-aspect) for each
+#: of 10 attempts, then the box's left and top.
+BOX_DRAWS = 22
+
+
+def random_resized_boxes(
+    u: np.ndarray, width: int, height: int, scale: tuple[float, float], ratio: tuple[float, float], min_side: float = 0.0,
+) -> np.ndarray:
+    """:func:`random_resized_box` for a batch, from given uniforms instead of a generator.
+
+    Same rule (up to 10 attempts at an area in ``scale`` and a log-uniform aspect in
+    ``ratio``, grown to ``min_side``; the first attempt that fits wins; else the largest
+    centred box of a ratio in the range), vectorised over the batch. The cache path's draw.
+
+    Args:
+        u: ``(B, BOX_DRAWS)`` uniforms in [0, 1).
+        width, height: the image the boxes lie in, pixels.
+
+    Returns:
+        ``(B, 4)`` float64 boxes ``(left, top, right, bottom)`` in pixels.
+    """
+    u = np.asarray(u, np.float64)
+    if u.ndim != 2 or u.shape[1] != BOX_DRAWS:
+        raise ValueError(f"u must be (B, {BOX_DRAWS}) uniforms, got shape {u.shape}")
+    attempts = u[:, : BOX_DRAWS - 2].reshape(len(u), -1, 2)
+    target = width * height * (scale[0] + (scale[1] - scale[0]) * attempts[..., 0])
+    log_lo, log_hi = math.log(ratio[0]), math.log(ratio[1])
+    aspect = np.exp(log_lo + (log_hi - log_lo) * attempts[..., 1])
+    w, h = np.sqrt(target * aspect), np.sqrt(target / aspect)
+    short = np.minimum(w, h)
+    grow = np.where((short > 0) & (short < min_side), min_side / np.where(short > 0, short, 1.0), 1.0)
+    w, h = w * grow, h * grow
+    fits = (w > 0) & (w <= width) & (h > 0) & (h <= height)
+    first = np.argmax(fits, axis=1)
+    rows = np.arange(len(u))
+    w, h, found = w[rows, first], h[rows, first], fits[rows, first]
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        fw, fh = width, width / ratio[0]
+    elif in_ratio > ratio[1]:
+        fw, fh = height * ratio[1], height
+    else:
+        fw, fh = width, height
+    x0 = np.where(found, u[:, -2] * (width - w), (width - fw) / 2)
+    y0 = np.where(found, u[:, -1] * (height - h), (height - fh) / 2)
+    w, h = np.where(found, w, fw), np.where(found, h, fh)
+    return np.stack([x0, y0, x0 + w, y0 + h], axis=1)
+
+
+def whole_pixel_boxes(boxes: np.ndarray, width: int, height: int) -> np.ndarray:
+    """Boxes rounded to whole pixels (each edge to the nearest pixel edge, kept inside the image).
+
+    A box whose sides are at least ``n`` pixels keeps sides of at least ``n`` whole pixels
+    (rounding both edges the same way), so a crop that was not enlarged is still not.
+
+    Args:
+        boxes: ``(B, 4)`` float ``(left, top, right, bottom)`` pixels inside ``width x height``.
+
+    Returns:
+        ``(B, 4)`` int64, ``0 <= left < right <= width``, ``0 <= top < bottom <= height``.
+    """
+    boxes = np.asarray(boxes, np.float64)
+    if boxes.ndim != 2 or boxes.shape[1] != 4:
+        raise ValueError(f"boxes must be (B, 4), got shape {boxes.shape}")
+    out = np.floor(boxes + 0.5).astype(np.int64)
+    out[:, 0::2] = np.clip(out[:, 0::2], 0, width)
+    out[:, 1::2] = np.clip(out[:, 1::2], 0, height)
+    out[:, 2] = np.maximum(out[:, 2], np.minimum(out[:, 0] + 1, width))
+    out[:, 0] = np.minimum(out[:, 0], out[:, 2] - 1)
+    out[:, 3] = np.maximum(out[:, 3], np.minimum(out[:, 1] + 1, height))
+    out[:, 1] = np.minimum(out[:, 1], out[:, 3] - 1)
+    return out
+
+
 def view_box(view: Box, width: int, height: int) -> Box:
     """A view (fractions) as a box in pixels of a ``width x height`` photo."""
     return view[0] * width, view[1] * height, view[2] * width, view[3] * height
