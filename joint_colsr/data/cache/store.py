@@ -178,8 +178,8 @@ class CacheSplit:
         return self._map(shard)[row - self.offsets[shard]]
 
     def gather(self, photos: np.ndarray, out: np.ndarray) -> None:
-        """Copy images ``photos`` into ``out[: len(photos)]`` (``(n, 3, T, T)`` uint8), one
-        copy each, straight from the memory maps.
+        """Copy images ``photos`` (view 0 of each) into ``out[: len(photos)]`` (``(n, 3, T, T)``
+        uint8), one copy each, straight from the memory maps.
 
         A plain per-image assignment: numpy copies each 196 KB image with the GIL released,
         so a gathering thread overlaps the training step (``np.take(..., axis=0, out=...)``
@@ -188,8 +188,9 @@ class CacheSplit:
         photos = np.asarray(photos, np.int64)
         if len(photos) and (photos.min() < 0 or photos.max() >= len(self)):
             raise IndexError(f"cache split '{self.name}': photo indices must be in [0, {len(self)})")
-        shards = np.searchsorted(self.offsets, photos, side="right") - 1
-        for i, (shard, j) in enumerate(zip(shards.tolist(), (photos - self.offsets[shards]).tolist())):
+        rows = photos * self.views
+        shards = np.searchsorted(self.offsets, rows, side="right") - 1
+        for i, (shard, j) in enumerate(zip(shards.tolist(), (rows - self.offsets[shards]).tolist())):
             out[i] = self._map(shard)[j]
 
     def __getstate__(self) -> dict[str, Any]:
