@@ -40,7 +40,7 @@ log = logging.getLogger(__name__)
 FIXED = ("model", "data", "seed", "trainer.precision", "trainer.accumulate_grad_batches",
          "trainer.gradient_clip_val", "trainer.gradient_clip_algorithm")
 #: Keys under FIXED that may change: how the same data is read, and what validation shows.
-CHANGEABLE = ("data.num_workers", "data.pin_memory", "data.cache", "data.cache_verify", "data.val_views")
+CHANGEABLE = ("data.num_workers", "data.pin_memory", "data.cache", "data.cache_verify", "data.cache_gather_threads", "data.val_views")
 
 
 class RecordRunConfig(pl.Callback):

@@ -302,7 +302,7 @@ def render_markdown(results: dict[str, Any]) -> str:
     if ps:
         out += ["## The paper's schedule", "",
                 f"`joint_paper` (width {ps.get('width_mult')}), batch {ps.get('batch_size')}, {ps.get('precision')}, trained by Lightning on the " +
-                (f"`{ps.get('data')}` photos through the decoded-image cache (`data.cache`, the paper recipe's data path; one gathering thread, no loader workers; loading included): "
+                (f"`{ps.get('data')}` photos through the decoded-image cache (`data.cache`, the paper recipe's data path; two gathering threads, no loader workers; loading included): "
                  if ps.get("data_cache") else f"`{ps.get('data')}` data module with {ps.get('num_workers')} loader workers (photo decoding included): ") +
                 f"**{_num(ps['train']['images_per_s'], 1)} images/s** (spread {_num(ps['train']['spread'])}). "
                 f"{PAPER_TRAIN_IMAGES:,} images x {PAPER_EPOCHS} epochs at that rate: **{_num(ps.get('projected_hours'), 1)} hours** "

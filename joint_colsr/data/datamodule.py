@@ -64,7 +64,9 @@ class ColSRDataModule(pl.LightningDataModule):
         min_side: skip photos whose shorter side is below this.
         max_aspect: skip photos more elongated than this (longer / shorter side).
         cache_gather_threads: threads copying each cached training batch (see
-            :class:`CachedBatchLoader`; 1 keeps the other cores for the training process).
+            :class:`CachedBatchLoader`). Default 2: on the project's 2-core VM one thread
+            reached 0.21 to 0.43 of the memcpy roof, two 0.56 to 0.80
+            (``python -m joint_colsr.bench.loader``, docs/data.md). They copy only while the ring has room.
     """
 
     def __init__(
@@ -91,7 +93,7 @@ class ColSRDataModule(pl.LightningDataModule):
         exclude_grayscale: bool = True,
         min_side: int = 16,
         max_aspect: float = 10.0,
-        cache_gather_threads: int = 1,
+        cache_gather_threads: int = 2,
     ) -> None:
         super().__init__()
         if batch_size < 1:

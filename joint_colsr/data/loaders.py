@@ -145,7 +145,7 @@ class CachedBatchLoader(_ResumableState):
 
     def __init__(self, dataset: CachedImages, sampler: EpochSeededSampler, batch_size: int, drop_last: bool,
                  pin_memory: bool, batches_done: Callable[[], int], epoch_batches: Callable[[], float], prefetch: int = 2,
-                 gather_threads: int = 1) -> None:
+                 gather_threads: int = 2) -> None:
         if not dataset.train:
             raise ValueError("CachedBatchLoader serves training datasets")
         if batch_size < 1 or prefetch < 1 or gather_threads < 1:
