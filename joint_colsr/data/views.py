@@ -61,15 +61,20 @@ def random_resized_box(
             x0 = rng.uniform(0, width - w)
             y0 = rng.uniform(0, height - h)
             return x0, y0, x0 + w, y0 + h
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        w, h = width, width / ratio[0]
-    elif in_ratio > ratio[1]:
-        w, h = height * ratio[1], height
-    else:
-        w, h = width, height
+    w, h = fallback_size(width, height, ratio)
     x0, y0 = (width - w) / 2, (height - h) / 2
     return x0, y0, x0 + w, y0 + h
+
+
+def fallback_size(width: int, height: int, ratio: tuple[float, float]) -> tuple[float, float]:
+    """``(w, h)`` of the largest box of aspect ratio in ``ratio`` inside ``width x height``:
+    the centred box a random resized crop falls back to when no attempt fits."""
+    in_ratio = width / height
+    if in_ratio < ratio[0]:
+        return width, width / ratio[0]
+    if in_ratio > ratio[1]:
+        return height * ratio[1], height
+    return width, height
 
 
 #: Uniform draws :func:`random_resized_boxes` takes per sample: (area, log-aspect) for each
@@ -108,13 +113,7 @@ def random_resized_boxes(
     first = np.argmax(fits, axis=1)
     rows = np.arange(len(u))
     w, h, found = w[rows, first], h[rows, first], fits[rows, first]
-    in_ratio = width / height
-    if in_ratio < ratio[0]:
-        fw, fh = width, width / ratio[0]
-    elif in_ratio > ratio[1]:
-        fw, fh = height * ratio[1], height
-    else:
-        fw, fh = width, height
+    fw, fh = fallback_size(width, height, ratio)
     x0 = np.where(found, u[:, -2] * (width - w), (width - fw) / 2)
     y0 = np.where(found, u[:, -1] * (height - h), (height - fh) / 2)
     w, h = np.where(found, w, fw), np.where(found, h, fh)
