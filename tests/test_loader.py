@@ -250,3 +250,29 @@ def test_cache_path_mid_epoch_resume_is_bitwise_exact(compose_cfg, cache_dir, tm
     a = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+def test_validation_workers_persist_only_when_training_has_none(cache_dir):
+    """num_workers=N must not keep 2N processes alive: the file path's training workers and
+    validation's persistent ones. The cache path trains without workers: validation's persist."""
+    import lightning.pytorch as pl
+    from lightning.pytorch.trainer.states import TrainerFn
+
+    from joint_colsr.data import SamplePhotos
+
+    def loaders(dm: ColSRDataModule):
+        trainer = pl.Trainer(accelerator="cpu", logger=False, enable_progress_bar=False, enable_model_summary=False)
+        trainer.state.fn = TrainerFn.FITTING
+        dm.trainer = trainer
+        return dm.train_dataloader(), dm.val_dataloader()
+
+    files = ColSRDataModule(SamplePhotos(), batch_size=2, num_workers=2, input_size=16, output_size=32)
+    files.setup("fit")
+    train, val = loaders(files)
+    assert train.persistent_workers and not val.persistent_workers
+    cached = _datamodule(cache_dir, num_workers=2)
+    train, val = loaders(cached)
+    assert not isinstance(train, torch.utils.data.DataLoader) and val.persistent_workers
+    alone = ColSRDataModule(SamplePhotos(), batch_size=2, num_workers=2, input_size=16, output_size=32)
+    alone.setup("validate")
+    assert alone.val_dataloader().persistent_workers  # validate/test alone: no training workers

@@ -263,6 +263,9 @@ class ColSRDataModule(pl.LightningDataModule):
             return CachedBatchLoader(dataset, sampler, self.batch_size, drop_last, self.pin_memory and on_gpu, **extra,
                                      gather_threads=self.cache_gather_threads)
         loader_cls = ResumableDataLoader if split == "train" else DataLoader
+        # Validation's workers persist only when training has no worker processes of its own
+        # (the cache path, or validate/test alone): else num_workers=16 kept 32 processes alive.
+        persistent = self.num_workers > 0 and (split == "train" or not self._training_has_workers())
         return loader_cls(
             dataset,
             batch_size=self.batch_size,
@@ -270,12 +273,17 @@ class ColSRDataModule(pl.LightningDataModule):
             num_workers=self.num_workers,
             pin_memory=self.pin_memory and on_gpu,
             drop_last=drop_last,
-            persistent_workers=self.num_workers > 0,
+            persistent_workers=persistent,
             collate_fn=collate_samples,
             # Each worker gets one torch thread: workers only resize uint8 images.
             worker_init_fn=_single_thread_worker,
             **extra,
         )
+
+    def _training_has_workers(self) -> bool:
+        """Whether a training loader of this module runs worker processes (the file path with workers)."""
+        training = self.trainer is not None and self.trainer.state.fn == "fit"
+        return training and self.num_workers > 0 and isinstance(self.train_set, ReferenceImages)
 
     def train_dataloader(self) -> DataLoader | CachedBatchLoader:
         if self.train_set is None:
