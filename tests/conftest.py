@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Iterator
 
 import numpy as np
 import pytest
@@ -101,3 +103,42 @@ def slurm_cluster(tmp_path_factory):
         else:
             os.environ["SLURM_CONF"] = saved
         cluster.stop()
+
+
+def checkpoint_weights(ckpt: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The ``state_dict`` of a training checkpoint (read by the suite's one checkpoint reader)."""
+    from joint_colsr.checkpointing import read_checkpoint
+
+    return read_checkpoint(ckpt)["state_dict"]
+
+
+def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor]) -> None:
+    """Same keys and bit-identical tensors; names the first differing tensors."""
+    assert a.keys() == b.keys()
+    different = [k for k in a if not torch.equal(a[k], b[k])]
+    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
+
+
+@contextmanager
+def folder_locked_elsewhere(folder: Path, message: str = "held by pid {pid}") -> Iterator[None]:
+    """``folder``'s lock (:func:`joint_colsr.resume.lock_folder`) held by another (forked)
+    process while the block runs."""
+    import multiprocessing
+
+    from joint_colsr.resume import lock_folder
+
+    ready, release = multiprocessing.Event(), multiprocessing.Event()
+
+    def hold() -> None:
+        with lock_folder(folder, message):
+            ready.set()
+            release.wait(120)
+
+    holder = multiprocessing.get_context("fork").Process(target=hold)
+    holder.start()
+    try:
+        assert ready.wait(60), f"the other process never took the lock of {folder}"
+        yield
+    finally:
+        release.set()
+        holder.join()

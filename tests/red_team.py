@@ -22,7 +22,6 @@ import shutil
 import sys
 import tempfile
 import traceback
-from contextlib import contextmanager
 from pathlib import Path
 from typing import Callable
 
@@ -33,9 +32,8 @@ from PIL import Image
 from joint_colsr.checkpointing import CheckpointWriteError
 from joint_colsr.config_checks import ConfigError
 from joint_colsr.preemption import TrainingInterrupted
-from joint_colsr.resume import lock_folder
 
-from .conftest import compose_config, random_photo
+from .conftest import compose_config, folder_locked_elsewhere, random_photo
 
 BASE = ["model.net.width_mult=0.0625", "data.batch_size=2", "data.num_workers=0", "data.train_samples_per_epoch=8",
         "data.val_views=1", "trainer.accelerator=cpu", "trainer.deterministic=true", "trainer.limit_val_batches=1",
@@ -182,30 +180,8 @@ def ema_typo_key(d: Path) -> str:
     return _expect_error(d, "+callbacks.ema.decya=0.5")
 
 
-@contextmanager
-def _held_elsewhere(folder: Path):
-    """``folder``'s lock held by another (forked) process for the duration."""
-    import multiprocessing
-
-    ready, release = multiprocessing.Event(), multiprocessing.Event()
-
-    def hold() -> None:
-        with lock_folder(folder, "held by pid {pid}"):
-            ready.set()
-            release.wait(120)
-
-    holder = multiprocessing.get_context("fork").Process(target=hold)
-    holder.start()
-    try:
-        ready.wait(60)
-        yield
-    finally:
-        release.set()
-        holder.join()
-
-
 def second_process_in_run_dir(d: Path) -> str:
-    with _held_elsewhere(d):
+    with folder_locked_elsewhere(d):
         return _expect_error(d)
 
 
@@ -312,7 +288,7 @@ def second_preprocess_into_one_cache(d: Path) -> str:
     from joint_colsr.data.cache import build_cache
     from joint_colsr.data.sources import ImageFolder
     source = ImageFolder(str(_folder(d / "photos", 4, 3)))
-    with _held_elsewhere(d / "cache"):  # the first process, mid-build
+    with folder_locked_elsewhere(d / "cache"):  # the first process, mid-build
         build_cache(source, d / "cache", output_size=32, progress=False)
     return "silent"
 

@@ -14,6 +14,7 @@ from joint_colsr.config_checks import ConfigError
 from joint_colsr.resume import find_resume_checkpoint
 from joint_colsr.train import train
 
+from .conftest import folder_locked_elsewhere
 from .test_reliability import EXACT
 
 ONE = [*EXACT, "data.num_workers=0", "trainer.max_epochs=1", "logger=csv"]
@@ -167,27 +168,11 @@ def test_folder_source_reads_symlinked_subfolders_and_describes_its_files(image_
 def test_a_second_preprocess_into_one_cache_is_refused(image_folder, tmp_path):
     from joint_colsr.data.cache import build_cache
     from joint_colsr.data.sources import ImageFolder
-    from joint_colsr.resume import lock_folder
-
-    import multiprocessing
 
     cache = tmp_path / "cache"
-    ready, release = multiprocessing.Event(), multiprocessing.Event()
-
-    def hold() -> None:
-        with lock_folder(cache, "busy (pid {pid})"):
-            ready.set()
-            release.wait(60)
-
-    holder = multiprocessing.get_context("fork").Process(target=hold)
-    holder.start()
-    try:
-        assert ready.wait(60)
+    with folder_locked_elsewhere(cache, "busy (pid {pid})"):
         with pytest.raises(ConfigError, match="being built by another process"):
             build_cache(ImageFolder(str(image_folder)), cache, output_size=32, progress=False)
-    finally:
-        release.set()
-        holder.join()
     build_cache(ImageFolder(str(image_folder)), cache, output_size=32, progress=False)  # free again
     assert (cache / "index.json").is_file()
 

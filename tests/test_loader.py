@@ -29,7 +29,7 @@ from joint_colsr.data.views import (
 )
 from joint_colsr.train import train
 
-from .conftest import random_photo
+from .conftest import assert_bitwise_equal, checkpoint_weights, random_photo
 
 
 @pytest.fixture(scope="module")
@@ -247,9 +247,7 @@ def test_cache_path_mid_epoch_resume_is_bitwise_exact(compose_cfg, cache_dir, tm
     resumed = compose_cfg([*over, f"ckpt_path={ckpts / 'step2.ckpt'}"])
     resumed.paths.output_dir = str(tmp_path / "resumed")
     assert train(resumed)["global_step"] == 8
-    a = torch.load(ckpts / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-    b = torch.load(tmp_path / "resumed" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)["state_dict"]
-    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    assert_bitwise_equal(checkpoint_weights(ckpts / "last.ckpt"), checkpoint_weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt"))
 
 
 def test_validation_workers_persist_only_when_training_has_none(cache_dir):

@@ -21,7 +21,7 @@ from joint_colsr.resume import find_resume_checkpoint
 from joint_colsr.config_checks import ConfigError, check_config, check_model_output
 from joint_colsr.train import train
 
-from .conftest import REPO
+from .conftest import REPO, assert_bitwise_equal, checkpoint_weights
 
 # Tiny, deterministic, with real worker processes: what an exact resume must survive.
 EXACT = [
@@ -40,20 +40,10 @@ EXACT = [
 ]
 
 
-def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
-    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-
-
-def _assert_bitwise_equal(a: dict, b: dict) -> None:
-    assert a.keys() == b.keys()
-    different = [k for k in a if not torch.equal(a[k], b[k])]
-    assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
-
-
 def test_two_epochs_equal_one_epoch_resumed_to_two(compose_cfg, tmp_path):
     straight = compose_cfg([*EXACT, "trainer.max_epochs=2"])
     train(straight)
-    ref = _weights(Path(straight.paths.output_dir) / "checkpoints" / "last.ckpt")
+    ref = checkpoint_weights(Path(straight.paths.output_dir) / "checkpoints" / "last.ckpt")
 
     first = compose_cfg([*EXACT, "trainer.max_epochs=1"])
     first.paths.output_dir = str(tmp_path / "b")
@@ -61,7 +51,7 @@ def test_two_epochs_equal_one_epoch_resumed_to_two(compose_cfg, tmp_path):
     second = compose_cfg([*EXACT, "trainer.max_epochs=2", f"ckpt_path={tmp_path / 'b' / 'checkpoints' / 'last.ckpt'}"])
     second.paths.output_dir = str(tmp_path / "b2")
     train(second)
-    _assert_bitwise_equal(ref, _weights(tmp_path / "b2" / "checkpoints" / "last.ckpt"))
+    assert_bitwise_equal(ref, checkpoint_weights(tmp_path / "b2" / "checkpoints" / "last.ckpt"))
 
 
 def test_mid_epoch_checkpoint_resumes_at_the_right_batch(compose_cfg, tmp_path):
@@ -72,14 +62,14 @@ def test_mid_epoch_checkpoint_resumes_at_the_right_batch(compose_cfg, tmp_path):
     straight = compose_cfg(over)
     train(straight)
     ckpts = Path(straight.paths.output_dir) / "checkpoints"
-    ref = _weights(ckpts / "last.ckpt")
+    ref = checkpoint_weights(ckpts / "last.ckpt")
     mid = ckpts / "step2.ckpt"
     assert torch.load(mid, map_location="cpu", weights_only=False)["global_step"] == 2
     resumed = compose_cfg([*over, f"ckpt_path={mid}"])
     resumed.paths.output_dir = str(tmp_path / "resumed")
     metrics = train(resumed)
     assert metrics["global_step"] == 4  # no batch repeated, none skipped
-    _assert_bitwise_equal(ref, _weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt"))
+    assert_bitwise_equal(ref, checkpoint_weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt"))
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -95,7 +85,7 @@ def test_mid_epoch_resume_does_not_shorten_the_next_epoch(compose_cfg, tmp_path,
     resumed = compose_cfg([*over, f"ckpt_path={ckpts / 'step2.ckpt'}"])
     resumed.paths.output_dir = str(tmp_path / "resumed")
     assert train(resumed)["global_step"] == 8
-    _assert_bitwise_equal(_weights(ckpts / "last.ckpt"), _weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt"))
+    assert_bitwise_equal(checkpoint_weights(ckpts / "last.ckpt"), checkpoint_weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt"))
 
 
 @pytest.mark.parametrize("workers", [0, 2])
@@ -129,7 +119,7 @@ def test_sigkill_at_several_points_then_auto_resume(tmp_path):
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
     ref_dir = tmp_path / "ref"
     subprocess.run(_train_cmd(ref_dir, "trainer.max_epochs=3"), cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
-    ref = _weights(ref_dir / "checkpoints" / "last.ckpt")
+    ref = checkpoint_weights(ref_dir / "checkpoints" / "last.ckpt")
 
     run_dir = tmp_path / "killed"
     last = run_dir / "checkpoints" / "last.ckpt"
@@ -158,7 +148,7 @@ def test_sigkill_at_several_points_then_auto_resume(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     final = torch.load(last, map_location="cpu", weights_only=False)
     assert final["global_step"] == 12
-    _assert_bitwise_equal(ref, final["state_dict"])
+    assert_bitwise_equal(ref, final["state_dict"])
 
 
 def test_atomic_checkpoint_write_never_leaves_a_broken_file(tmp_path, monkeypatch):

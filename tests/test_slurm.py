@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from ._cli import output_tail, run_train
-from .conftest import REPO
+from .conftest import REPO, checkpoint_weights
 
 LAUNCHER = ["hydra/launcher=slurm"]
 
@@ -108,10 +108,6 @@ EXACT = ["model.net.width_mult=0.0625", "data.batch_size=2", "data.num_workers=1
          "logger=none", "seed=7"]
 
 
-def _weights(ckpt: Path) -> dict[str, torch.Tensor]:
-    return torch.load(ckpt, map_location="cpu", weights_only=False)["state_dict"]
-
-
 @pytest.mark.slow
 def test_warning_signal_checkpoints_requeues_and_resumes_to_the_same_weights(slurm_cluster, tmp_path):
     """The job pauses after step 3 of 8; SLURM sends it submitit's warning signal (USR2, as
@@ -149,6 +145,6 @@ def test_warning_signal_checkpoints_requeues_and_resumes_to_the_same_weights(slu
     final = torch.load(sweep_dir / "0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert final["global_step"] == 8
     assert sorted(p.name for p in (sweep_dir / "0" / "checkpoints").glob("last*.ckpt")) == ["last.ckpt"]
-    ref = _weights(ref_dir / "checkpoints" / "last.ckpt")
+    ref = checkpoint_weights(ref_dir / "checkpoints" / "last.ckpt")
     different = [k for k in ref if not torch.equal(ref[k], final["state_dict"][k])]
     assert ref.keys() == final["state_dict"].keys() and not different, f"{len(different)} tensors differ"
