@@ -16,7 +16,8 @@ from joint_colsr.preemption import TrainingInterrupted
 from joint_colsr.train import train
 
 from ._cli import output_tail, run_train
-from .test_reliability import EXACT, _assert_bitwise_equal, _weights
+from .conftest import assert_bitwise_equal, checkpoint_weights
+from .test_reliability import EXACT
 
 # 3 epochs of 4 steps (8 samples, batch 2), 2 validation batches per epoch.
 RUN = [*EXACT, "trainer.max_epochs=3", "trainer.limit_val_batches=2", "data.val_views=2"]
@@ -33,7 +34,7 @@ def reference(tmp_path_factory):
         run_dir = tmp_path_factory.mktemp(f"ref{workers}")
         cfg = compose_config("train", [*RUN, f"data.num_workers={workers}"], output_dir=run_dir)
         metrics = train(cfg)
-        out[workers] = (_weights(run_dir / "checkpoints" / "last.ckpt"), metrics["global_step"])
+        out[workers] = (checkpoint_weights(run_dir / "checkpoints" / "last.ckpt"), metrics["global_step"])
     return out
 
 
@@ -72,7 +73,7 @@ def test_sigterm_then_resume_equals_uninterrupted(compose_cfg, reference, worker
     done = train(again)
     ref_weights, ref_steps = reference[workers]
     assert done["global_step"] == ref_steps, f"interrupted at {where}"
-    _assert_bitwise_equal(ref_weights, _weights(saved))
+    assert_bitwise_equal(ref_weights, checkpoint_weights(saved))
 
 
 def test_sigusr1_takes_the_same_path(compose_cfg):
