@@ -59,10 +59,10 @@ compare: $(STAMP) ## joint or cascade? every contender at equal training FLOPs, 
 # to try hydra/launcher=slurm (docs/sweeps.md). State, logs and slurm.conf: $(SLURM_LOCAL_DIR).
 SLURM_LOCAL_DIR ?= /tmp/joint_colsr-slurm
 slurm-local: ## start a one-node SLURM cluster here (root); then export SLURM_CONF as it prints
-	$(PYTHON) -m joint_colsr.slurm_local up --dir $(SLURM_LOCAL_DIR)
+	$(PYTHON) -m joint_colsr.ops.slurm_local up --dir $(SLURM_LOCAL_DIR)
 
 slurm-local-down: ## cancel its jobs and stop its daemons
-	$(PYTHON) -m joint_colsr.slurm_local down --dir $(SLURM_LOCAL_DIR)
+	$(PYTHON) -m joint_colsr.ops.slurm_local down --dir $(SLURM_LOCAL_DIR)
 
 bench: $(STAMP) ## measure speed (models, Lightning vs raw loop, fast paths, data); writes benchmarks/results.json and RESULTS.md
 	$(PY) -m joint_colsr.bench $(ARGS)
@@ -77,7 +77,7 @@ PYTHON_VERSION ?= 3.12
 WHEELHOUSE ?= wheelhouse
 FREEZE ?=
 wheelhouse: $(STAMP) ## wheels for an offline install on a CPython 3.12 (PYTHON_VERSION=) x86-64 Linux node; FREEZE=its pip freeze is left out
-	$(PY) -m joint_colsr.wheelhouse --python-version $(PYTHON_VERSION) --out $(WHEELHOUSE) $(if $(FREEZE),--provided $(FREEZE)) $(ARGS)
+	$(PY) -m joint_colsr.ops.wheelhouse --python-version $(PYTHON_VERSION) --out $(WHEELHOUSE) $(if $(FREEZE),--provided $(FREEZE)) $(ARGS)
 
 clean: ## remove outputs of runs (not the venv)
 	rm -rf outputs multirun .pytest_cache

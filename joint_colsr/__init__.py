@@ -21,8 +21,12 @@ def _config_dir() -> str:
 #: The Hydra config tree (see :func:`_config_dir`).
 CONFIG_DIR = _config_dir()
 
+from joint_colsr.run.moved import install_aliases as _install_aliases
+
+_install_aliases()  # class paths saved before a module moved still import (run/moved.py)
+
 try:  # the configs' resolvers (omegaconf is a dependency; a bare GPU node may still lack it)
-    from joint_colsr.resolvers import register as _register_resolvers
+    from joint_colsr.run.resolvers import register as _register_resolvers
 
     _register_resolvers()
 except ImportError:  # pragma: no cover - reported by the entry point that needs it

@@ -2,7 +2,7 @@
 
 ``train``, ``eval``, ``predict``, ``preprocess`` and ``bench`` all build through here, so
 nothing is instantiated twice in two ways. The config is checked first
-(:mod:`joint_colsr.config_checks`); trained models are loaded by the systems themselves
+(:mod:`joint_colsr.run.config_checks`); trained models are loaded by the systems themselves
 (:meth:`joint_colsr.systems.ColSRSystem.from_checkpoint`).
 """
 
@@ -17,8 +17,8 @@ import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, OmegaConf, open_dict
 
-from joint_colsr.callbacks import ChannelsLast, ValidationImageGrid
-from joint_colsr.config_checks import ConfigError, cache_only, check_deterministic, check_model_output, instantiate, select
+from joint_colsr.run.callbacks import ChannelsLast, ValidationImageGrid
+from joint_colsr.run.config_checks import ConfigError, cache_only, check_deterministic, check_model_output, instantiate, select
 
 log = logging.getLogger(__name__)
 
@@ -116,7 +116,7 @@ def build_callbacks(cfg: DictConfig, system: pl.LightningModule | None = None) -
     if select(cfg, "speed.channels_last"):
         callbacks.append(ChannelsLast())
     if select(cfg, "speed.sync_debug"):
-        from joint_colsr.syncs import SyncDebug
+        from joint_colsr.run.syncs import SyncDebug
 
         callbacks.append(SyncDebug(select(cfg, "speed.sync_debug")))
     return callbacks

@@ -49,7 +49,7 @@ from hydra.core.global_hydra import GlobalHydra
 from torch.utils.flop_counter import FlopCounterMode
 
 from joint_colsr import CONFIG_DIR
-from joint_colsr.hydra_callbacks import GUIDED_MARK, confidence_interval
+from joint_colsr.run.hydra_callbacks import GUIDED_MARK, confidence_interval
 
 log = logging.getLogger(__name__)
 

@@ -44,10 +44,10 @@ from torch import Tensor
 from joint_colsr import CONFIG_DIR
 from joint_colsr.assembly import build_datamodule, build_eval_system, build_trainer, start_run
 from joint_colsr.color import upscale_l
-from joint_colsr.config_checks import ConfigError, check_config, command
+from joint_colsr.run.config_checks import ConfigError, check_config, command
 from joint_colsr.data.decode import count_reasons
 from joint_colsr.metrics import PER_IMAGE_METRICS, colorization_psnr, image_metrics, summarize
-from joint_colsr.outputs import print_run_summary, write_json
+from joint_colsr.run.outputs import print_run_summary, write_json
 from joint_colsr.systems import run_system
 from joint_colsr.systems.colsr import uses_ground_truth_l
 from joint_colsr.viz import EVALUATION_COLUMNS, evaluation_row, make_grid, save_png

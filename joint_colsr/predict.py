@@ -36,10 +36,10 @@ from tqdm.auto import tqdm
 from joint_colsr import CONFIG_DIR
 from joint_colsr.assembly import build_eval_system
 from joint_colsr.color import merge_l_ab_to_rgb, normalize_l, quantize_uint8, rgb_to_lab, rgb_uint8_to_lab_batch, upscale_l
-from joint_colsr.config_checks import ConfigError, command
+from joint_colsr.run.config_checks import ConfigError, command
 from joint_colsr.data.views import resize_box
 from joint_colsr.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, decode_image
-from joint_colsr.outputs import atomic_write
+from joint_colsr.run.outputs import atomic_write
 from joint_colsr.systems import eval_network, model_size
 
 log = logging.getLogger(__name__)

@@ -18,7 +18,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from joint_colsr import CONFIG_DIR
 from joint_colsr.assembly import build_datamodule
-from joint_colsr.config_checks import ConfigError, command
+from joint_colsr.run.config_checks import ConfigError, command
 from joint_colsr.data.cache import ImageCache, build_cache, summarize
 
 log = logging.getLogger(__name__)

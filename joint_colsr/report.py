@@ -27,7 +27,7 @@ import yaml
 from omegaconf import DictConfig
 
 from joint_colsr import CONFIG_DIR
-from joint_colsr.config_checks import ConfigError, command
+from joint_colsr.run.config_checks import ConfigError, command
 from joint_colsr.eval import GUIDED_MARK, markdown_table
 
 log = logging.getLogger(__name__)

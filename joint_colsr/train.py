@@ -30,13 +30,13 @@ from joint_colsr.assembly import (
     resolved_config,
     start_run,
 )
-from joint_colsr.checkpointing import checkpoint_paths, read_checkpoint
-from joint_colsr.config_checks import ConfigError, check_config, command, select
-from joint_colsr.hydra_callbacks import check_ddp_launch
+from joint_colsr.run.checkpointing import checkpoint_paths, read_checkpoint
+from joint_colsr.run.config_checks import ConfigError, check_config, command, select
+from joint_colsr.run.hydra_callbacks import check_ddp_launch
 from joint_colsr.nets import count_parameters
-from joint_colsr.outputs import jsonable, print_run_summary, write_json
-from joint_colsr.preemption import PreemptionCheckpoint, TrainingInterrupted, handle_preemption
-from joint_colsr.resume import (
+from joint_colsr.run.outputs import jsonable, print_run_summary, write_json
+from joint_colsr.run.preemption import PreemptionCheckpoint, TrainingInterrupted, handle_preemption
+from joint_colsr.run.resume import (
     RecordRunConfig,
     append_attempt,
     find_resume_checkpoint,

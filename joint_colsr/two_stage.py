@@ -34,8 +34,8 @@ import torch
 from omegaconf import DictConfig
 
 from joint_colsr import CONFIG_DIR
-from joint_colsr.checkpointing import read_checkpoint
-from joint_colsr.config_checks import ConfigError
+from joint_colsr.run.checkpointing import read_checkpoint
+from joint_colsr.run.config_checks import ConfigError
 from joint_colsr.nets.cascade import ORDERS
 
 log = logging.getLogger(__name__)

@@ -81,12 +81,12 @@ def tiny_ckpt(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def slurm_cluster(tmp_path_factory):
-    """A one-node SLURM cluster on this machine for the session (``joint_colsr.slurm_local``):
+    """A one-node SLURM cluster on this machine for the session (``joint_colsr.ops.slurm_local``):
     started on first use, every job cancelled and the daemons stopped at the end. Clients
     (sbatch, submitit, the tests' subprocesses) find it through ``SLURM_CONF``.
     Skips where SLURM is not installed (Debian: ``apt-get install slurm-wlm munge``) or
     the tests do not run as root."""
-    from joint_colsr.slurm_local import LocalCluster, unavailable_reason
+    from joint_colsr.ops.slurm_local import LocalCluster, unavailable_reason
 
     reason = unavailable_reason()
     if reason:
@@ -107,7 +107,7 @@ def slurm_cluster(tmp_path_factory):
 
 def checkpoint_weights(ckpt: str | os.PathLike) -> dict[str, torch.Tensor]:
     """The ``state_dict`` of a training checkpoint (read by the suite's one checkpoint reader)."""
-    from joint_colsr.checkpointing import read_checkpoint
+    from joint_colsr.run.checkpointing import read_checkpoint
 
     return read_checkpoint(ckpt)["state_dict"]
 
@@ -121,11 +121,11 @@ def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
 
 @contextmanager
 def folder_locked_elsewhere(folder: Path, message: str = "held by pid {pid}") -> Iterator[None]:
-    """``folder``'s lock (:func:`joint_colsr.resume.lock_folder`) held by another (forked)
+    """``folder``'s lock (:func:`joint_colsr.run.resume.lock_folder`) held by another (forked)
     process while the block runs."""
     import multiprocessing
 
-    from joint_colsr.resume import lock_folder
+    from joint_colsr.run.resume import lock_folder
 
     ready, release = multiprocessing.Event(), multiprocessing.Event()
 

@@ -29,9 +29,9 @@ import numpy as np
 import torch
 from PIL import Image
 
-from joint_colsr.checkpointing import CheckpointWriteError
-from joint_colsr.config_checks import ConfigError
-from joint_colsr.preemption import TrainingInterrupted
+from joint_colsr.run.checkpointing import CheckpointWriteError
+from joint_colsr.run.config_checks import ConfigError
+from joint_colsr.run.preemption import TrainingInterrupted
 
 from .conftest import compose_config, folder_locked_elsewhere, random_photo
 

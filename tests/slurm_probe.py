@@ -64,7 +64,7 @@ class RecordRanks(pl.Callback):
 class PauseForSignal(pl.Callback):
     """In the first run of a SLURM job only: after training step ``step``, write
     ``<marker>`` (holding the job id) and wait up to ``wait_s`` for SLURM's warning signal
-    (noted by :class:`joint_colsr.slurm_requeue.RequeueOnSlurmSignal`), so that the test can
+    (noted by :class:`joint_colsr.run.slurm_requeue.RequeueOnSlurmSignal`), so that the test can
     signal a job that is surely mid-training. The requeued run (``SLURM_RESTART_COUNT`` set)
     records its restart count and does not pause."""
 
@@ -81,7 +81,7 @@ class PauseForSignal(pl.Callback):
     def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any, batch_idx: int) -> None:
         import time
 
-        from joint_colsr.slurm_requeue import RequeueOnSlurmSignal, slurm_job_id
+        from joint_colsr.run.slurm_requeue import RequeueOnSlurmSignal, slurm_job_id
 
         if trainer.global_step != self.step or os.environ.get("SLURM_RESTART_COUNT"):
             return

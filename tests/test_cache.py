@@ -169,7 +169,7 @@ def test_train_from_the_cache_alone_without_data_root(compose_cfg, tiny_coco, tm
     metrics = train(cfg)
     assert np.isfinite(metrics["val/psnr"]) and metrics["global_step"] == 2
     # Without a cache, data.root is still required, by name, at start-up.
-    from joint_colsr.config_checks import ConfigError, check_config
+    from joint_colsr.run.config_checks import ConfigError, check_config
 
     with pytest.raises(ConfigError, match="data.root must be set"):
         check_config(compose_cfg([*data, "debug=tiny"]))

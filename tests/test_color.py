@@ -133,7 +133,7 @@ def test_lab_conversions_are_kornias_with_the_constants_kept(channels_last):
     import kornia.color
 
     from joint_colsr.color import lab_to_rgb, rgb_to_lab
-    from joint_colsr.syncs import HostReadRecorder
+    from joint_colsr.run.syncs import HostReadRecorder
 
     rgb = torch.rand(2, 3, 17, 9, generator=torch.Generator().manual_seed(0))
     rgb[0, :, 0, 0] = 0.0  # black and white hit both branches of f(t)

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from joint_colsr.assembly import build_datamodule, build_system, resolved_config
-from joint_colsr.config_checks import ConfigError, check_config
+from joint_colsr.run.config_checks import ConfigError, check_config
 
 from .conftest import CONF_DIR, REPO
 

@@ -10,7 +10,7 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import open_dict, read_write
 
-from joint_colsr.hydra_callbacks import check_ddp_launch
+from joint_colsr.run.hydra_callbacks import check_ddp_launch
 
 from ._cli import output_tail, run_train
 

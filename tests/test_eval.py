@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from joint_colsr.config_checks import ConfigError
+from joint_colsr.run.config_checks import ConfigError
 from joint_colsr.data import ImageFolder
 from joint_colsr.eval import evaluate
 

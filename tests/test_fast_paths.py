@@ -18,8 +18,8 @@ from joint_colsr.assembly import (
     build_trainer,
     start_run,
 )
-from joint_colsr.callbacks import ChannelsLast, images_to_channels_last
-from joint_colsr.config_checks import ConfigError, check_config
+from joint_colsr.run.callbacks import ChannelsLast, images_to_channels_last
+from joint_colsr.run.config_checks import ConfigError, check_config
 from joint_colsr.nets import JointPaperNet
 from joint_colsr.train import train
 
@@ -140,7 +140,7 @@ def test_compile_comes_after_the_startup_checks_with_static_shapes(compose_cfg):
 
 def test_deterministic_probe_names_the_op_and_the_fix():
     # torch's own alert (what CUDA's bilinear backward raises) from a net on the gradient path.
-    from joint_colsr.config_checks import probe_deterministic
+    from joint_colsr.run.config_checks import probe_deterministic
 
     class AlertingNet(torch.nn.Module):
         def __init__(self):

@@ -105,7 +105,7 @@ def test_predict_photo_and_reference_modes(tiny_ckpt, tmp_path):
 
 
 def test_predict_rejects_bad_config(tmp_path):
-    from joint_colsr.config_checks import ConfigError
+    from joint_colsr.run.config_checks import ConfigError
 
     from .conftest import compose_config
 
@@ -121,7 +121,7 @@ def test_predict_rejects_bad_config(tmp_path):
 
 
 def test_predict_never_writes_over_an_input_or_another_output(tmp_path):
-    from joint_colsr.config_checks import ConfigError
+    from joint_colsr.run.config_checks import ConfigError
 
     from .conftest import compose_config
 

@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from joint_colsr.config_checks import ConfigError
+from joint_colsr.run.config_checks import ConfigError
 from joint_colsr.report import load_runs, report, varying_keys
 
 from .conftest import REPO, compose_config

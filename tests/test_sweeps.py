@@ -9,8 +9,8 @@ import pytest
 from omegaconf import OmegaConf
 
 from joint_colsr.assembly import resolved_config
-from joint_colsr.config_checks import check_config
-from joint_colsr.hydra_callbacks import aggregate_over_seeds, confidence_interval
+from joint_colsr.run.config_checks import check_config
+from joint_colsr.run.hydra_callbacks import aggregate_over_seeds, confidence_interval
 
 from ._cli import output_tail, run_train
 from .conftest import CONF_DIR

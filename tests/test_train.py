@@ -20,7 +20,7 @@ def test_fast_dev_run_samples(compose_cfg):
     assert torch.isfinite(torch.tensor(metrics["val/psnr"]))
     # debug=fdr writes no checkpoint, image or logger file.
     written = sorted(p.relative_to(cfg.paths.output_dir).as_posix() for p in Path(cfg.paths.output_dir).rglob("*")
-                     if p.is_file() and p.name != ".lock")  # .lock: the run directory's lock (joint_colsr.resume)
+                     if p.is_file() and p.name != ".lock")  # .lock: the run directory's lock (joint_colsr.run.resume)
     assert written == ["metrics.json"], written
 
 

@@ -10,7 +10,7 @@ from torch import nn
 
 from joint_colsr.assembly import build_eval_system, build_system
 from joint_colsr.color import resize_bicubic, upscale_l
-from joint_colsr.config_checks import ConfigError
+from joint_colsr.run.config_checks import ConfigError
 from joint_colsr.model_table import BEGIN, END, markdown, model_names, replace_between_markers
 from joint_colsr.nets import (
     CascadeNet,

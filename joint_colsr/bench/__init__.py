@@ -7,7 +7,7 @@ import logging
 from pathlib import Path
 from typing import Any
 
-from joint_colsr.outputs import write_json
+from joint_colsr.run.outputs import write_json
 
 log = logging.getLogger(__name__)
 

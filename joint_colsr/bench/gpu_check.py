@@ -243,7 +243,7 @@ class _SyncCounter:
     """CUDA's sync debug mode ("warn") over the batches that must not sync; counts the warnings."""
 
     def __init__(self) -> None:
-        from joint_colsr.syncs import SyncDebug
+        from joint_colsr.run.syncs import SyncDebug
 
         self.callback = SyncDebug("warn")
         self.batches = 0
@@ -305,7 +305,7 @@ def small_run(overrides: Sequence[str]) -> dict[str, Any]:
 
     from joint_colsr.assembly import build_callbacks, build_datamodule, build_system, build_trainer, start_run
     from joint_colsr.bench.models import compose_train_config
-    from joint_colsr.callbacks import EMA
+    from joint_colsr.run.callbacks import EMA
 
     devices: dict[str, str] = {}
 
@@ -477,7 +477,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(key, json.dumps(result[key])[:400])
     result["seconds"] = time.perf_counter() - started
     from joint_colsr.bench import replace_report_section
-    from joint_colsr.outputs import write_json
+    from joint_colsr.run.outputs import write_json
 
     args.out.mkdir(parents=True, exist_ok=True)
     write_json(args.out / "gpu-check.json", result)

@@ -28,7 +28,7 @@ from torch.utils.data import DataLoader, Dataset
 from torch.utils.flop_counter import FlopCounterMode
 
 from joint_colsr.assembly import build_callbacks, build_datamodule, build_loggers, build_system, build_trainer
-from joint_colsr.averaging import EMAModel
+from joint_colsr.run.averaging import EMAModel
 from joint_colsr.data.loaders import owned_batch
 
 

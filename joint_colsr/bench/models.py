@@ -35,7 +35,7 @@ from joint_colsr.bench.loop import (
     StepStamps,
     summarize,
 )
-from joint_colsr.config_checks import check_config
+from joint_colsr.run.config_checks import check_config
 from joint_colsr.data import build_cache
 from joint_colsr.nets import count_parameters
 

@@ -41,7 +41,7 @@ from typing import Any
 
 import numpy as np
 
-from joint_colsr.outputs import atomic_write
+from joint_colsr.run.outputs import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -248,7 +248,7 @@ def load_index(annotation_file: str | os.PathLike, index_dir: str | os.PathLike 
         log.warning("no writable folder for the index of %s (tried %s; set data.source.index_dir=DIR): "
                     "parsing it, at every start", annotation_file, ", ".join(map(str, folders)))
         return parse_instances(annotation_file)
-    from joint_colsr.resume import lock_folder  # (here: resume imports lightning)
+    from joint_colsr.run.resume import lock_folder  # (here: resume imports lightning)
 
     with lock_folder(target, f"the index of {annotation_file} in {target} is being built by pid {{pid}}", wait=True):
         found = read_index(target / name, key)  # built by another process while this one waited

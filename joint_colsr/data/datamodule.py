@@ -19,7 +19,7 @@ from joint_colsr.data.loaders import CachedBatchLoader, ResumableDataLoader
 from joint_colsr.data.sampler import EpochSeededSampler
 from joint_colsr.data.sources import ImageSource
 from joint_colsr.data.views import TRAIN_CROPS, VALIDATION_VIEWS
-from joint_colsr.preemption import ignore_preemption_signals_in_worker
+from joint_colsr.run.preemption import ignore_preemption_signals_in_worker
 
 log = logging.getLogger(__name__)
 

@@ -14,7 +14,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch import Tensor, nn
 from torchmetrics import MeanMetric
 
-from joint_colsr.checkpointing import read_checkpoint
+from joint_colsr.run.checkpointing import read_checkpoint
 from joint_colsr.color import upscale_l
 from joint_colsr.metrics import colorization_psnr
 
@@ -247,7 +247,7 @@ class ColSRSystem(pl.LightningModule):
     def _log_train_losses(self, losses: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> None:
         n = batch["l_lowres"].shape[0]
         # Not prog_bar=True: Lightning reads progress-bar values back every batch (a GPU sync);
-        # joint_colsr.callbacks.ProgressBar shows the value read at logging steps instead.
+        # joint_colsr.run.callbacks.ProgressBar shows the value read at logging steps instead.
         self.log("train/loss", losses["loss"], batch_size=n)
         if len(losses) > 2:  # more than one term: log each
             for name, value in losses.items():

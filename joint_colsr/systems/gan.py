@@ -18,7 +18,7 @@ import torch.nn.functional as F
 from hydra.utils import instantiate
 from torch import Tensor, nn
 
-from joint_colsr.averaging import EMAModel
+from joint_colsr.run.averaging import EMAModel
 from joint_colsr.color import merge_l_ab_to_rgb
 from joint_colsr.nets.vgg import VGG19Features
 from joint_colsr.systems.colsr import ColSRSystem, _plain

@@ -44,7 +44,7 @@ from joint_colsr.data.cache.store import (
 from joint_colsr.data.decode import ImageDecodeError, unusable_reason
 from joint_colsr.data.sources import ImageItem, ImageSource
 from joint_colsr.data.views import VALIDATION_VIEWS, WHOLE, Box, resize_box, view_box
-from joint_colsr.outputs import atomic_write
+from joint_colsr.run.outputs import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -161,7 +161,7 @@ def build_cache(
     if unknown:
         raise ValueError(f"splits: unknown {unknown}; choose from {list(SPLITS)}")
     root = Path(cache_dir).expanduser().resolve()
-    from joint_colsr.resume import lock_folder  # (import here: resume imports the config checks)
+    from joint_colsr.run.resume import lock_folder  # (import here: resume imports the config checks)
 
     meta = build_meta(source, output_size, train_size, shard_size, min_side, max_aspect, exclude_grayscale, int(val_views))
     with lock_folder(root, f"cache_dir={root} is being built by another process (pid {{pid}}); wait for it to end "

@@ -12,11 +12,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from joint_colsr.preemption import TrainingInterrupted
+from joint_colsr.run.preemption import TrainingInterrupted
 from joint_colsr.train import train
 
-from ._cli import output_tail, run_train
-from .conftest import assert_bitwise_equal, checkpoint_weights
+from .._cli import output_tail, run_train
+from ..conftest import assert_bitwise_equal, checkpoint_weights
 from .test_reliability import EXACT
 
 # 3 epochs of 4 steps (8 samples, batch 2), 2 validation batches per epoch.
@@ -27,7 +27,7 @@ FAULT = "+callbacks.fault._target_=tests._faults.SignalAt"
 @pytest.fixture(scope="module")
 def reference(tmp_path_factory):
     """Weights of uninterrupted runs, per worker count."""
-    from .conftest import compose_config
+    from ..conftest import compose_config
 
     out = {}
     for workers in (0, 2):
@@ -88,7 +88,7 @@ def test_sigusr1_takes_the_same_path(compose_cfg):
 
 
 def test_a_nan_error_does_not_write_a_preemption_checkpoint(compose_cfg):
-    from joint_colsr.callbacks import NonFiniteLossError
+    from joint_colsr.run.callbacks import NonFiniteLossError
 
     cfg = compose_cfg([*EXACT, "data.num_workers=0", "trainer.max_epochs=50", "model.optimizer.lr=1e8",
                        "model.net.output_activation=none"])
@@ -109,7 +109,7 @@ def test_external_sigterm_in_a_multirun_exits_143_and_is_summarized(tmp_path):
     args = ["-m", *EXACT, "data.num_workers=0", "trainer.max_epochs=50", "seed=1,2",
             "callbacks.last_checkpoint.every_n_train_steps=1", f"hydra.sweep.dir={sweep}"]
     env = {**os.environ, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", "PYTHONUNBUFFERED": "1"}
-    from .conftest import REPO
+    from ..conftest import REPO
 
     proc = subprocess.Popen([sys.executable, "-m", "joint_colsr.train", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)

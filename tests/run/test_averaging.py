@@ -7,8 +7,8 @@ import torch
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 
-from joint_colsr.averaging import EMAModel
-from joint_colsr.callbacks import EMA
+from joint_colsr.run.averaging import EMAModel
+from joint_colsr.run.callbacks import EMA
 
 
 def _net() -> nn.Module:
@@ -144,7 +144,7 @@ def test_in_a_real_fit_the_average_matches_the_module_device_and_layout(tmp_path
     import lightning.pytorch as pl
     from torch.utils.data import DataLoader, TensorDataset
 
-    from joint_colsr.callbacks import ChannelsLast
+    from joint_colsr.run.callbacks import ChannelsLast
 
     seen = []
 

@@ -1,6 +1,6 @@
 """``make wheelhouse``: every wheel joint_colsr needs on another machine, for an offline install there.
 
-``python -m joint_colsr.wheelhouse [--python-version 3.12] [--provided FREEZE] [--out wheelhouse]``
+``python -m joint_colsr.ops.wheelhouse [--python-version 3.12] [--provided FREEZE] [--out wheelhouse]``
 
 Downloads (from the package index this machine reaches) the wheels of the package's
 dependency closure for a target Python and platform (default: CPython 3.12, manylinux
@@ -37,7 +37,7 @@ from packaging.markers import default_environment
 from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name, parse_wheel_filename
 
-REPO = Path(__file__).resolve().parent.parent
+REPO = Path(__file__).resolve().parents[2]
 #: Never downloaded: the GPU node's own torch build and the CUDA libraries that come with it.
 SKIPPED = ("torch", "triton")
 SKIPPED_PREFIXES = ("nvidia-",)
@@ -218,7 +218,7 @@ def build_project_wheel(out: Path) -> Path:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m joint_colsr.wheelhouse", description=__doc__.split("\n")[0])
+    parser = argparse.ArgumentParser(prog="python -m joint_colsr.ops.wheelhouse", description=__doc__.split("\n")[0])
     parser.add_argument("--python-version", default="3.12", help="the target's Python (major.minor)")
     parser.add_argument("--provided", type=Path, default=None, help="a `pip freeze` of the target: what it already has")
     parser.add_argument("--out", type=Path, default=Path("wheelhouse"))

@@ -11,10 +11,10 @@ How it sits on Lightning (2.6):
 * :func:`handle_preemption` (around ``trainer.fit``) adds SIGUSR1 to that path, through
   Lightning's own SIGTERM notifier (so under DDP rank 0 broadcasts it the same way), and
   records which signal came. Under SLURM, SIGUSR1 (and submitit's USR2) is left to the
-  ``callbacks.slurm_requeue`` callback (:mod:`joint_colsr.slurm_requeue`: ``last.ckpt``
+  ``callbacks.slurm_requeue`` callback (:mod:`joint_colsr.run.slurm_requeue`: ``last.ckpt``
   at a step boundary, then requeue); without that callback Lightning's ``auto_requeue``
   takes it and writes ``<run dir>/hpc_ckpt_N.ckpt``, which the resume finder reads too
-  (``joint_colsr.resume.resume_candidates``), so a requeued job resumes from whichever
+  (``joint_colsr.run.resume.resume_candidates``), so a requeued job resumes from whichever
   checkpoint is furthest.
 * :class:`PreemptionCheckpoint` (a callback) writes ``<run dir>/checkpoints/last.ckpt`` in
   ``on_exception`` for that exception only, through the trainer's checkpoint IO (atomic

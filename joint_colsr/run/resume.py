@@ -31,8 +31,8 @@ from typing import Any, Iterator
 
 import lightning.pytorch as pl
 
-from joint_colsr.checkpointing import read_checkpoint
-from joint_colsr.config_checks import ConfigError
+from joint_colsr.run.checkpointing import read_checkpoint
+from joint_colsr.run.config_checks import ConfigError
 
 log = logging.getLogger(__name__)
 

@@ -269,7 +269,7 @@ def check_model_output(system: pl.LightningModule, cfg: DictConfig) -> None:
 
 def runs_on_cuda(cfg: DictConfig) -> bool:
     """Whether the configured trainer will run on CUDA GPUs here (``trainer.accelerator``)."""
-    from joint_colsr.resolvers import on_gpu
+    from joint_colsr.run.resolvers import on_gpu
 
     return bool(torch.cuda.is_available() and on_gpu(select(cfg, "trainer.accelerator") or "auto", True, False))
 

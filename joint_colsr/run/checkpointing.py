@@ -12,7 +12,8 @@ from lightning.fabric.utilities.cloud_io import get_filesystem
 from lightning.pytorch.callbacks import ModelCheckpoint
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
-from joint_colsr.outputs import atomic_write
+from joint_colsr.run.moved import upgrade_class_paths
+from joint_colsr.run.outputs import atomic_write
 
 log = logging.getLogger(__name__)
 
@@ -22,7 +23,7 @@ class CheckpointWriteError(RuntimeError):
 
 
 class AtomicCheckpointIO(TorchCheckpointIO):
-    """Write each checkpoint through :func:`joint_colsr.outputs.atomic_write` (a temporary file
+    """Write each checkpoint through :func:`joint_colsr.run.outputs.atomic_write` (a temporary file
     *in the same folder*, fsync, then rename).
 
     Lightning's own writer stages through fsspec's transaction, whose temporary file lives
@@ -66,6 +67,8 @@ def read_checkpoint(path: str | os.PathLike) -> dict[str, Any]:
                          "written by joint_colsr.train (a text file, another tool's file or a truncated copy?)") from None
     if not isinstance(state, dict) or "state_dict" not in state:
         raise ValueError(f"{path} is not a Lightning training checkpoint (no state_dict)")
+    for key in ("run_config", "hyper_parameters"):  # class paths saved before a module moved
+        upgrade_class_paths(state.get(key))
     return state
 
 

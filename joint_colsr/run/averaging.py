@@ -1,6 +1,6 @@
 """An exponential moving average (EMA) of a module's weights that never waits for the device.
 
-Used by the :class:`~joint_colsr.callbacks.EMA` callback (every supervised model) and by
+Used by the :class:`~joint_colsr.run.callbacks.EMA` callback (every supervised model) and by
 :class:`~joint_colsr.systems.gan.GANSystem` (its generator EMA), and by the raw loop of
 ``make bench`` so that both sides of ``lightning_vs_raw_loop`` average the same way.
 """

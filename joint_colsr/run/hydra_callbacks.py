@@ -36,8 +36,8 @@ from hydra.experimental.callback import Callback
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from joint_colsr.outputs import atomic_write
-from joint_colsr.preemption import TrainingInterrupted
+from joint_colsr.run.outputs import atomic_write
+from joint_colsr.run.preemption import TrainingInterrupted
 
 log = logging.getLogger(__name__)
 

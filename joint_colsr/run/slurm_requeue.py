@@ -6,7 +6,7 @@ preemption. :class:`RequeueOnSlurmSignal` turns that warning into: finish the cu
 training step, write ``<run dir>/checkpoints/last.ckpt`` (all ranks together; rank 0
 writes), requeue, exit. The requeued job runs the same command in the same run
 directory, and ``auto_resume`` continues from that checkpoint, so the run ends with the
-weights an uninterrupted run would have (``tests/test_slurm.py`` checks it bit for bit).
+weights an uninterrupted run would have (``tests/ops/test_slurm.py`` checks it bit for bit).
 
 Why not Lightning's own ``SLURMEnvironment(auto_requeue=True)`` handler: it saves
 ``hpc_ckpt_N.ckpt`` from inside the signal handler, wherever the step happens to be
@@ -40,7 +40,7 @@ import lightning.pytorch as pl
 from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 
-from joint_colsr.checkpointing import resume_checkpoint_path
+from joint_colsr.run.checkpointing import resume_checkpoint_path
 
 log = logging.getLogger(__name__)
 

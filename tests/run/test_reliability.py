@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from joint_colsr.assembly import build_system
-from joint_colsr.callbacks import NonFiniteLossError, StopOnNonFinite
-from joint_colsr.checkpointing import AtomicCheckpointIO
-from joint_colsr.resume import find_resume_checkpoint
-from joint_colsr.config_checks import ConfigError, check_config, check_model_output
+from joint_colsr.run.callbacks import NonFiniteLossError, StopOnNonFinite
+from joint_colsr.run.checkpointing import AtomicCheckpointIO
+from joint_colsr.run.resume import find_resume_checkpoint
+from joint_colsr.run.config_checks import ConfigError, check_config, check_model_output
 from joint_colsr.train import train
 
-from .conftest import REPO, assert_bitwise_equal, checkpoint_weights
+from ..conftest import REPO, assert_bitwise_equal, checkpoint_weights
 
 # Tiny, deterministic, with real worker processes: what an exact resume must survive.
 EXACT = [

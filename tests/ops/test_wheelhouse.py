@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from joint_colsr.wheelhouse import (
+from joint_colsr.ops.wheelhouse import (
     WheelhouseError,
     build_wheelhouse,
     is_skipped,
@@ -18,7 +18,7 @@ from joint_colsr.wheelhouse import (
     target_environment,
 )
 
-from .conftest import REPO
+from ..conftest import REPO
 
 
 def test_pins_and_freezes_are_read_by_canonical_name(tmp_path):

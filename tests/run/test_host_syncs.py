@@ -1,7 +1,7 @@
 """No host sync in a training step between logging steps (what would make a GPU wait), found on CPU.
 
 A few training steps of the paper's recipe (and of the default callbacks under trainer=gpu)
-run under :class:`~joint_colsr.syncs.HostReadRecorder`, which records every call that would
+run under :class:`~joint_colsr.run.syncs.HostReadRecorder`, which records every call that would
 block the host on CUDA (``.item()``, ``bool(t)``, ``.cpu()``, ``torch.tensor(..., device=)``...)
 and the training batch it belongs to. Only the first batch (start-up), the logging batches
 (every ``trainer.log_every_n_steps``: Lightning reads the logged values there) and the end of
@@ -16,8 +16,8 @@ import types
 import lightning.pytorch as pl
 import pytest
 
-from joint_colsr.callbacks import StopOnNonFinite
-from joint_colsr.syncs import HostReadRecorder, SyncDebug
+from joint_colsr.run.callbacks import StopOnNonFinite
+from joint_colsr.run.syncs import HostReadRecorder, SyncDebug
 from joint_colsr.train import train
 
 LOG_EVERY = 4
@@ -90,7 +90,7 @@ def test_nan_check_auto_reads_at_logging_steps_on_accelerators():
 
 def test_speed_sync_debug_adds_the_callback_and_checks_its_value(compose_cfg):
     from joint_colsr.assembly import build_callbacks
-    from joint_colsr.config_checks import ConfigError, check_config
+    from joint_colsr.run.config_checks import ConfigError, check_config
 
     cfg = compose_cfg(["debug=tiny", "speed.sync_debug=error"])
     check_config(cfg)

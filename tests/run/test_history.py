@@ -10,11 +10,11 @@ from pathlib import Path
 import pytest
 import torch
 
-from joint_colsr.config_checks import ConfigError
-from joint_colsr.resume import find_resume_checkpoint
+from joint_colsr.run.config_checks import ConfigError
+from joint_colsr.run.resume import find_resume_checkpoint
 from joint_colsr.train import train
 
-from .conftest import folder_locked_elsewhere
+from ..conftest import folder_locked_elsewhere
 from .test_reliability import EXACT
 
 ONE = [*EXACT, "data.num_workers=0", "trainer.max_epochs=1", "logger=csv"]
@@ -96,7 +96,7 @@ def test_a_second_process_in_the_same_run_dir_is_refused(compose_cfg):
     cfg = compose_cfg(ONE)
     run_dir = Path(cfg.paths.output_dir)
     holder = subprocess.Popen([sys.executable, "-c", "import sys, time; from pathlib import Path; "
-                               "from joint_colsr.resume import lock_run_dir\n"
+                               "from joint_colsr.run.resume import lock_run_dir\n"
                                f"with lock_run_dir(Path({str(run_dir)!r})):\n    print('held', flush=True); time.sleep(60)"],
                               stdout=subprocess.PIPE, text=True)
     try:
@@ -178,7 +178,7 @@ def test_a_second_preprocess_into_one_cache_is_refused(image_folder, tmp_path):
 
 
 def test_a_failed_checkpoint_write_is_one_sentence_and_keeps_the_old_file(tmp_path, monkeypatch):
-    from joint_colsr.checkpointing import AtomicCheckpointIO, CheckpointWriteError
+    from joint_colsr.run.checkpointing import AtomicCheckpointIO, CheckpointWriteError
 
     io = AtomicCheckpointIO()
     path = tmp_path / "last.ckpt"

@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from ._cli import output_tail, run_train
-from .conftest import REPO, checkpoint_weights
+from .._cli import output_tail, run_train
+from ..conftest import REPO, checkpoint_weights
 
 LAUNCHER = ["hydra/launcher=slurm"]
 

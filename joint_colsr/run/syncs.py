@@ -89,7 +89,7 @@ class HostReadRecorder(TorchFunctionMode):
 
 
 #: Frames that only pass a call on (torch's dispatch to modes, Tensor's Python dunders).
-_PASS_THROUGH = ("torch/overrides.py", "torch/_tensor.py", "torch/utils/_device.py", "joint_colsr/syncs.py")
+_PASS_THROUGH = ("torch/overrides.py", "torch/_tensor.py", "torch/utils/_device.py", "joint_colsr/run/syncs.py")
 
 
 def _caller() -> str:
@@ -133,7 +133,7 @@ class SyncDebug(Callback):
     def on_train_start(self, trainer: Any, pl_module: Any) -> None:
         self._batches = 0
         if not torch.cuda.is_available():
-            log.warning("speed.sync_debug=%s does nothing without CUDA (use tests/test_host_syncs.py's recorder on CPU)", self.mode)
+            log.warning("speed.sync_debug=%s does nothing without CUDA (use tests/run/test_host_syncs.py's recorder on CPU)", self.mode)
 
     def on_train_batch_start(self, trainer: Any, pl_module: Any, batch: Any, batch_idx: int) -> None:
         self._batches += 1

@@ -12,9 +12,9 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import EMAWeightAveraging, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
-from joint_colsr.averaging import EMAModel
-from joint_colsr.checkpointing import checkpoint_paths
-from joint_colsr.syncs import is_logging_batch
+from joint_colsr.run.averaging import EMAModel
+from joint_colsr.run.checkpointing import checkpoint_paths
+from joint_colsr.run.syncs import is_logging_batch
 from joint_colsr.viz import VALIDATION_COLUMNS, colorization_rows, make_grid, save_png
 
 log = logging.getLogger(__name__)
@@ -234,7 +234,7 @@ class StopOnNonFinite(pl.Callback):
 
 class EMA(EMAWeightAveraging):
     """Lightning's :class:`EMAWeightAveraging` (when to update, validation on the averaged
-    weights, checkpoints holding both) with :class:`~joint_colsr.averaging.EMAModel` as the average.
+    weights, checkpoints holding both) with :class:`~joint_colsr.run.averaging.EMAModel` as the average.
 
     Same update, ``ema = decay * ema + (1 - decay) * current`` per optimizer step, but fused
     into one ``foreach`` op per dtype and with no device-to-host read per step (torch's
