@@ -20,6 +20,7 @@ resume it, one process at a time, and records that are kept, never silently repl
 from __future__ import annotations
 
 import fcntl
+import inspect
 import json
 import logging
 import os
@@ -104,6 +105,29 @@ def _under(key: str, prefixes: tuple[str, ...]) -> bool:
     return any(key == p or key.startswith(p + ".") for p in prefixes)
 
 
+def _constructor_default(current: dict[str, Any], key: str) -> tuple[bool, Any]:
+    """``(True, default)`` when ``key`` names an argument of its parent node's ``_target_``
+    that has a default; ``(False, None)`` otherwise (no target, not importable, no default)."""
+    *parents, name = key.split(".")
+    node: Any = current
+    for part in parents:
+        if not isinstance(node, dict) or part not in node:
+            return False, None
+        node = node[part]
+    target = node.get("_target_") if isinstance(node, dict) else None
+    if not isinstance(target, str):
+        return False, None
+    try:
+        from hydra.utils import get_object
+
+        parameter = inspect.signature(get_object(target)).parameters.get(name)
+    except Exception:  # an unimportable target is reported where the run builds it, not here
+        return False, None
+    if parameter is None or parameter.default is inspect.Parameter.empty:
+        return False, None
+    return True, parameter.default
+
+
 def check_resume_config(saved: dict[str, Any] | None, current: dict[str, Any], ckpt_path: str | Path) -> list[str]:
     """Compare the run's config with the checkpoint's; return the changes applied (logged).
 
@@ -121,6 +145,12 @@ def check_resume_config(saved: dict[str, Any] | None, current: dict[str, Any], c
         before, after = old.get(key, "<unset>"), new.get(key, "<unset>")
         if before == after:
             continue
+        if key not in old:
+            # A key added to the config after this run was written, set to its constructor
+            # default, is what the run used: not a change.
+            has_default, default = _constructor_default(current, key)
+            if has_default and default == after:
+                continue
         if _under(key, FIXED) and not _under(key, CHANGEABLE):
             raise ConfigError(
                 f"cannot resume {ckpt_path} with {key}={after!r}: the run was trained with {key}={before!r} and it "

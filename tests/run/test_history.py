@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from joint_colsr.run.config_checks import ConfigError
-from joint_colsr.run.resume import find_resume_checkpoint
+from joint_colsr.run.resume import check_resume_config, find_resume_checkpoint
 from joint_colsr.train import train
 
 from ..conftest import folder_locked_elsewhere
@@ -54,6 +54,18 @@ def test_a_key_that_cannot_change_fails_naming_both_values(compose_cfg, finished
     assert "auto_resume=false" in message
     with pytest.raises(ConfigError, match="seed"):
         train(compose_cfg([*ONE, "trainer.max_epochs=2", "seed=8"]))
+
+
+def test_a_key_added_after_the_run_counts_only_when_it_differs_from_its_default():
+    saved = {"model": {"_target_": "joint_colsr.nets.JointPaperNet", "input_size": 96}}
+    current = {"model": {**saved["model"], "negative_slope": 0.2}}  # added later, at the constructor default
+    assert check_resume_config(saved, current, "last.ckpt") == []
+    current["model"]["negative_slope"] = 0.3
+    with pytest.raises(ConfigError, match=r"model.negative_slope=0.3.*model.negative_slope='<unset>'"):
+        check_resume_config(saved, current, "last.ckpt")
+    current["model"] = {**saved["model"], "no_such_argument": 1}  # not a constructor argument: a change
+    with pytest.raises(ConfigError, match="no_such_argument"):
+        check_resume_config(saved, current, "last.ckpt")
 
 
 def test_starting_over_moves_the_earlier_attempt_aside(compose_cfg, finished_run):
