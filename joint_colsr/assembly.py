@@ -131,7 +131,9 @@ def _select_on(callbacks: list[pl.Callback], wanted: str, available: str) -> Non
         if isinstance(cb, ModelCheckpoint) and cb.monitor == wanted:
             log.info("the net is GT-L* guided (no own L*): the best checkpoint is chosen by %s", available)
             cb.monitor = available
-            cb.filename = cb.filename.replace(wanted, available) if cb.filename else cb.filename
+            # best-epochEEE-psnr_jointPP.PP -> best-epochEEE-psnrPP.PP: the name says the metric it carries
+            short_wanted, short_available = wanted.split("/")[-1], available.split("/")[-1]
+            cb.filename = cb.filename.replace(short_wanted, short_available) if cb.filename else cb.filename
 
 
 def build_loggers(cfg: DictConfig) -> list[Any]:

@@ -204,8 +204,9 @@ def photo_l_star(rgb: np.ndarray, rows: int = 256) -> Tensor:
     """``(H, W, 3)`` uint8 sRGB -> ``(H, W)`` L* in [0, 100], converted a band of rows at a
     time (the full float L*a*b* of a 12-megapixel photo would take several copies of 144 MB)."""
     out = torch.empty(rgb.shape[:2], dtype=torch.float32)
+    # .copy(): a decoded photo may be a read-only buffer, which torch.from_numpy warns about.
     for y0 in range(0, rgb.shape[0], rows):
-        band = torch.from_numpy(np.ascontiguousarray(rgb[y0: y0 + rows])).permute(2, 0, 1)[None].float() / 255.0
+        band = torch.from_numpy(rgb[y0: y0 + rows].copy()).permute(2, 0, 1)[None].float() / 255.0
         out[y0: y0 + rows] = rgb_to_lab(band)[0, 0]
     return out
 

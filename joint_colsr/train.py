@@ -223,13 +223,15 @@ def _finish_wandb(trainer: pl.Trainer, summary: dict[str, Any], exit_code: int) 
 
 
 def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
-    psnr, gray = metrics.get("val/psnr"), metrics.get("val/psnr_gray")
+    psnr, gray, joint = metrics.get("val/psnr"), metrics.get("val/psnr_gray"), metrics.get("val/psnr_joint")
     lines = []
     if isinstance(psnr, float) and isinstance(gray, float):
         lines.append(
-            f"Validation PSNR (GT L* + predicted a*b*, 8-bit sRGB): {psnr:.2f} dB | "
-            f"gray baseline (a*=b*=0): {gray:.2f} dB | gain {psnr - gray:+.2f} dB"
+            f"Validation psnr (GT L* + predicted a*b*, 8-bit sRGB): {psnr:.2f} dB | "
+            f"psnr_gray (GT L*, a*=b*=0): {gray:.2f} dB | gain {psnr - gray:+.2f} dB"
         )
+    if isinstance(joint, float):
+        lines.append(f"Validation psnr_joint (own L* + predicted a*b*, what the best checkpoint is chosen by): {joint:.2f} dB")
     grid = output_dir / "images" / "val_latest.png"
     if grid.exists():
         lines.append(f"Validation grid: {grid}")

@@ -1,5 +1,7 @@
 """predict: tiled inference on any size (seamless, bounded tiles), reference mode = the eval protocol."""
 
+import os
+import warnings
 from fractions import Fraction
 
 import numpy as np
@@ -79,8 +81,15 @@ def test_predict_photo_and_reference_modes(tiny_ckpt, tmp_path):
     photo_out = tmp_path / "photo"
     cfg = compose_config("predict", [f"ckpt_path={tiny_ckpt}", f"input_dir={inputs}", f"output_dir={photo_out}",
                                      "tile_size=48", "tile_overlap=12", "device=cpu"], output_dir=tmp_path / "run1")
-    result = predict(cfg)
+    old_umask = os.umask(0o002)  # a group-shared output folder: the group can read what predict writes
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # our code raises no warnings of its own (issue 25)
+            result = predict(cfg)
+    finally:
+        os.umask(old_umask)
     assert result["written"] == 2 and len(result["skipped"]) == 1
+    assert (photo_out / "colour.png").stat().st_mode & 0o777 == 0o664
     colour_png = np.asarray(Image.open(photo_out / "colour.png"))
     gray_png = np.asarray(Image.open(photo_out / "sub" / "gray.png"))
     assert colour_png.shape == gray_png.shape == (round(70 * 8 / 3), round(110 * 8 / 3), 3)

@@ -44,7 +44,8 @@ def test_tiny_run_writes_metrics_checkpoint_and_grid(compose_cfg):
     assert system.net.input_size == 96
     out_ab = system.eval()(torch.zeros(1, 1, 96, 96))
     assert out_ab.shape == (1, 2, 256, 256)
-    assert os.path.exists(os.path.join(out, "images", "val_latest.png"))
+    # The latest grid and the best epoch's; every epoch's only with keep_all=true.
+    assert sorted(os.listdir(os.path.join(out, "images"))) == ["val_best_epoch000.png", "val_latest.png"]
     assert os.path.exists(os.path.join(out, "csv", "metrics.csv"))
     # What a user needs and no copy: the last checkpoint and the best one.
     kept = sorted(os.listdir(os.path.join(out, "checkpoints")))
@@ -58,6 +59,17 @@ def test_resume_continues_from_checkpoint(compose_cfg, tmp_path):
     second = compose_cfg([*TINY, "trainer.max_epochs=2", f"ckpt_path={ckpt}"])
     metrics = train(second)
     assert metrics["global_step"] == 4 and metrics["epochs"] == 2
+    # Still one best grid after the resume (the callback's best value travels in the checkpoint).
+    images = sorted(os.listdir(os.path.join(second.paths.output_dir, "images")))
+    assert len(images) == 2 and images[-1] == "val_latest.png" and images[0].startswith("val_best_epoch"), images
+
+
+def test_keep_all_keeps_every_epochs_grid(compose_cfg):
+    cfg = compose_cfg([*TINY, "trainer.max_epochs=2", "callbacks.validation_grid.keep_all=true"])
+    train(cfg)
+    images = sorted(os.listdir(os.path.join(cfg.paths.output_dir, "images")))
+    assert {"val_epoch000.png", "val_epoch001.png", "val_latest.png"} <= set(images), images
+    assert len([n for n in images if n.startswith("val_best_epoch")]) == 1, images
 
 
 def test_seed_zero_is_a_real_seed(compose_cfg):

@@ -34,8 +34,11 @@ def test_wheel_installs_into_a_fresh_venv_and_trains_from_any_folder(tmp_path):
     for name in ("joint_colsr", "conf"):
         shutil.copytree(REPO / name, src / name, ignore=shutil.ignore_patterns("__pycache__"))
     # Offline: the build uses this environment's setuptools (a dev dependency).
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-q", "-w", tmp_path / "dist", src],
-         cwd=tmp_path)
+    build = _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "--no-index", "-v", "-w", tmp_path / "dist", src],
+                 cwd=tmp_path)
+    ours = [line for line in (build.stdout + build.stderr).splitlines()
+            if "BuildBackendWarning" in line or "would be ignored" in line or "Deprecat" in line]
+    assert ours == [], "building the wheel warns about our metadata (pyproject.toml):\n" + "\n".join(ours)
     (wheel,) = (tmp_path / "dist").glob("joint_colsr-*.whl")
 
     names = set(zipfile.ZipFile(wheel).namelist())

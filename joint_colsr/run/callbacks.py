@@ -25,38 +25,80 @@ class ValidationImageGrid(pl.Callback):
 
     Columns (titled in the picture): input L* upscaled (bicubic) | prediction (ground-truth
     L* + predicted a*b*) | ground truth; each row is captioned with the prediction's PSNR and
-    the gray image's. Files: ``DIR/val_epoch{NNN}.png`` and ``DIR/val_latest.png``. Loggers that
-    take images (wandb) get it as ``val/examples``.
+    the gray image's. Files in ``dirpath``: ``val_latest.png`` (every epoch) and
+    ``val_best_epoch{NNN}.png``, the grid of the epoch the best checkpoint holds (by that
+    checkpoint's monitored metric; the previous best grid is replaced). ``keep_all=True`` also
+    keeps ``val_epoch{NNN}.png`` of every epoch (about 2 MB each at 8 rows of 256 px).
+    Loggers that take images (wandb) get every epoch's grid as ``val/examples``.
 
     Args:
         dirpath: where PNGs go.
         num_images: rows of the grid.
+        keep_all: keep every epoch's grid as well.
     """
 
-    def __init__(self, dirpath: str, num_images: int = 8) -> None:
+    def __init__(self, dirpath: str, num_images: int = 8, keep_all: bool = False) -> None:
         super().__init__()
         self.dirpath = Path(dirpath)
         self.num_images = num_images
-        self.last_path: Path | None = None
+        self.keep_all = keep_all
+        self.best_path: Path | None = None
+        self._best: float | None = None
+        self._grid: Any = None
 
     @rank_zero_only
     def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        self._grid = None
         examples = getattr(pl_module, "val_examples", None)
         if not examples or trainer.sanity_checking:
             return
         rows = colorization_rows(
             examples["l_lowres"], examples["l_highres"], examples["ab_pred"], examples["rgb_target"], limit=self.num_images
         )
-        grid = make_grid(rows, column_titles=VALIDATION_COLUMNS)
+        self._grid = make_grid(rows, column_titles=VALIDATION_COLUMNS)
+
+    @rank_zero_only
+    def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # Here, not at epoch end: the epoch's metrics are final only now (the best-so-far test
+        # reads the value the checkpoint callback, which runs after this one, compares).
+        grid, self._grid = self._grid, None
+        if grid is None:
+            return
         epoch = trainer.current_epoch
-        self.last_path = save_png(grid, self.dirpath / f"val_epoch{epoch:03d}.png")
         save_png(grid, self.dirpath / "val_latest.png")
+        if self.keep_all:
+            save_png(grid, self.dirpath / f"val_epoch{epoch:03d}.png")
+        if self._is_best(trainer):
+            previous, self.best_path = self.best_path, save_png(grid, self.dirpath / f"val_best_epoch{epoch:03d}.png")
+            if previous is not None and previous != self.best_path:
+                previous.unlink(missing_ok=True)
         for logger in trainer.loggers:
             if hasattr(logger, "log_image"):
                 logger.log_image(
                     key="val/examples", images=[grid], step=trainer.global_step,
                     caption=[" | ".join(VALIDATION_COLUMNS)],
                 )
+
+    def _is_best(self, trainer: pl.Trainer) -> bool:
+        selecting = [cb for cb in trainer.checkpoint_callbacks if getattr(cb, "monitor", None)]
+        if not selecting:
+            return False
+        monitor, mode = selecting[0].monitor, selecting[0].mode
+        value = trainer.callback_metrics.get(monitor)
+        if value is None or not torch.isfinite(torch.as_tensor(value)):
+            return False
+        value = float(value)
+        better = self._best is None or (value > self._best if mode == "max" else value < self._best)
+        if better:
+            self._best = value
+        return better
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"best": self._best, "best_path": str(self.best_path) if self.best_path else None}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._best = state_dict.get("best")
+        self.best_path = Path(state_dict["best_path"]) if state_dict.get("best_path") else None
 
 
 class ProgressBar(TQDMProgressBar):
@@ -89,7 +131,13 @@ class ProgressBar(TQDMProgressBar):
         self._shown = {}
 
     def get_metrics(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> dict[str, Any]:
-        return {**super().get_metrics(trainer, pl_module), **{k: f"{v:.4g}" for k, v in self._shown.items()}}
+        shown = super().get_metrics(trainer, pl_module)
+        # PSNRs to 2 decimals, as the final line and the checkpoint names print them (tqdm's
+        # 3 significant digits would show 21.33 as 21.30).
+        for key, value in shown.items():
+            if "psnr" in key and isinstance(value, (int, float)):
+                shown[key] = f"{value:.2f}"
+        return {**shown, **{k: f"{v:.4g}" for k, v in self._shown.items()}}
 
 
 class NonFiniteLossError(RuntimeError):

@@ -16,6 +16,19 @@ from pathlib import Path
 from typing import IO, Any, Iterable, Iterator
 
 
+def _umask() -> int:
+    """The process umask, read without changing it where the OS tells (Linux: /proc)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)  # elsewhere: set and restore (no file is created in between)
+    os.umask(mask)
+    return mask
+
+
 @contextmanager
 def atomic_write(path: str | os.PathLike, mode: str = "w", fsync: bool = True) -> Iterator[IO[Any]]:
     """Open a temporary file beside ``path`` for writing; on success fsync it and rename it onto ``path``.
@@ -23,7 +36,8 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", fsync: bool = True) -
     The temporary file lives in the *same folder*: a rename within one filesystem is atomic
     on POSIX (a temp file in the system temp folder, on another filesystem, would be copied,
     and a kill during the copy leaves a truncated file). On an exception the temporary file
-    is removed and ``path`` is untouched.
+    is removed and ``path`` is untouched. The file gets the mode any program's new file gets
+    (0666 less the umask), not ``mkstemp``'s private 0600: a group-shared folder stays shared.
 
     Args:
         path: the file to (re)write; its folder is created if needed.
@@ -36,6 +50,7 @@ def atomic_write(path: str | os.PathLike, mode: str = "w", fsync: bool = True) -
     path.parent.mkdir(parents=True, exist_ok=True)
     fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
+        os.fchmod(fd, 0o666 & ~_umask())
         with os.fdopen(fd, mode) as handle:
             yield handle
             handle.flush()
