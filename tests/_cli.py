@@ -7,7 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from .conftest import REPO
+from .conftest import REPO, hang_bound
 
 
 def run_train(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.CompletedProcess:
@@ -17,7 +17,7 @@ def run_train(args: list[str], cwd: Path, timeout: int = 300) -> subprocess.Comp
     for key in ("WANDB_NAME", "WANDB_RUN_GROUP", "LOCAL_RANK", "RANK", "WORLD_SIZE", "SLURM_PROCID", "SLURM_NTASKS"):
         env.pop(key, None)
     return subprocess.run([sys.executable, "-m", "joint_colsr.train", *args], cwd=cwd, env=env,
-                          capture_output=True, text=True, timeout=timeout)
+                          capture_output=True, text=True, timeout=hang_bound(timeout))
 
 
 def output_tail(proc: subprocess.CompletedProcess, n: int = 3000) -> str:

@@ -11,11 +11,14 @@ import lightning.pytorch as pl
 
 class SignalAt(pl.Callback):
     """Send ``signum`` to this process once, after training step ``step`` (global, 1-based count
-    of optimizer steps done) or after validation batch ``val_batch`` of epoch ``epoch``."""
+    of optimizer steps done), after validation batch ``val_batch`` of epoch ``epoch``, or (with
+    ``epoch_end=True``) at the end of epoch ``epoch``, after its validation and before the
+    checkpoint callbacks' end-of-epoch saves."""
 
-    def __init__(self, signum: str = "SIGTERM", step: int | None = None, epoch: int = 0, val_batch: int | None = None) -> None:
+    def __init__(self, signum: str = "SIGTERM", step: int | None = None, epoch: int = 0, val_batch: int | None = None,
+                 epoch_end: bool = False) -> None:
         self.signum = signal.Signals[signum]
-        self.step, self.epoch, self.val_batch = step, epoch, val_batch
+        self.step, self.epoch, self.val_batch, self.epoch_end = step, epoch, val_batch, epoch_end
         self.sent = False
 
     def _send(self) -> None:
@@ -30,4 +33,8 @@ class SignalAt(pl.Callback):
     def on_validation_batch_end(self, trainer, pl_module, outputs, batch, batch_idx, dataloader_idx=0) -> None:
         if (self.val_batch is not None and not trainer.sanity_checking and trainer.current_epoch == self.epoch
                 and batch_idx == self.val_batch):
+            self._send()
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        if self.epoch_end and trainer.current_epoch == self.epoch:
             self._send()

@@ -279,7 +279,7 @@ def test_builds_killed_at_random_points_resume_byte_identical(tmp_path):
 
     from PIL import Image
 
-    from .conftest import REPO, random_photo
+    from .conftest import REPO, hang_bound, random_photo
 
     rng = np.random.default_rng(3)
     photos = tmp_path / "photos"
@@ -295,7 +295,7 @@ def test_builds_killed_at_random_points_resume_byte_identical(tmp_path):
         cache = tmp_path / f"killed{kill}"
         proc = subprocess.Popen([sys.executable, "-c", _BUILD_SCRIPT, str(photos), str(cache)], env=env,
                                 start_new_session=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        lines, deadline = cache / "shards.jsonl", time.monotonic() + 120
+        lines, deadline = cache / "shards.jsonl", time.monotonic() + hang_bound(120)
         # Kill once `kill` shard lines are written, a random moment later: before, during and
         # between shard writes and line appends.
         while time.monotonic() < deadline and proc.poll() is None:

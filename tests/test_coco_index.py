@@ -14,6 +14,7 @@ from joint_colsr.data import ColSRDataModule
 from joint_colsr.data.coco import CocoSource, heldout_keys
 from joint_colsr.data.coco_index import BESIDE_DATA, load_index, parse_instances
 
+from .conftest import hang_bound
 from .test_coco import make_tiny_coco
 
 
@@ -173,9 +174,9 @@ def test_concurrent_builders_parse_once_and_all_read_the_same_index(tmp_path):
     procs = [ctx.Process(target=_build, args=(path, barrier, results)) for _ in range(4)]
     for p in procs:
         p.start()
-    got = [results.get(timeout=120) for _ in procs]
+    got = [results.get(timeout=hang_bound(120)) for _ in procs]
     for p in procs:
-        p.join(timeout=60)
+        p.join(timeout=hang_bound(60))
         assert p.exitcode == 0
     assert sorted(origin for origin, _, _ in got) == ["parsed", "read", "read", "read"]
     assert all(g[1:] == got[0][1:] for g in got) and len(got[0][1]) == 2000

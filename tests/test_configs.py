@@ -10,7 +10,7 @@ import torch
 from joint_colsr.assembly import build_datamodule, build_system, resolved_config
 from joint_colsr.run.config_checks import ConfigError, check_config
 
-from .conftest import CONF_DIR, REPO
+from .conftest import CONF_DIR, REPO, hang_bound
 
 
 def _options(group: str) -> list[str]:
@@ -80,7 +80,7 @@ def test_bad_configs_fail_at_startup(compose_cfg, overrides, match):
 def _cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
         [sys.executable, "-m", "joint_colsr.train", *args, "hydra.run.dir=/tmp/joint_colsr_cli_test", "trainer.max_epochs=0"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO, capture_output=True, text=True, timeout=hang_bound(300),
     )
 
 

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from .conftest import REPO
+from .conftest import REPO, hang_bound
 
 SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
 
@@ -30,7 +30,7 @@ def test_scripts_are_installed_as_declared():
 def test_eval_command_runs():
     exe = Path(sys.executable).with_name("joint-colsr-eval")
     proc = subprocess.run([str(exe), "--cfg", "job", "baseline=gray", "data=folder", "data.root=/nowhere"],
-                          capture_output=True, text=True, timeout=300)
+                          capture_output=True, text=True, timeout=hang_bound(300))
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert "baseline: gray" in proc.stdout  # the composed eval config, printed by Hydra
 
@@ -41,7 +41,7 @@ def _command(module: str, *args: str, cwd: Path, env: dict | None = None) -> sub
     base.update({"PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **(env or {})})
     base = {k: v for k, v in base.items() if v is not None}
     return subprocess.run([sys.executable, "-m", f"joint_colsr.{module}", *args], cwd=cwd, env=base, capture_output=True,
-                          text=True, timeout=300, stdin=subprocess.DEVNULL)
+                          text=True, timeout=hang_bound(300), stdin=subprocess.DEVNULL)
 
 
 @pytest.mark.parametrize("module,key", [("train", "trainer.max_steps=N"), ("eval", "ckpt_path=CKPT"),
@@ -93,5 +93,5 @@ def test_wandb_without_an_account_says_how_to_run_offline(tmp_path):
 def test_wandb_is_imported_only_when_used(tmp_path):
     code = "import sys, joint_colsr.train, joint_colsr.eval, joint_colsr.predict; print('wandb' in sys.modules)"
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=hang_bound(120))
     assert proc.stdout.strip() == "False", proc.stderr[-2000:]

@@ -11,14 +11,14 @@ import torch
 
 from joint_colsr.bench.gpu_check import NO_GPU_EXIT, determinism, small_run, write_synthetic_cache
 
-from .conftest import REPO
+from .conftest import REPO, hang_bound
 
 
 @pytest.mark.skipif(torch.cuda.is_available(), reason="this machine has a GPU")
 def test_without_a_gpu_it_says_so_in_one_line_and_fails():
     env = {**os.environ, "PYTHONPATH": str(REPO)}
     proc = subprocess.run([sys.executable, "-m", "joint_colsr.bench", "--gpu-check"], cwd=REPO, env=env,
-                          capture_output=True, text=True, timeout=120)
+                          capture_output=True, text=True, timeout=hang_bound(120))
     assert proc.returncode == NO_GPU_EXIT
     lines = (proc.stdout + proc.stderr).strip().splitlines()
     assert len(lines) == 1 and lines[0].startswith("gpu-check: no CUDA GPU"), lines

@@ -9,7 +9,7 @@ import pytest
 from joint_colsr.run.config_checks import ConfigError
 from joint_colsr.report import load_runs, report, varying_keys
 
-from .conftest import REPO, compose_config
+from .conftest import REPO, compose_config, hang_bound
 
 
 def _multirun(root, runs):
@@ -54,7 +54,7 @@ def test_cli_takes_the_directory_positionally(sweep, tmp_path):
     proc = subprocess.run(
         [sys.executable, "-m", "joint_colsr.report", str(sweep), f"out_dir={out}", "metric=psnr_joint",
          f"hydra.run.dir={tmp_path / 'hydra'}"],
-        cwd=REPO, capture_output=True, text=True, timeout=300,
+        cwd=REPO, capture_output=True, text=True, timeout=hang_bound(300),
     )
     assert proc.returncode == 0, proc.stderr[-2000:]
     assert (out / "report.md").exists() and (out / "report_psnr_joint.png").exists()

@@ -13,7 +13,7 @@ from joint_colsr.run.config_checks import check_config
 from joint_colsr.run.hydra_callbacks import aggregate_over_seeds, confidence_interval
 
 from ._cli import output_tail, run_train
-from .conftest import CONF_DIR
+from .conftest import CONF_DIR, hang_bound
 
 SWEEPS = sorted(p.stem for p in (CONF_DIR / "sweep").glob("*.yaml"))
 MODELS = {p.stem for p in (CONF_DIR / "model").glob("*.yaml")}
@@ -208,7 +208,7 @@ def test_every_sweep_has_a_one_command_script_that_runs(tmp_path):
     assert all(os.access(REPO / "experiments" / f"{s}.sh", os.X_OK) for s in scripts)
     env = {**os.environ, "PYTHON": sys.executable, "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
     done = subprocess.run([str(REPO / "experiments" / "seeds.sh"), "debug=tiny", "seed=0,1", f"hydra.sweep.dir={tmp_path}"],
-                          env=env, capture_output=True, text=True, timeout=300)
+                          env=env, capture_output=True, text=True, timeout=hang_bound(300))
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((tmp_path / "sweep_summary.json").read_text())
     assert summary["completed"] == 2 and summary["failed"] == 0

@@ -81,21 +81,32 @@ class LastCheckpoint(ModelCheckpoint):
     """:class:`ModelCheckpoint` that also writes ``last.ckpt`` at the end of every epoch,
     whatever else triggers it (``every_n_train_steps=N`` adds step saves). Lightning, given
     only the step trigger, stops saving at epoch ends (and refuses both triggers together);
-    with ``save_top_k=0`` it saves ``last`` only when a top-k file was written. Saves at
-    the same step are not repeated."""
+    with ``save_top_k=0`` it saves ``last`` only when a top-k file was written.
+
+    The end-of-epoch save is written even when a save at the same step came before it, and
+    no step save is made on an epoch's last batch: a checkpoint holding "last batch done,
+    epoch not ended" resumes in Lightning 2.6 without the next epoch's start (its counters
+    stay one epoch behind, its epoch-end LR step is skipped), so a second resume from a later
+    checkpoint trains an extra epoch. The epoch-end save that follows covers that step."""
 
     def _save_last_now(self, trainer: Any) -> None:
         if self.save_last and not self._should_skip_saving_checkpoint(trainer):
             self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))
 
+    def on_train_batch_end(self, trainer: Any, pl_module: Any, outputs: Any, batch: Any, batch_idx: int) -> None:
+        if trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return
+        super().on_train_batch_end(trainer, pl_module, outputs, batch, batch_idx)
+
     def on_train_epoch_end(self, trainer: Any, pl_module: Any) -> None:
         super().on_train_epoch_end(trainer, pl_module)
-        self._save_last_now(trainer)
+        if self.save_last and not (trainer.fast_dev_run or trainer.sanity_checking):
+            self._save_last_checkpoint(trainer, self._monitor_candidates(trainer))  # the epoch's end state, always
 
     def on_validation_end(self, trainer: Any, pl_module: Any) -> None:
         super().on_validation_end(trainer, pl_module)
         if not trainer.sanity_checking and trainer.fit_loop.epoch_loop._num_ready_batches_reached():
-            self._save_last_now(trainer)  # the epoch's own validation: its end state
+            self._save_last_now(trainer)  # the epoch's own validation (rewritten at the epoch's end)
 
 
 def checkpoint_paths(trainer: Any) -> dict[str, str | None]:

@@ -17,7 +17,7 @@ import pytest
 import torch
 
 from .._cli import output_tail, run_train
-from ..conftest import REPO, checkpoint_weights
+from ..conftest import REPO, checkpoint_weights, hang_bound
 
 LAUNCHER = ["hydra/launcher=slurm"]
 
@@ -68,7 +68,7 @@ def test_sweep_through_sbatch_reports_the_failed_job(slurm_cluster, tmp_path):
     # The launcher returns once the job's result file exists; SLURM may still list the task as
     # completing for a moment after that (epilog, accounting), longer on a loaded machine. Wait,
     # with a deadline that only bounds a hang, instead of racing the scheduler.
-    slurm_cluster.wait_until_empty(timeout=180.0)
+    slurm_cluster.wait_until_empty(timeout=hang_bound(180))
 
 
 @pytest.mark.slow
@@ -126,13 +126,13 @@ def test_warning_signal_checkpoints_requeues_and_resumes_to_the_same_weights(slu
                               f"+callbacks.pause.marker={marker}", f"hydra.sweep.dir={sweep_dir}"],
                              cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
-        deadline = time.monotonic() + 180
+        deadline = time.monotonic() + hang_bound(180)
         while not marker.exists() and sweep.poll() is None and time.monotonic() < deadline:
             time.sleep(0.2)
         assert marker.exists(), "the job never reached step 3"
         slurm_cluster.run("scancel", "--signal=USR2", marker.read_text())
-        out, _ = sweep.communicate(timeout=240)
-        _, ref_err = reference.communicate(timeout=240)
+        out, _ = sweep.communicate(timeout=hang_bound(240))
+        _, ref_err = reference.communicate(timeout=hang_bound(240))
     finally:
         for proc in (sweep, reference):
             if proc.poll() is None:

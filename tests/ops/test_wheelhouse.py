@@ -18,7 +18,7 @@ from joint_colsr.ops.wheelhouse import (
     target_environment,
 )
 
-from ..conftest import REPO
+from ..conftest import REPO, hang_bound
 
 
 def test_pins_and_freezes_are_read_by_canonical_name(tmp_path):
@@ -65,10 +65,10 @@ def test_a_small_wheelhouse_installs_offline(tmp_path):
     venv.create(env_dir, with_pip=True)
     python = env_dir / "bin" / "python"
     install = subprocess.run([str(python), "-m", "pip", "install", "--no-index", "--find-links", str(house), "omegaconf"],
-                             capture_output=True, text=True, timeout=300)
+                             capture_output=True, text=True, timeout=hang_bound(300))
     assert install.returncode == 0, install.stderr[-2000:]
     check = subprocess.run([str(python), "-c", "import omegaconf, yaml, antlr4; print(omegaconf.__version__)"],
-                           capture_output=True, text=True, timeout=60)
+                           capture_output=True, text=True, timeout=hang_bound(60))
     assert check.stdout.strip() == read_pins(REPO / "requirements" / "constraints.txt")["omegaconf"], check.stderr
     # And a planned skip really is left out: with PyYAML provided, no PyYAML wheel.
     other = build_wheelhouse(tmp_path / "other", ["omegaconf"], {}, {"pyyaml": "6.0"}, host)

@@ -16,7 +16,7 @@ from joint_colsr.run.preemption import TrainingInterrupted
 from joint_colsr.train import train
 
 from .._cli import output_tail, run_train
-from ..conftest import assert_bitwise_equal, checkpoint_weights
+from ..conftest import assert_bitwise_equal, checkpoint_weights, hang_bound
 from .test_reliability import EXACT
 
 # 3 epochs of 4 steps (8 samples, batch 2), 2 validation batches per epoch.
@@ -114,12 +114,12 @@ def test_external_sigterm_in_a_multirun_exits_143_and_is_summarized(tmp_path):
     proc = subprocess.Popen([sys.executable, "-m", "joint_colsr.train", *args], cwd=REPO, env=env,
                             stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     last = sweep / "0" / "checkpoints" / "last.ckpt"
-    deadline = time.time() + 240
-    while time.time() < deadline and proc.poll() is None and not last.exists():
+    deadline = time.monotonic() + hang_bound(240)
+    while time.monotonic() < deadline and proc.poll() is None and not last.exists():
         time.sleep(0.1)
     assert proc.poll() is None, proc.communicate()[0][-3000:]
     proc.send_signal(signal.SIGTERM)
-    out = proc.communicate(timeout=240)[0]
+    out = proc.communicate(timeout=hang_bound(240))[0]
     assert proc.returncode == 143, out[-3000:]
     assert "training interrupted by SIGTERM" in out
     summary = json.loads((sweep / "sweep_summary.json").read_text())

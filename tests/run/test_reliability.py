@@ -8,7 +8,6 @@ import re
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
@@ -21,7 +20,7 @@ from joint_colsr.run.resume import find_resume_checkpoint
 from joint_colsr.run.config_checks import ConfigError, check_config, check_model_output
 from joint_colsr.train import train
 
-from ..conftest import REPO, assert_bitwise_equal, checkpoint_weights
+from ..conftest import REPO, assert_bitwise_equal, checkpoint_weights, hang_bound
 
 # Tiny, deterministic, with real worker processes: what an exact resume must survive.
 EXACT = [
@@ -115,36 +114,29 @@ def _train_cmd(run_dir: Path, *extra: str) -> list[str]:
 
 def test_sigkill_at_several_points_then_auto_resume(tmp_path):
     """Kill a training process with SIGKILL at several points; rerunning the same run
-    directory continues from last.ckpt and ends with the same weights as an unbroken run."""
+    directory continues from last.ckpt and ends with the same weights as an unbroken run.
+    The process kills itself at a chosen step (tests._faults.SignalAt), so the points do not
+    depend on how fast a watcher is scheduled on a loaded machine."""
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "WANDB_MODE": "offline"}
     ref_dir = tmp_path / "ref"
-    subprocess.run(_train_cmd(ref_dir, "trainer.max_epochs=3"), cwd=REPO, env=env, check=True, capture_output=True, timeout=600)
+    subprocess.run(_train_cmd(ref_dir, "trainer.max_epochs=3"), cwd=REPO, env=env, check=True, capture_output=True, timeout=hang_bound(600))
     ref = checkpoint_weights(ref_dir / "checkpoints" / "last.ckpt")
 
     run_dir = tmp_path / "killed"
     last = run_dir / "checkpoints" / "last.ckpt"
-    kills = 0
-    for target_step in (1, 5, 9):  # inside epochs 0, 1 and 2 (4 steps each)
-        proc = subprocess.Popen(_train_cmd(run_dir, "trainer.max_epochs=3"), cwd=REPO, env=env,
-                                stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-        deadline = time.time() + 300
-        while time.time() < deadline and proc.poll() is None:
-            if last.exists():
-                try:
-                    step = torch.load(last, map_location="cpu", weights_only=False)["global_step"]
-                except Exception:  # being replaced right now: the rename is atomic, so retry
-                    step = -1
-                if step >= target_step:
-                    break
-            time.sleep(0.05)
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGKILL)
-            kills += 1
-        proc.wait()
+    # Epochs have 4 steps. Step 5 follows a resume from inside epoch 0 and ends the epoch-0
+    # checkpoint's life (a step save on an epoch's last batch used to make the third resume
+    # train a whole extra epoch); "end of epoch 1" dies after its validation, before its save.
+    points = (["+callbacks.fault.step=2"], ["+callbacks.fault.step=5"],
+              ["+callbacks.fault.epoch_end=true", "+callbacks.fault.epoch=1"], ["+callbacks.fault.step=10"])
+    for point in points:
+        proc = subprocess.run(_train_cmd(run_dir, "trainer.max_epochs=3", "+callbacks.fault._target_=tests._faults.SignalAt",
+                                         "+callbacks.fault.signum=SIGKILL", *point),
+                              cwd=REPO, env=env, capture_output=True, text=True, timeout=hang_bound(600))
+        assert proc.returncode == -signal.SIGKILL, (point, proc.returncode, proc.stderr[-2000:])
         # Whatever the moment of death, last.ckpt loads.
         assert find_resume_checkpoint(run_dir) is not None
-    assert kills >= 2, "training finished before it could be killed: the test lost its point"
-    done = subprocess.run(_train_cmd(run_dir, "trainer.max_epochs=3"), cwd=REPO, env=env, capture_output=True, text=True, timeout=600)
+    done = subprocess.run(_train_cmd(run_dir, "trainer.max_epochs=3"), cwd=REPO, env=env, capture_output=True, text=True, timeout=hang_bound(600))
     assert done.returncode == 0, done.stderr[-2000:]
     final = torch.load(last, map_location="cpu", weights_only=False)
     assert final["global_step"] == 12
