@@ -204,10 +204,18 @@ class Evaluator(pl.LightningModule):
         psnr = row["psnr"]
         if len(self.best) < n or psnr > self.best[-1][0]:
             self.best = sorted([*self.best, (psnr, row["index"], images())], key=lambda e: (-e[0], e[1]))[:n]
-        if len(self.worst) < n or psnr < self.worst[-1][0]:
-            self.worst = sorted([*self.worst, (psnr, row["index"], images())], key=lambda e: (e[0], e[1]))[:n]
+        if len(self.worst) < n or psnr <= self.worst[-1][0]:  # <=: a later tie ranks worse
+            # The exact reverse of the best order (ties included), so that the best k and the
+            # worst k of 2k or more images never share a photo.
+            self.worst = sorted([*self.worst, (psnr, row["index"], images())], key=lambda e: (e[0], -e[1]))[:n]
         if self.grid_category and self.grid_category in row["categories"] and len(self.category_examples) < n:
             self.category_examples.append(images())
+
+    def best_worst_pairs(self) -> list[tuple[tuple[float, int, list[Tensor]], tuple[float, int, list[Tensor]]]]:
+        """Rows of ``best_worst.png``: (best, worst) pairs, best first. With fewer than
+        2 x ``num_examples`` photos each side gets half of them, so no photo appears twice."""
+        shown = min(len(self.best), len(self.worst), len(self.rows) // 2)
+        return list(zip(self.best[:shown], self.worst[:shown]))
 
 
 def excluded_photos(photos: Mapping[str, str]) -> dict[str, Any]:
@@ -376,9 +384,10 @@ def write_outputs(output_dir: Path, metrics: dict[str, Any], rows: list[dict[str
         for row in sorted(rows, key=lambda r: r["index"]):
             writer.writerow({**{k: ("" if v is None else v) for k, v in row.items()}, "categories": ";".join(row["categories"]), "supercategories": ";".join(row["supercategories"])})
 
-    if evaluator.best:
+    pairs = evaluator.best_worst_pairs()
+    if pairs:
         # Best on the left, worst on the right; each row's first image names its PSNR (GT L* / own L*).
-        grid_rows = [b[2] + w[2] for b, w in zip(evaluator.best, evaluator.worst)]
+        grid_rows = [b[2] + w[2] for b, w in pairs]
         titles = [f"best: {EVALUATION_COLUMNS[0]}", *EVALUATION_COLUMNS[1:], f"worst: {EVALUATION_COLUMNS[0]}", *EVALUATION_COLUMNS[1:]]
         save_png(make_grid(grid_rows, column_titles=titles), output_dir / "best_worst.png")
     if evaluator.category_examples:

@@ -200,6 +200,8 @@ def _run_name(run: dict[str, Any]) -> str:
 
 
 def _cell(value: Any) -> Any:
+    if isinstance(value, int) and not isinstance(value, bool):
+        return value  # counts (params, steps, epochs) print as integers, not 24643.00
     number = _number(value)
     return number if number is not None else ("" if value is None else value)
 

@@ -220,3 +220,23 @@ def test_evaluator_keeps_only_uint8_copies_of_its_example_images(monkeypatch):
     for row, same in zip(evaluator.rows, whole.rows, strict=True):
         assert row["index"] == same["index"]
         assert all(row[k] == pytest.approx(same[k], rel=1e-5, abs=1e-5) for k in ("psnr", "ssim", "psnr_joint", "auc_ab", "psnr_gray"))
+
+
+@pytest.mark.parametrize("psnrs", [[20.0, 22.0, 22.0, 21.0, 19.5], [21.0] * 5, [20.0, 23.0], [25.0]])
+def test_best_worst_never_shows_a_photo_twice(monkeypatch, psnrs):
+    import torch
+
+    import joint_colsr.eval as eval_module
+
+    monkeypatch.setattr(eval_module, "evaluation_row", lambda *a: [])  # pictures are not the point here
+    evaluator = eval_module.Evaluator(torch.nn.Identity(), crop_border=0, num_examples=3, grid_category=None)
+    for i, psnr in enumerate(psnrs):
+        row = {"index": i, "key": f"p{i}", "psnr": psnr, "psnr_joint": None, "categories": []}
+        evaluator.rows.append(row)
+        evaluator._keep_examples(row, None, None, None, None)
+    pairs = evaluator.best_worst_pairs()
+    best, worst = [b[1] for b, _ in pairs], [w[1] for _, w in pairs]
+    assert len(pairs) == min(3, len(psnrs) // 2)
+    assert not set(best) & set(worst), (best, worst)
+    ranked = sorted(range(len(psnrs)), key=lambda i: (-psnrs[i], i))
+    assert best == ranked[:len(pairs)] and worst == ranked[::-1][:len(pairs)]

@@ -44,6 +44,7 @@ def test_table_lists_only_differing_overrides_in_run_order(sweep, tmp_path):
     header = next(line for line in table.splitlines() if line.startswith("| run"))
     assert header.split(" | ")[1:3] == ["model.net.width_mult", "model.optimizer.lr"]
     assert "| 5 | 1.0 | 3e-4 | 22.10 |" in table
+    assert "| 3000 |" in table and "3000.00" not in table  # counts print as integers
     assert written["metrics"][:3] == ["psnr", "psnr_joint", "ssim"] and "model" not in written["metrics"]
     png = sweep / "report_psnr.png"
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

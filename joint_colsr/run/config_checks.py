@@ -80,11 +80,14 @@ def is_expected_error(err: BaseException) -> bool:
 def command(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
     """Decorate a console command's task function (under ``@hydra.main``): an expected error
     (:func:`is_expected_error`) ends a single run with its message alone on stderr and exit
-    status 1, no traceback. ``HYDRA_FULL_ERROR=1`` shows the full traceback; in a multirun
+    status 1, no traceback; third-party noise is dropped first (:mod:`joint_colsr.run.quiet`). ``HYDRA_FULL_ERROR=1`` shows the full traceback; in a multirun
     the error propagates, so the sweep summary records it and the next job runs."""
 
     @functools.wraps(task)
     def run(cfg: DictConfig) -> Any:
+        from joint_colsr.run.quiet import quiet_third_party_noise
+
+        quiet_third_party_noise()  # the one place third-party noise is dropped (run/quiet.py)
         try:
             return task(cfg)
         except Exception as err:

@@ -1,0 +1,30 @@
+"""run/quiet.py drops exactly the listed third-party noise, at a real command's start-up."""
+
+import os
+import subprocess
+import sys
+
+from ..conftest import REPO, hang_bound
+
+
+def test_a_training_run_prints_no_lightning_tip_and_no_leafspec_warning(tmp_path):
+    env = {**os.environ, "PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run([sys.executable, "-m", "joint_colsr.train", "debug=tiny", f"hydra.run.dir={tmp_path / 'run'}"],
+                          cwd=tmp_path, env=env, capture_output=True, text=True, timeout=hang_bound(300))
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, out[-3000:]
+    assert "Tip:" not in out and "litlogger" not in out and "litmodels" not in out, out[-3000:]
+    assert "LeafSpec" not in out, out[-3000:]
+    assert "Validation psnr" in out  # the run's own lines are still there
+
+
+def test_the_same_deprecation_from_user_code_still_shows():
+    import warnings
+
+    from joint_colsr.run.quiet import quiet_third_party_noise
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        quiet_third_party_noise()
+        warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", DeprecationWarning)
+    assert len(caught) == 1
