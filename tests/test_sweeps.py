@@ -212,3 +212,17 @@ def test_every_sweep_has_a_one_command_script_that_runs(tmp_path):
     assert done.returncode == 0, done.stderr[-2000:]
     summary = json.loads((tmp_path / "sweep_summary.json").read_text())
     assert summary["completed"] == 2 and summary["failed"] == 0
+
+
+@pytest.mark.parametrize("second_seed_psnr, agree", [(20.0001, True), (20.4, False)])
+def test_seed_table_says_why_seeds_agree_instead_of_a_bare_zero_interval(second_seed_psnr, agree):
+    from joint_colsr.run.hydra_callbacks import SEEDS_AGREE_NOTE, _markdown
+
+    jobs = [{"num": i, "status": "COMPLETED", "overrides": ["debug=tiny", f"seed={i}"], "error": None,
+             "metrics": {"val/psnr": psnr}} for i, psnr in enumerate([20.0, second_seed_psnr])]
+    summary = {"sweep_dir": "s", "completed": 2, "failed": 0, "interrupted": 0, "total": 2, "jobs": jobs,
+               "over_seeds": aggregate_over_seeds(jobs)}
+    md = _markdown(summary)
+    row = next(line for line in md.splitlines() if line.startswith("| debug=tiny | 2 |"))
+    assert (SEEDS_AGREE_NOTE in md) is agree
+    assert (" 0.000 |" in row) is False  # a tiny spread is written with its digits, never as 0.000

@@ -167,10 +167,24 @@ def _markdown(summary: dict[str, Any]) -> str:
                       "| --- | --- | --- | --- | --- |"]
             for g in multi:
                 s = g["metrics"][metric]
-                lines.append(f"| {_overrides_cell(g)} | {s['n']} | {s['mean']:.3f} | {s['std']:.3f} | {s['ci95']:.3f} |")
+                lines.append(f"| {_overrides_cell(g)} | {s['n']} | {s['mean']:.3f} | {_spread(s['std'])} | {_spread(s['ci95'])} |")
+            if any(g["metrics"][metric]["std"] < 0.0005 for g in multi):
+                lines += ["", SEEDS_AGREE_NOTE]
     if any(job.get("uses_ground_truth_l") for job in summary["jobs"]):
         lines += ["", f"{GUIDED_MARK}: the model is fed the ground-truth high-resolution L*; rank it only beside other guided runs."]
     return "\n".join(lines) + "\n"
+
+
+#: Said under a seed table whose seeds agree to 3 decimals (e.g. the 2-step ``debug=tiny`` form).
+SEEDS_AGREE_NOTE = (
+    "Seeds agree to 3 decimals: every net's a*b* head starts at zero (the gray image), and in so "
+    "few steps no seed has moved it far, so the seed cannot show yet. Train longer (the default "
+    "recipe, not debug=tiny) to measure the spread across seeds.")
+
+
+def _spread(value: float) -> str:
+    """std / ci95 cells: 3 decimals, or 2 significant digits below 0.0005 (not a bare 0.000)."""
+    return f"{value:.1e}" if 0 < abs(value) < 0.0005 else f"{value:.3f}"
 
 
 def write_sweep_summary(sweep_dir: Path) -> dict[str, Any]:
