@@ -28,6 +28,10 @@ The run directory receives:
 
 from __future__ import annotations
 
+from joint_colsr.run.fast_help import answer_help_early
+
+answer_help_early(__name__, 'eval')  # before torch/Lightning are imported (run/fast_help.py)
+
 import csv
 import logging
 import math

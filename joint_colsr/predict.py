@@ -19,6 +19,10 @@ Modes:
 
 from __future__ import annotations
 
+from joint_colsr.run.fast_help import answer_help_early
+
+answer_help_early(__name__, 'predict')  # before torch/Lightning are imported (run/fast_help.py)
+
 import logging
 from fractions import Fraction
 from pathlib import Path

@@ -10,6 +10,10 @@ Then train with ``data.cache=DIR``.
 
 from __future__ import annotations
 
+from joint_colsr.run.fast_help import answer_help_early
+
+answer_help_early(__name__, 'preprocess')  # before torch/Lightning are imported (run/fast_help.py)
+
 import logging
 from typing import Any
 

@@ -14,6 +14,10 @@ into ``out_dir`` (default: ``DIR`` itself):
 
 from __future__ import annotations
 
+from joint_colsr.run.fast_help import answer_help_early
+
+answer_help_early(__name__, 'report')  # before torch/Lightning are imported (run/fast_help.py)
+
 import json
 import logging
 import math

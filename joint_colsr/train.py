@@ -6,6 +6,10 @@ the checkpoint of the last epoch is ``<run dir>/checkpoints/last.ckpt``.
 
 from __future__ import annotations
 
+from joint_colsr.run.fast_help import answer_help_early
+
+answer_help_early(__name__, 'train')  # before torch/Lightning are imported (run/fast_help.py)
+
 import json
 import logging
 import signal

@@ -20,6 +20,10 @@ own ``colorizer_overrides`` / ``upscaler_overrides``; ``two_stage.json`` records
 
 from __future__ import annotations
 
+from joint_colsr.run.fast_help import answer_help_early
+
+answer_help_early(__name__, 'two_stage')  # before torch/Lightning are imported (run/fast_help.py)
+
 import json
 import logging
 import os

@@ -95,3 +95,31 @@ def test_wandb_is_imported_only_when_used(tmp_path):
     proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env={**os.environ, "PYTHONPATH": str(REPO)},
                           capture_output=True, text=True, timeout=hang_bound(120))
     assert proc.stdout.strip() == "False", proc.stderr[-2000:]
+
+
+@pytest.mark.parametrize("module", ["train", "eval", "predict", "report", "preprocess", "two_stage"])
+def test_help_does_not_import_torch_or_lightning(module, tmp_path):
+    proc = _command(module, "--help", cwd=tmp_path, env={"PYTHONPROFILEIMPORTTIME": "1"})
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    imported = {line.rsplit("|", 1)[-1].strip() for line in proc.stderr.splitlines() if line.startswith("import time:")}
+    assert "hydra" in imported, proc.stderr[-2000:]  # the import log is really there
+    assert "torch" not in imported and "lightning" not in imported
+    assert "== Config groups" in proc.stdout
+
+
+def test_a_command_line_with_a_positional_argument_is_left_to_the_command(tmp_path):
+    from joint_colsr.run import fast_help
+
+    import hydra
+
+    called = []
+    saved_argv, real_main = sys.argv, hydra.main
+    try:
+        sys.argv = ["joint-colsr-report", str(tmp_path), "--help"]  # report DIR --help: report maps DIR itself
+        hydra.main = lambda **kw: called.append(kw) or (lambda task: (lambda: None))
+        fast_help.answer_help_early("joint_colsr.report", "report")
+        sys.argv = ["joint-colsr-report", "--help"]
+        fast_help.answer_help_early("joint_colsr.report", "report")
+    finally:
+        sys.argv, hydra.main = saved_argv, real_main
+    assert len(called) == 1 and called[0]["config_name"] == "report"  # only the second one was answered early
