@@ -43,10 +43,6 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
-import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from torch.utils.flop_counter import FlopCounterMode
 
 from joint_colsr import CONFIG_DIR
 from joint_colsr.run.hydra_callbacks import GUIDED_MARK, confidence_interval
@@ -67,6 +63,9 @@ METRICS = ("psnr", "psnr_joint", "ssim", "ssim_joint", "psnr_y")
 
 
 def _compose_train(overrides: list[str]):
+    from hydra import compose, initialize_config_dir  # here, not above: `--help` needs neither Hydra nor torch
+    from hydra.core.global_hydra import GlobalHydra
+
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         return compose(config_name="train", overrides=overrides)
@@ -75,6 +74,9 @@ def _compose_train(overrides: list[str]):
 def training_flops_per_sample(overrides: list[str]) -> int:
     """FLOPs of one training forward + backward pass of one sample of the configured model
     (a multiply-add counts 2; on the meta device: nothing is computed)."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     from joint_colsr.assembly import build_system
 
     cfg = _compose_train(overrides)

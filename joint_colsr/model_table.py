@@ -11,15 +11,10 @@ from __future__ import annotations
 
 import argparse
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
-from hydra import compose, initialize_config_dir
-from hydra.core.global_hydra import GlobalHydra
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
-
-from joint_colsr.assembly import build_system
-from joint_colsr.nets import count_parameters
+if TYPE_CHECKING:  # torch, Hydra and the builder are imported where used, so `--help` is instant
+    from torch import nn
 
 REPO = Path(__file__).resolve().parents[1]
 CONF_DIR = REPO / "conf"
@@ -35,6 +30,9 @@ def model_names() -> list[str]:
 
 def forward_flops(net: nn.Module, input_size: int, output_size: int) -> int:
     """FLOPs of one forward pass of one image (a multiply-add counts 2), on the meta device."""
+    import torch
+    from torch.utils.flop_counter import FlopCounterMode
+
     net = net.to("meta").eval()
     kwargs = {}
     if getattr(net, "needs_l_highres", False):
@@ -46,6 +44,14 @@ def forward_flops(net: nn.Module, input_size: int, output_size: int) -> int:
 
 def describe(name: str) -> dict[str, object]:
     """One row: the model's network, parameters, forward GFLOPs (and its discriminator, for GANs)."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from joint_colsr.assembly import build_system
+    from joint_colsr.nets import count_parameters
+
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=[f"model={name}"])

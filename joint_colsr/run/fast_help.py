@@ -5,7 +5,8 @@ process *is* that command (``python -m joint_colsr.X`` or the ``joint-colsr-X`` 
 script) and was asked for ``--help``, ``-h`` or ``--hydra-help``, Hydra prints the same help
 from the same config (its text lives in ``conf/hydra/help``) and the process exits; otherwise
 nothing happens. The import of torch + Lightning this skips takes 5 to 70 s depending on the
-machine's load. ``compare`` and ``model_table`` (argparse) are not covered.
+machine's load. ``compare`` and ``model_table`` use argparse and import torch only inside
+the functions that need it, so their ``--help`` is as quick without this module.
 """
 
 from __future__ import annotations

@@ -37,7 +37,6 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from joint_colsr.run.outputs import atomic_write
-from joint_colsr.run.preemption import TrainingInterrupted
 
 log = logging.getLogger(__name__)
 
@@ -237,6 +236,9 @@ class SweepSummary(Callback):
             record["return_value"] = value if isinstance(value, (int, float, str)) or value is None else repr(value)
         except Exception as err:  # noqa: BLE001 - any job error is recorded, none is swallowed (Hydra re-raises it)
             record["error"] = f"{type(err).__name__}: {err}"
+            # here, not at the top: compare imports this module and its --help must not pay for Lightning
+            from joint_colsr.run.preemption import TrainingInterrupted
+
             if isinstance(err, TrainingInterrupted):  # checkpoint saved; the sweep stops after this job
                 record["status"] = "INTERRUPTED"
             trace = "".join(traceback.format_exception(type(err), err, err.__traceback__))
