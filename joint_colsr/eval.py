@@ -39,16 +39,14 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any, Callable, Mapping
 
-import hydra
 import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig, open_dict
 from torch import Tensor
 
-from joint_colsr import CONFIG_DIR
 from joint_colsr.assembly import build_datamodule, build_eval_system, build_trainer, start_run
 from joint_colsr.color import upscale_l
-from joint_colsr.run.config_checks import ConfigError, check_config, command
+from joint_colsr.run.config_checks import ConfigError, check_config, hydra_command
 from joint_colsr.data.decode import count_reasons
 from joint_colsr.metrics import PER_IMAGE_METRICS, colorization_psnr, image_metrics, summarize
 from joint_colsr.run.outputs import print_run_summary, write_json
@@ -411,8 +409,7 @@ def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
     ])
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="eval")
-@command
+@hydra_command("eval")
 def main(cfg: DictConfig) -> float | None:
     metrics = evaluate(cfg)
     return metrics.get("psnr")

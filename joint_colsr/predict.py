@@ -28,7 +28,6 @@ from fractions import Fraction
 from pathlib import Path
 from typing import Any
 
-import hydra
 import numpy as np
 import torch
 import torch.nn.functional as F
@@ -37,13 +36,12 @@ from PIL import Image
 from torch import Tensor
 from tqdm.auto import tqdm
 
-from joint_colsr import CONFIG_DIR
 from joint_colsr.assembly import build_eval_system
 from joint_colsr.color import merge_l_ab_to_rgb, normalize_l, quantize_uint8, rgb_to_lab, rgb_uint8_to_lab_batch, upscale_l
-from joint_colsr.run.config_checks import ConfigError, command
+from joint_colsr.run.config_checks import ConfigError, hydra_command
 from joint_colsr.data.views import resize_box
 from joint_colsr.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, decode_image
-from joint_colsr.run.outputs import atomic_write
+from joint_colsr.run.outputs import atomic_write, refuse_foreign_run_dir
 from joint_colsr.systems import eval_network, model_size
 
 log = logging.getLogger(__name__)
@@ -260,6 +258,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     if inside and not overwrite:
         raise ConfigError(f"output_dir={cfg.output_dir} is input_dir={cfg.input_dir} or inside it: the PNGs could replace "
                           "input photos (and be read as inputs next time); pick another output_dir, or overwrite=true")
+    refuse_foreign_run_dir(output_dir, "predict", key="output_dir")
     files = list_images(input_dir)
     targets = output_names(files, input_dir, output_dir)
     system = build_eval_system(cfg)
@@ -295,8 +294,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     return {"written": written, "skipped": failed}
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="predict")
-@command
+@hydra_command("predict")
 def main(cfg: DictConfig) -> None:
     predict(cfg)
 

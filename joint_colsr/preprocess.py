@@ -17,12 +17,10 @@ answer_help_early(__name__, 'preprocess')  # before torch/Lightning are imported
 import logging
 from typing import Any
 
-import hydra
 from omegaconf import DictConfig, OmegaConf
 
-from joint_colsr import CONFIG_DIR
 from joint_colsr.assembly import build_datamodule
-from joint_colsr.run.config_checks import ConfigError, command
+from joint_colsr.run.config_checks import ConfigError, hydra_command
 from joint_colsr.data.cache import ImageCache, build_cache, summarize
 
 log = logging.getLogger(__name__)
@@ -58,8 +56,7 @@ def preprocess(cfg: DictConfig) -> dict[str, Any]:
     return index
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="preprocess")
-@command
+@hydra_command("preprocess")
 def main(cfg: DictConfig) -> None:
     preprocess(cfg)
 

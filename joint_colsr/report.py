@@ -26,12 +26,10 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-import hydra
 import yaml
 from omegaconf import DictConfig
 
-from joint_colsr import CONFIG_DIR
-from joint_colsr.run.config_checks import ConfigError, command
+from joint_colsr.run.config_checks import ConfigError, hydra_command
 from joint_colsr.eval import GUIDED_MARK, markdown_table
 
 log = logging.getLogger(__name__)
@@ -220,8 +218,7 @@ def _positional_dir(argv: list[str]) -> list[str]:
     return out
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="report")
-@command
+@hydra_command("report")
 def _main(cfg: DictConfig) -> None:
     report(cfg)
 

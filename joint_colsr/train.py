@@ -18,13 +18,11 @@ from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
-import hydra
 import lightning.pytorch as pl
 from lightning.pytorch.loggers import WandbLogger
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from joint_colsr import CONFIG_DIR
 from joint_colsr.assembly import (
     build_callbacks,
     build_datamodule,
@@ -35,7 +33,7 @@ from joint_colsr.assembly import (
     start_run,
 )
 from joint_colsr.run.checkpointing import checkpoint_paths, read_checkpoint
-from joint_colsr.run.config_checks import ConfigError, check_config, command, select
+from joint_colsr.run.config_checks import ConfigError, check_config, hydra_command, select
 from joint_colsr.run.hydra_callbacks import check_ddp_launch
 from joint_colsr.nets import count_parameters
 from joint_colsr.run.outputs import jsonable, print_run_summary, write_json
@@ -242,8 +240,7 @@ def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:
     print_run_summary(output_dir, lines)
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="train")
-@command
+@hydra_command("train")
 def main(cfg: DictConfig) -> float | None:
     metrics = train(cfg)
     key = cfg.get("optimized_metric")

@@ -32,14 +32,13 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import hydra
 import lightning.pytorch as pl
 import torch
 from omegaconf import DictConfig
 
 from joint_colsr import CONFIG_DIR
 from joint_colsr.run.checkpointing import read_checkpoint
-from joint_colsr.run.config_checks import ConfigError
+from joint_colsr.run.config_checks import ConfigError, hydra_command
 from joint_colsr.nets.cascade import ORDERS
 
 log = logging.getLogger(__name__)
@@ -154,7 +153,7 @@ def two_stage(cfg: DictConfig) -> dict[str, Any]:
     return record
 
 
-@hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name="two_stage")
+@hydra_command("two_stage")
 def main(cfg: DictConfig) -> None:
     two_stage(cfg)
 

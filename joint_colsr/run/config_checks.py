@@ -8,6 +8,7 @@ console commands print its message alone (no traceback; ``HYDRA_FULL_ERROR=1`` f
 
 from __future__ import annotations
 
+import errno
 import functools
 import inspect
 import linecache
@@ -16,12 +17,12 @@ import os
 import sys
 import types
 import typing
-from typing import Any, Callable, Union
+from pathlib import Path
+from typing import Any, Callable, Iterator, Union
 
 import lightning.pytorch as pl
 import torch
 from hydra.errors import InstantiationException
-from hydra.types import RunMode
 from hydra.utils import instantiate as _hydra_instantiate
 from omegaconf import DictConfig, ListConfig, OmegaConf
 from omegaconf.errors import InterpolationResolutionError
@@ -59,12 +60,56 @@ def instantiate(config: Any, *args: Any, **kwargs: Any) -> Any:
 #: Exceptions the suite raises on purpose, with a message for the user (bad value, missing file, unusable data).
 _STATED_ERRORS = (ValueError, FileNotFoundError, NotADirectoryError, RuntimeError)
 
+#: What a full or read-only disk, or a denied write, is called in one line (``errno`` -> words).
+_STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "the disk quota is exhausted",
+                   errno.EROFS: "the file system is read-only", errno.EACCES: "permission denied"}
+
+#: Set by :func:`hydra_command` to the user's own ``HYDRA_FULL_ERROR`` (inherited by child processes).
+_USER_FULL_ERROR = "JOINT_COLSR_USER_FULL_ERROR"
+
+
+def _causes(err: BaseException) -> Iterator[BaseException]:
+    """``err`` and the exceptions it was raised from or while handling, newest first."""
+    seen: set[int] = set()
+    while err is not None and id(err) not in seen:
+        seen.add(id(err))
+        yield err
+        err = err.__cause__ or (None if err.__suppress_context__ else err.__context__)
+
+
+def describe_error(err: BaseException) -> str | None:
+    """One line for an error whose cause the user can fix without a traceback, else ``None``.
+
+    A full or read-only disk (whatever library met it), a killed data-loading worker, and
+    the config errors Hydra and OmegaConf raise (composition, interpolation) are named with
+    what to do; a training run's ``checkpoints/last.ckpt`` is written atomically, so it
+    survives all of them and the same command resumes.
+    """
+    from hydra.errors import HydraException
+    from omegaconf.errors import OmegaConfBaseException
+
+    for cause in _causes(err):
+        if isinstance(cause, OSError) and cause.errno in _STORAGE_ERRNOS:
+            where = f" writing {cause.filename}" if cause.filename else ""
+            fix = ("choose a writable folder (hydra.run.dir=DIR, output_dir=DIR)" if cause.errno in (errno.EROFS, errno.EACCES)
+                   else "free some space")
+            return (f"{_STORAGE_ERRNOS[cause.errno]}{where}: {fix}, then run the same command again "
+                    "(a training run resumes from checkpoints/last.ckpt, which is only ever replaced whole)")
+        if isinstance(cause, RuntimeError) and "DataLoader worker" in str(cause) and "killed by signal" in str(cause):
+            return (f"{str(cause).splitlines()[0].rstrip('. ')} (the kernel's out-of-memory killer, most often: lower "
+                    "data.num_workers or data.batch_size); checkpoints/last.ckpt is intact: run the same command again to resume")
+    if isinstance(err, (HydraException, OmegaConfBaseException)):
+        text = " ".join(line.strip() for line in str(err).split("Config search path")[0].splitlines() if line.strip())
+        return f"config: {text}"
+    return None
+
 
 def is_expected_error(err: BaseException) -> bool:
-    """A :class:`ConfigError`, or one of :data:`_STATED_ERRORS` raised by a ``raise``
-    statement of this package (its message is the whole story). Anything raised inside a
-    library, or of another type, is a bug or a surprise and keeps its traceback."""
-    if isinstance(err, ConfigError):
+    """A :class:`ConfigError`, an error :func:`describe_error` can name, or one of
+    :data:`_STATED_ERRORS` raised by a ``raise`` statement of this package (its message is
+    the whole story). Anything raised inside a library, or of another type, is a bug or a
+    surprise and keeps its traceback."""
+    if isinstance(err, ConfigError) or describe_error(err) is not None:
         return True
     if not isinstance(err, _STATED_ERRORS) or err.__traceback__ is None:
         return False
@@ -72,43 +117,171 @@ def is_expected_error(err: BaseException) -> bool:
     while tb.tb_next is not None:
         tb = tb.tb_next
     frame = tb.tb_frame
-    if not str(frame.f_globals.get("__name__", "")).startswith("joint_colsr"):
+    package = Path(__file__).resolve().parents[1]  # by file: under `python -m`, the command's module is __main__
+    if package not in Path(frame.f_code.co_filename).resolve().parents:
         return False
     return linecache.getline(frame.f_code.co_filename, tb.tb_lineno).strip().startswith("raise ")
 
 
+def user_wants_traceback() -> bool:
+    """The user set ``HYDRA_FULL_ERROR=1`` (before :func:`hydra_command` set it for Hydra)."""
+    return os.environ.get(_USER_FULL_ERROR, os.environ.get("HYDRA_FULL_ERROR", "")) == "1"
+
+
 def command(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
-    """Decorate a console command's task function (under ``@hydra.main``): an expected error
-    (:func:`is_expected_error`) ends a single run with its message alone on stderr and exit
-    status 1, no traceback; third-party noise is dropped first (:mod:`joint_colsr.run.quiet`). ``HYDRA_FULL_ERROR=1`` shows the full traceback; in a multirun
-    the error propagates, so the sweep summary records it and the next job runs."""
+    """Decorate a command's task function: third-party noise is dropped first
+    (:mod:`joint_colsr.run.quiet`); errors propagate to :func:`hydra_command` (in a
+    multirun, to Hydra, so the sweep summary records the failed job and the next job runs)."""
 
     @functools.wraps(task)
     def run(cfg: DictConfig) -> Any:
         from joint_colsr.run.quiet import quiet_third_party_noise
 
         quiet_third_party_noise()  # the one place third-party noise is dropped (run/quiet.py)
-        try:
-            return task(cfg)
-        except Exception as err:
-            multirun = OmegaConf.select(cfg, "hydra.mode", default=None) == RunMode.MULTIRUN or _hydra_mode() == RunMode.MULTIRUN
-            if os.environ.get("HYDRA_FULL_ERROR") == "1" or multirun or not is_expected_error(err):
-                raise
-            print(f"Error: {err}\n(the full traceback: HYDRA_FULL_ERROR=1)", file=sys.stderr)
-            raise SystemExit(1) from None
+        return task(cfg)
 
     return run
 
 
-def _hydra_mode() -> Any:
-    from hydra.core.hydra_config import HydraConfig
+def hydra_command(config_name: str) -> Callable[[Callable[[DictConfig], Any]], Callable[[], Any]]:
+    """``@hydra.main`` for a console command, with one error policy for everything it runs.
 
-    return HydraConfig.get().mode if HydraConfig.initialized() else None
+    An expected error (:func:`is_expected_error`), whether raised by the task, by Hydra
+    before the task (an unwritable run directory, a bad override) or by a multirun job,
+    ends the process with one line on stderr and exit status 1; a bug keeps its traceback.
+    ``HYDRA_FULL_ERROR=1`` shows every traceback.
+    """
+    import hydra
+
+    from joint_colsr import CONFIG_DIR
+
+    def decorate(task: Callable[[DictConfig], Any]) -> Callable[[], Any]:
+        hydra_main = hydra.main(version_base="1.3", config_path=CONFIG_DIR, config_name=config_name)(command(task))
+
+        @functools.wraps(task)
+        def main() -> Any:
+            os.environ.setdefault(_USER_FULL_ERROR, os.environ.get("HYDRA_FULL_ERROR", ""))
+            os.environ["HYDRA_FULL_ERROR"] = "1"  # Hydra re-raises instead of printing a trimmed traceback
+            from joint_colsr.run.hydra_callbacks import StopBeforeRun
+
+            try:
+                try:
+                    return hydra_main()
+                except StopBeforeRun as stop:  # a Hydra callback refused the run before it wrote anything
+                    raise stop.error from None
+            except Exception as err:
+                if user_wants_traceback():
+                    raise
+                from joint_colsr.run import hydra_callbacks
+
+                sweep = hydra_callbacks.CURRENT_SWEEP_DIR
+                if sweep is None and not is_expected_error(err):
+                    raise
+                message = describe_error(err) or str(err)
+                if sweep is not None:  # each failed job's traceback is in its error.txt; the summary lists them
+                    message = (f"a sweep job failed ({type(err).__name__}: {message}); every failed job is listed in "
+                               f"{sweep / hydra_callbacks.SUMMARY_MD}, its traceback in the job's error.txt")
+                print(f"Error: {message}\n(the full traceback: HYDRA_FULL_ERROR=1)", file=sys.stderr)
+                raise SystemExit(1) from None
+
+        return main
+
+    return decorate
 
 
 def select(cfg: DictConfig, key: str) -> Any:
     """``cfg``'s value at the dotted ``key``; ``None`` where it is absent or ``???``."""
     return OmegaConf.select(cfg, key, default=None, throw_on_missing=False)
+
+
+#: ``seed``'s range: what numpy's generator (seeded by Lightning's ``seed_everything``) takes.
+MAX_SEED = 2**32 - 1
+#: ``trainer.precision`` values Lightning 2 accepts (its ``_PRECISION_INPUT``), as written in a config.
+PRECISIONS = ("32-true", "32", "16-mixed", "bf16-mixed", "16-true", "bf16-true", "64-true", "64", "16", "bf16",
+              "transformer-engine", "transformer-engine-float16")
+#: The largest learning rate accepted: far above any useful one (a test diverges a run with 1e8),
+#: safely below float32's overflow (3.4e38, which Adam's step reaches from lr ~ 3e37 on).
+MAX_LR = 1e30
+
+
+def _learning_rate_keys(cfg: DictConfig) -> list[str]:
+    """The dotted keys of every ``lr`` of an optimizer in the ``model`` group."""
+    model = select(cfg, "model")
+    if not isinstance(model, DictConfig):
+        return []
+    return [f"model.{name}.lr" for name in model if "optimizer" in str(name) and isinstance(select(model, str(name)), DictConfig)
+            and "lr" in model[name]]
+
+
+def check_resolvable(cfg: DictConfig) -> None:
+    """Every ``${...}`` of ``cfg`` resolves; else a :class:`ConfigError` naming the key. One
+    that points at a ``???`` value is left to the checks that name the missing key."""
+    from omegaconf.errors import InterpolationToMissingValueError, OmegaConfBaseException
+
+    def walk(node: DictConfig | ListConfig) -> None:
+        keys = range(len(node)) if isinstance(node, ListConfig) else [k for k in node if k != "hydra"]
+        for key in keys:  # (not `hydra`, which a composed test config may carry: Hydra resolves its own)
+            if OmegaConf.is_missing(node, key):
+                continue
+            try:
+                value = node[key]
+            except InterpolationToMissingValueError:
+                continue
+            except OmegaConfBaseException as err:
+                where = getattr(err, "full_key", None) or str(key)
+                raise ConfigError(f"{where}: {str(err).splitlines()[0]}") from None
+            if isinstance(value, (DictConfig, ListConfig)):
+                walk(value)
+
+    walk(cfg)
+
+
+def _under_target(cfg: DictConfig, key: str) -> bool:
+    """Whether ``key`` or one of its parents is a ``_target_`` node (:func:`check_targets` checks those)."""
+    parts = key.split(".")
+    for depth in range(len(parts), 0, -1):
+        node = select(cfg, ".".join(parts[:depth]))
+        if isinstance(node, DictConfig) and "_target_" in node:
+            return True
+    return False
+
+
+def check_added_keys(cfg: DictConfig) -> None:
+    """A key added on the command line (``+key=value`` or ``++key=value``) that nothing reads
+    fails, naming the closest known key: a misspelt ``+auto_resum=false`` would otherwise be
+    ignored in silence. Keys inside a ``_target_`` node are left to :func:`check_targets`
+    (the constructor's signature decides); config groups (``+experiment=X``) are not keys."""
+    import difflib
+
+    from hydra import compose
+    from hydra.core.hydra_config import HydraConfig
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from joint_colsr import CONFIG_DIR
+
+    if not HydraConfig.initialized():
+        return
+    hydra_cfg = HydraConfig.get()
+    task_overrides = list(hydra_cfg.overrides.task)
+    parsed = OverridesParser.create().parse_overrides(task_overrides)
+    suspects = [o for o in parsed if (o.is_add() or o.is_force_add()) and not (Path(CONFIG_DIR) / o.key_or_group).is_dir()
+                and not _under_target(cfg, o.key_or_group)]
+    if not suspects:
+        return
+    kept = [text for text, o in zip(task_overrides, parsed) if o not in suspects]
+    base = compose(config_name=str(hydra_cfg.job.config_name), overrides=kept)
+    for override in suspects:
+        key = override.key_or_group
+        if OmegaConf.select(base, key, default=None, throw_on_missing=False) is not None or OmegaConf.is_missing(base, key):
+            continue  # ++key=value on a key the config has: an ordinary override
+        parent_key, _, leaf = key.rpartition(".")
+        parent = select(base, parent_key) if parent_key else base
+        known = [str(k) for k in parent] if isinstance(parent, DictConfig) else []
+        close = difflib.get_close_matches(leaf, known, n=1)
+        hint = f"did you mean {parent_key + '.' if parent_key else ''}{close[0]}?" if close else (
+            f"{parent_key or 'the top level'} has {', '.join(known)}" if known else "nothing reads it")
+        raise ConfigError(f"unknown key {key} (added with {override.input_line}): the {hydra_cfg.job.config_name} config has "
+                          f"no such key and nothing reads it; {hint}")
 
 
 def check_config(cfg: DictConfig, groups: tuple[str, ...] = ("data", "model", "trainer")) -> None:
@@ -117,6 +290,8 @@ def check_config(cfg: DictConfig, groups: tuple[str, ...] = ("data", "model", "t
     ``groups``: the config groups the command needs (``eval`` takes its model from the
     checkpoint and needs no ``model`` group).
     """
+    check_resolvable(cfg)
+    check_added_keys(cfg)
     for group in groups:
         if select(cfg, group) is None:
             raise ConfigError(f"config has no '{group}' group; pick one with {group}=NAME")
@@ -137,8 +312,16 @@ def check_config(cfg: DictConfig, groups: tuple[str, ...] = ("data", "model", "t
     if not isinstance(batch, int) or batch < 1:
         raise ConfigError(f"data.batch_size must be a positive integer, got {batch!r}")
     seed = select(cfg, "seed")
-    if seed is not None and not isinstance(seed, int):
-        raise ConfigError(f"seed must be an integer or null, got {seed!r}")
+    if seed is not None and (not isinstance(seed, int) or isinstance(seed, bool) or not 0 <= seed <= MAX_SEED):
+        raise ConfigError(f"seed must be an integer from 0 to {MAX_SEED} (numpy's range) or null, got {seed!r}")
+    precision = select(cfg, "trainer.precision")
+    if precision is not None and str(precision) not in PRECISIONS:
+        raise ConfigError(f"trainer.precision={precision!r} is not a precision Lightning knows: pick one of {', '.join(PRECISIONS)}")
+    for key in _learning_rate_keys(cfg):
+        lr = select(cfg, key)
+        if isinstance(lr, (int, float)) and not isinstance(lr, bool) and not 0 < lr <= MAX_LR:
+            raise ConfigError(f"{key}={lr!r} must be in (0, {MAX_LR:g}]: larger steps overflow float32 in the optimizer's "
+                              "update (Adam divides it by a bias correction below 1)")
     for key in ("speed.channels_last", "speed.compile"):
         if not isinstance(select(cfg, key), (bool, type(None))):
             raise ConfigError(f"{key} must be true or false, got {select(cfg, key)!r}")

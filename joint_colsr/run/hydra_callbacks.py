@@ -212,8 +212,17 @@ def write_sweep_summary(sweep_dir: Path) -> dict[str, Any]:
     return summary
 
 
+#: The sweep directory of the multirun this process is running (set by :class:`SweepSummary`);
+#: the command's error line points there when a job failed.
+CURRENT_SWEEP_DIR: Path | None = None
+
+
 class SweepSummary(Callback):
     """Record each multirun job's outcome; keep the sweep's summary files current."""
+
+    def on_multirun_start(self, config: DictConfig, **kwargs: Any) -> None:
+        global CURRENT_SWEEP_DIR
+        CURRENT_SWEEP_DIR = Path(str(config.hydra.sweep.dir)).absolute()
 
     def on_job_end(self, config: DictConfig, job_return: JobReturn, **kwargs: Any) -> None:
         if not _is_multirun(config) or not _is_global_rank_zero():
@@ -260,6 +269,32 @@ class SweepSummary(Callback):
         with _locked(sweep_dir):
             summary = write_sweep_summary(sweep_dir)
         log.info("sweep done: %d completed, %d failed; summary: %s", summary["completed"], summary["failed"], sweep_dir / SUMMARY_MD)
+
+
+class StopBeforeRun(BaseException):
+    """Carries an error out of a Hydra callback. Hydra turns an ``Exception`` raised by a
+    callback into a warning and goes on, so a refusal travels as a ``BaseException`` (like
+    ``SystemExit``); :func:`joint_colsr.run.config_checks.hydra_command` reports ``.error``."""
+
+    def __init__(self, error: Exception) -> None:
+        super().__init__(str(error))
+        self.error = error
+
+
+class RunDirGuard(Callback):
+    """Before Hydra writes anything (``.hydra/``, the log): a command whose ``hydra.run.dir``
+    is another command's run directory (``eval hydra.run.dir=<a training run>``) fails with
+    one line, and that run keeps its files (:func:`joint_colsr.run.outputs.refuse_foreign_run_dir`)."""
+
+    def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
+        from joint_colsr.run.outputs import refuse_foreign_run_dir
+
+        command = str(OmegaConf.select(config, "task_name", default="") or "")
+        try:
+            if command:
+                refuse_foreign_run_dir(Path(str(config.hydra.run.dir)).expanduser(), command)
+        except ValueError as err:
+            raise StopBeforeRun(err) from None
 
 
 class WandbRunNaming(Callback):

@@ -93,3 +93,28 @@ def print_run_summary(output_dir: str | os.PathLike, lines: Iterable[str]) -> No
     print(f"Run directory: {output_dir}")
     for line in lines:
         print(line)
+
+
+#: The suite's commands, by the name of the log Hydra writes into their run directory (``<task>.log``).
+COMMANDS = ("train", "eval", "predict", "report", "preprocess", "two_stage")
+
+
+def run_owner(run_dir: str | os.PathLike) -> str | None:
+    """The command whose run directory ``run_dir`` is (``train`` for a folder with
+    ``checkpoints/``, else the first ``<command>.log`` found), ``None`` for a new or foreign folder."""
+    run_dir = Path(run_dir)
+    if (run_dir / "checkpoints").is_dir():
+        return "train"
+    return next((name for name in COMMANDS if (run_dir / f"{name}.log").is_file()), None)
+
+
+def refuse_foreign_run_dir(run_dir: str | os.PathLike, command: str, key: str = "hydra.run.dir") -> None:
+    """Raise a ``ConfigError`` when ``run_dir`` is another command's run directory: ``command``
+    would write its own ``metrics.json``, ``.hydra/`` and log over that run's."""
+    owner = run_owner(run_dir)
+    if owner is None or owner == command or {owner, command} == {"train", "two_stage"}:
+        return
+    from joint_colsr.run.config_checks import ConfigError
+
+    raise ConfigError(f"{key}={run_dir} holds a `{owner}` run; `{command}` writes its own files there (metrics.json, .hydra/, "
+                      f"its log) and would replace that run's. Leave {key} unset (a new folder) or pick an empty one")

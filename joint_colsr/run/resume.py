@@ -230,8 +230,10 @@ def prepare_checkpoint_dir(output_dir: Path) -> None:
     try:
         ckpts.mkdir(parents=True, exist_ok=True)
         probe = ckpts / f".write_test.{os.getpid()}"
-        probe.write_bytes(b"ok")
-        probe.unlink()
+        try:
+            probe.write_bytes(b"ok")
+        finally:  # a full disk creates the file, then fails to write it: never leave it behind
+            probe.unlink(missing_ok=True)
     except OSError as err:
         raise ConfigError(f"cannot write checkpoints to {ckpts} ({err.strerror or err}); free space or fix the "
                           "permissions, or pick another hydra.run.dir") from None
