@@ -65,8 +65,7 @@ def load_runs(root: Path) -> list[dict[str, Any]]:
         run_dir = overrides_file.parent.parent
         metrics_file = run_dir / "metrics.json"
         if not metrics_file.is_file():
-            log.warning("%s has no metrics.json (failed or unfinished run): left out", run_dir)
-            continue
+            continue  # listed by left_out_runs
         overrides = {}
         for item in yaml.safe_load(overrides_file.read_text()) or []:
             key, _, value = str(item).partition("=")
@@ -81,6 +80,26 @@ def load_runs(root: Path) -> list[dict[str, Any]]:
         return tuple((0, int(p)) if p.isdigit() else (1, p) for p in run["name"].split("/"))
 
     return sorted(runs, key=order)
+
+
+def _overrides_text(run_dir: Path) -> str:
+    return " ".join(str(o) for o in yaml.safe_load((run_dir / ".hydra" / "overrides.yaml").read_text()) or [])
+
+
+def left_out_runs(root: Path) -> list[dict[str, str]]:
+    """The runs below ``root`` that :func:`load_runs` cannot tabulate (no ``metrics.json``: the
+    job failed or has not finished), each with ``name``, ``overrides`` and ``reason`` (the last
+    line of the job's ``error.txt``, which the sweep summary writes for a failed job)."""
+    out = []
+    for overrides_file in root.rglob(".hydra/overrides.yaml"):
+        run_dir = overrides_file.parent.parent
+        if (run_dir / "metrics.json").is_file():
+            continue
+        error = run_dir / "error.txt"
+        lines = [line for line in error.read_text(errors="replace").splitlines() if line.strip()] if error.is_file() else []
+        reason = lines[-1].strip() if lines else "no metrics.json and no error.txt: still running, or killed"
+        out.append({"name": run_dir.relative_to(root).as_posix() or ".", "overrides": _overrides_text(run_dir), "reason": reason})
+    return sorted(out, key=lambda r: tuple((0, int(p)) if p.isdigit() else (1, p) for p in r["name"].split("/")))
 
 
 def varying_keys(runs: list[dict[str, Any]]) -> list[str]:
@@ -178,8 +197,15 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     if any(run["metrics"].get("uses_ground_truth_l") for run in runs):
         text += ["", f"{GUIDED_MARK}: the model is fed the ground-truth high-resolution L* (an advantage the others do not "
                  "have); its own-L* columns are empty; compare it only with other guided runs."]
+    unfinished = [run["name"] for run in runs if run["metrics"].get("status", "completed") != "completed"]
+    if unfinished:
+        text += ["", f"Not finished (their last metrics are shown): {', '.join(f'`{n}` ({_status(runs, n)})' for n in unfinished)}."]
+    left_out = left_out_runs(root)
+    if left_out:
+        text += ["", f"## Left out: {len(left_out)} run(s) without metrics", "",
+                 markdown_table(["run", "overrides", "why"], [[r["name"], f"`{r['overrides']}`", r["reason"].replace("|", "\\|")] for r in left_out])]
     out_dir.mkdir(parents=True, exist_ok=True)
-    written: dict[str, Any] = {"runs": len(runs), "varying": keys, "metrics": metrics}
+    written: dict[str, Any] = {"runs": len(runs), "varying": keys, "metrics": metrics, "left_out": left_out, "unfinished": unfinished}
     metric = cfg.get("metric") or (metrics[0] if metrics else None)
     x_key = cfg.get("x") or (keys[0] if keys else None)
     if metric and x_key:
@@ -194,7 +220,14 @@ def report(cfg: DictConfig) -> dict[str, Any]:
     md.write_text("\n".join(text))
     written["table"] = str(md)
     print(f"{len(runs)} runs -> {md}" + (f" and {written['plot']}" if "plot" in written else ""))
+    if left_out:
+        print(f"left out {len(left_out)} run(s) without metrics (failed or unfinished), listed in {md.name}: "
+              + "; ".join(f"{r['name']}: {r['reason']}" for r in left_out))
     return written
+
+
+def _status(runs: list[dict[str, Any]], name: str) -> str:
+    return next(str(run["metrics"].get("status")) for run in runs if run["name"] == name)
 
 
 def _run_name(run: dict[str, Any]) -> str:

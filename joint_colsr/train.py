@@ -68,7 +68,7 @@ def _resume_point(cfg: DictConfig, output_dir: Path, resolved: dict[str, Any]) -
     ``auto_resume``), checked against this config, and its loaded state."""
     ckpt_path = cfg.get("ckpt_path")
     if ckpt_path is None and cfg.get("auto_resume"):
-        found = find_resume_checkpoint(output_dir)
+        found = find_resume_checkpoint(output_dir, set_aside_damaged=True)
         if found is not None:
             log.info("auto_resume: continuing from %s", found)
             ckpt_path = str(found)

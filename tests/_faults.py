@@ -38,3 +38,19 @@ class SignalAt(pl.Callback):
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         if self.epoch_end and trainer.current_epoch == self.epoch:
             self._send()
+
+
+class KillLoaderWorkers(pl.Callback):
+    """SIGKILL every data-loading worker process once, after training step ``step``: what the
+    kernel's out-of-memory killer does to a worker (needs ``data.num_workers`` > 0)."""
+
+    def __init__(self, step: int = 1) -> None:
+        self.step, self.sent = step, False
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        import multiprocessing
+
+        if not self.sent and trainer.global_step == self.step:
+            self.sent = True
+            for child in multiprocessing.active_children():
+                os.kill(child.pid, signal.SIGKILL)

@@ -250,3 +250,19 @@ def test_the_embedded_sample_photo_tagged_adobe_rgb_is_converted():
     assert rocket.shape == stored.shape and np.abs(rocket.astype(int) - stored).mean() > 2
     spread = lambda a: (a.max(-1).astype(int) - a.min(-1)).mean()  # noqa: E731  colourfulness proxy
     assert spread(rocket) > spread(stored)  # Adobe RGB values read as sRGB look washed out
+
+
+def test_broken_file_links_are_reported_not_lost(tmp_path):
+    rng = np.random.default_rng(5)
+    root = tmp_path / "photos"
+    root.mkdir()
+    for i in range(3):
+        Image.fromarray(random_photo(rng, 64, 80)).save(root / f"p{i}.png")
+    (root / "dangling.png").symlink_to(tmp_path / "nowhere.png")
+    (root / "loop.png").symlink_to("loop.png")
+    (root / "fine.png").symlink_to(root / "p0.png")  # a working link is a photo like any other
+    source = ImageFolder(str(root))
+    assert len(source.items()) == 4
+    report = dict(source.skip_report.skipped)
+    assert report == {str(root / "dangling.png"): f"broken symbolic link (-> {tmp_path / 'nowhere.png'})",
+                      str(root / "loop.png"): "broken symbolic link (-> loop.png)"}

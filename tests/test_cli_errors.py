@@ -99,6 +99,26 @@ def test_no_command_writes_into_another_commands_run(tmp_path, tiny_ckpt, image_
     assert _digests(evaluation) == before
 
 
+def test_a_killed_loader_worker_is_one_line_and_the_run_resumes(tmp_path):
+    run = tmp_path / "run"
+    # 8 batches of 4, killed after step 2: a worker prefetches 2 batches ahead, so batch 5 needs the dead one
+    over = [*TINY, "data.num_workers=1", "data.train_samples_per_epoch=32", "trainer.limit_train_batches=8",
+            "callbacks.last_checkpoint.every_n_train_steps=1", f"hydra.run.dir={run}"]
+    proc = _command("train", *over, "+callbacks.fault._target_=tests._faults.KillLoaderWorkers", "+callbacks.fault.step=2",
+                    cwd=tmp_path)
+    _one_line_error(proc, "DataLoader worker (pid", "is killed by signal: Killed", "lower data.num_workers",
+                    "run the same command again")
+    assert (run / "checkpoints" / "last.ckpt").is_file()
+    proc = _command("train", *over, cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "auto_resume: continuing from" in proc.stdout + proc.stderr
+
+
+def test_eval_says_it_takes_no_model(tmp_path, tiny_ckpt):
+    proc = _command("eval", f"ckpt_path={tiny_ckpt}", "model=srgan", f"hydra.run.dir={tmp_path / 'e'}", cwd=tmp_path)
+    _one_line_error(proc, "eval takes no model=: it rebuilds the model a checkpoint was trained with")
+
+
 def test_storage_errors_are_named_with_the_fix():
     full = OSError(errno.ENOSPC, "No space left on device")
     try:
@@ -114,7 +134,7 @@ def test_storage_errors_are_named_with_the_fix():
     wrapped.__cause__ = ro
     assert describe_error(wrapped).startswith("the file system is read-only writing /data/run/train.log: choose a writable folder")
     killed = RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. ")
-    assert "out-of-memory killer" in describe_error(killed) and "last.ckpt is intact" in describe_error(killed)
+    assert "out-of-memory killer" in describe_error(killed) and "resumes from its checkpoints/last.ckpt" in describe_error(killed)
     assert describe_error(RuntimeError("shape mismatch")) is None and not is_expected_error(KeyError("x"))
 
 

@@ -79,3 +79,17 @@ def test_guided_runs_are_marked(tmp_path):
     report(compose_config("report", [f"dir={root}"], output_dir=tmp_path / "r"))
     rows = [line for line in (root / "report.md").read_text().splitlines() if line.startswith("| 0") or line.startswith("| 1")]
     assert rows[0].startswith("| 0 (GT-L* guided) | gray |") and "GT-L*" not in rows[1]
+
+
+def test_failed_and_unfinished_runs_are_named_not_dropped(sweep, tmp_path, capsys):
+    (sweep / "6" / "error.txt").write_text("Traceback (most recent call last):\n  ...\nRuntimeError: CUDA out of memory | try less\n")
+    interrupted = json.loads((sweep / "5" / "metrics.json").read_text())
+    (sweep / "5" / "metrics.json").write_text(json.dumps({**interrupted, "status": "interrupted"}))
+    written = report(compose_config("report", [f"dir={sweep}", "x=model.net.width_mult"], output_dir=tmp_path / "r"))
+    assert written["runs"] == 6 and written["unfinished"] == ["5"]
+    assert written["left_out"] == [{"name": "6", "overrides": "model.net.width_mult=2.0 model.optimizer.lr=1e-4 debug=tiny",
+                                    "reason": "RuntimeError: CUDA out of memory | try less"}]
+    table = (sweep / "report.md").read_text()
+    assert "## Left out: 1 run(s) without metrics" in table and "CUDA out of memory \\| try less" in table
+    assert "Not finished (their last metrics are shown): `5` (interrupted)" in table
+    assert "left out 1 run(s) without metrics" in capsys.readouterr().out

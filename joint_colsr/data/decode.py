@@ -44,6 +44,7 @@ class SkipReason(str, Enum):
     EXTREME_ASPECT = "extreme aspect ratio"
     GRAYSCALE = "grayscale"
     MISSING = "listed in the annotations but missing"
+    BROKEN_LINK = "broken symbolic link"
 
     def __str__(self) -> str:
         return self.value

@@ -235,7 +235,8 @@ def _stable_fraction(text: str) -> float:
 
 def _walk_files(root: Path) -> list[Path]:
     """Every file below ``root``, symlinked sub-folders included (``Path.rglob`` skips them);
-    a folder reached twice through links is read once."""
+    a folder reached twice through links is read once. Broken file links (dangling, looping)
+    are listed too, so the caller reports them instead of losing them in silence."""
     seen: set[str] = set()
     out = []
     for folder, dirs, names in os.walk(root, followlinks=True):
@@ -244,7 +245,7 @@ def _walk_files(root: Path) -> list[Path]:
             dirs[:] = []
             continue
         seen.add(real)
-        out += [Path(folder) / n for n in names if (Path(folder) / n).is_file()]
+        out += [Path(folder) / n for n in names if (Path(folder) / n).is_file() or (Path(folder) / n).is_symlink()]
     return out
 
 
@@ -308,6 +309,9 @@ class ImageFolder(ImageSource):
             raise FileNotFoundError(f"data.root={self.root} holds no image files; " + FOLDER_LAYOUT_HELP.format(exts=", ".join(self.extensions)))
         readable, usable, unreadable = [], [], 0
         for path in tqdm(files, desc=f"checking {self.root.name}/", unit="file", disable=not check_headers or len(files) < 500):
+            if not path.exists():  # a dangling or looping link (os.walk lists it; it has nothing to read)
+                self.skip_report.add(str(path), SkipReason.BROKEN_LINK.describe(f"-> {os.readlink(path)}"))
+                continue
             if check_headers:
                 try:
                     width, height = probe_image(path)

@@ -68,6 +68,11 @@ _STORAGE_ERRNOS = {errno.ENOSPC: "no space left on the device", errno.EDQUOT: "t
 _USER_FULL_ERROR = "JOINT_COLSR_USER_FULL_ERROR"
 
 
+#: What survives a failed training run, said in every storage or worker error.
+RESUME_NOTE = ("a training run resumes from its checkpoints/last.ckpt if one was saved, which is only ever "
+               "replaced whole; else it starts over")
+
+
 def _causes(err: BaseException) -> Iterator[BaseException]:
     """``err`` and the exceptions it was raised from or while handling, newest first."""
     seen: set[int] = set()
@@ -94,10 +99,10 @@ def describe_error(err: BaseException) -> str | None:
             fix = ("choose a writable folder (hydra.run.dir=DIR, output_dir=DIR)" if cause.errno in (errno.EROFS, errno.EACCES)
                    else "free some space")
             return (f"{_STORAGE_ERRNOS[cause.errno]}{where}: {fix}, then run the same command again "
-                    "(a training run resumes from checkpoints/last.ckpt, which is only ever replaced whole)")
+                    f"({RESUME_NOTE})")
         if isinstance(cause, RuntimeError) and "DataLoader worker" in str(cause) and "killed by signal" in str(cause):
             return (f"{str(cause).splitlines()[0].rstrip('. ')} (the kernel's out-of-memory killer, most often: lower "
-                    "data.num_workers or data.batch_size); checkpoints/last.ckpt is intact: run the same command again to resume")
+                    f"data.num_workers or data.batch_size), then run the same command again ({RESUME_NOTE})")
     if isinstance(err, (HydraException, OmegaConfBaseException)):
         text = " ".join(line.strip() for line in str(err).split("Config search path")[0].splitlines() if line.strip())
         return f"config: {text}"
@@ -178,6 +183,9 @@ def hydra_command(config_name: str) -> Callable[[Callable[[DictConfig], Any]], C
                 if sweep is None and not is_expected_error(err):
                     raise
                 message = describe_error(err) or str(err)
+                if config_name in ("eval", "predict") and "Could not override 'model'" in message:
+                    message = (f"{config_name} takes no model=: it rebuilds the model a checkpoint was trained with "
+                               "(ckpt_path=CKPT); drop model=")
                 if sweep is not None:  # each failed job's traceback is in its error.txt; the summary lists them
                     message = (f"a sweep job failed ({type(err).__name__}: {message}); every failed job is listed in "
                                f"{sweep / hydra_callbacks.SUMMARY_MD}, its traceback in the job's error.txt")

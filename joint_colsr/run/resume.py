@@ -63,6 +63,9 @@ def resume_candidates(output_dir: str | Path) -> list[Path]:
     ckpts = output_dir / "checkpoints"
     found = [ckpts / "last.ckpt", *sorted(ckpts.glob("last-v*.ckpt")), *sorted(ckpts.glob("latest*.ckpt")),
              *sorted(output_dir.glob("hpc_ckpt_*.ckpt"))]
+    # Then every other checkpoint of the run (best-*.ckpt ...): full training states too, so a
+    # damaged last.ckpt falls back to the furthest of them instead of starting over.
+    found += [p for p in sorted(ckpts.glob("*.ckpt")) if p not in found]
     return [p for p in found if p.is_file()]
 
 
@@ -78,17 +81,31 @@ def load_state(path: str | Path) -> dict[str, Any]:
     return state
 
 
-def find_resume_checkpoint(output_dir: str | Path) -> Path | None:
-    """The furthest checkpoint of the run directory that loads (see :func:`resume_candidates`), or ``None``."""
+def find_resume_checkpoint(output_dir: str | Path, set_aside_damaged: bool = False) -> Path | None:
+    """The furthest checkpoint of the run directory that loads (see :func:`resume_candidates`), or ``None``.
+
+    A damaged candidate is named in a warning; with ``set_aside_damaged`` it is renamed
+    ``<name>.damaged-<time>`` (kept, but never read or replaced again), and when the run
+    resumes from another file than ``last.ckpt`` the warning says which, and at which step.
+    """
     best: tuple[int, Path] | None = None
+    damaged = []
     for path in resume_candidates(output_dir):
         try:
             step = int(load_state(path)["global_step"])
         except ConfigError as err:
             log.warning("not resuming from %s: %s", path, err)
+            damaged.append(path)
             continue
         if best is None or step > best[0]:
             best = (step, path)
+    if set_aside_damaged and _is_main_process():
+        for path in damaged:
+            kept = path.with_name(f"{path.name}.damaged-{_stamp()}")
+            path.rename(kept)
+            log.warning("set the damaged %s aside as %s", path.name, kept.name)
+    if damaged and best is not None:
+        log.warning("resuming from %s (global step %d), the furthest intact checkpoint of %s", best[1].name, best[0], output_dir)
     return best[1] if best else None
 
 
@@ -138,6 +155,13 @@ def check_resume_config(saved: dict[str, Any] | None, current: dict[str, Any], c
         log.info("%s holds no run config (written before run configs were recorded): not compared", ckpt_path)
         return []
     old, new = _flatten(saved), _flatten(current)
+    for key in ("model._target_", "model.net._target_"):  # another model: say so before any of its keys
+        if old.get(key) != new.get(key):
+            raise ConfigError(
+                f"cannot resume {ckpt_path} with another model: the run trained {key}={old.get(key, '<unset>')!r}, this "
+                f"config asks for {new.get(key, '<unset>')!r}; pick that run's model= to continue, or auto_resume=false "
+                "(or another hydra.run.dir, and no ckpt_path) to start over"
+            )
     applied = []
     for key in sorted(set(old) | set(new)):
         if key.startswith(("paths.", "hydra.")) or key in ("ckpt_path", "auto_resume"):

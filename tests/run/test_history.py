@@ -84,6 +84,23 @@ def test_a_damaged_last_ckpt_falls_back_to_an_intact_one(finished_run):
     assert find_resume_checkpoint(finished_run) == ckpts / "last-v1.ckpt"
 
 
+def test_a_damaged_last_ckpt_resumes_from_the_best_checkpoint_and_is_kept(compose_cfg, finished_run, caplog):
+    ckpts = finished_run / "checkpoints"
+    (ckpts / "last.ckpt").write_bytes(b"")  # zero bytes: a write the disk cut short
+    best = next(ckpts.glob("best-*.ckpt"))
+    step = torch.load(best, weights_only=False, map_location="cpu")["global_step"]
+    metrics = train(compose_cfg([*ONE, "trainer.max_epochs=2"]))
+    assert metrics["global_step"] == 2 * step  # one more epoch from the best checkpoint, not from epoch 0
+    assert not (finished_run / "previous").exists()
+    assert [p.read_bytes() for p in ckpts.glob("last.ckpt.damaged-*")] == [b""]  # set aside, not lost
+    assert f"resuming from {best.name} (global step {step}), the furthest intact checkpoint" in caplog.text
+
+
+def test_resuming_with_another_model_names_the_models(compose_cfg, finished_run):
+    with pytest.raises(ConfigError, match="with another model: the run trained model.net._target_='joint_colsr.nets.JointPaperNet'"):
+        train(compose_cfg([*ONE, "trainer.max_epochs=2", "model=residual_joint"]))
+
+
 def test_the_furthest_checkpoint_wins(compose_cfg, finished_run):
     ckpts = finished_run / "checkpoints"
     state = torch.load(ckpts / "last.ckpt", weights_only=False)
