@@ -74,12 +74,24 @@ def test_open_verifies_the_shards(tiny_coco, tmp_path):
     cache_dir = tmp_path / "c"
     build_cache(CocoSource(str(tiny_coco)), cache_dir, output_size=32, progress=False)
     shard = cache_dir / "val-00000.npy"
-    data = bytearray(shard.read_bytes())
+    ImageCache.open(cache_dir, verify="quick")  # first use: every shard's sha256 checked, then remembered
+    stamps = json.loads((cache_dir / "verified.json").read_text())
+    assert sorted(stamps) == sorted(p.name for p in cache_dir.glob("*.npy"))
+    intact = shard.read_bytes()
+    data = bytearray(intact)
     data[-1] ^= 0xFF  # same size, one pixel changed: only the checksum can tell
     shard.write_bytes(bytes(data))
-    ImageCache.open(cache_dir, verify="quick")
-    with pytest.raises(CacheError, match="val-00000.npy fails its sha256 check"):
-        ImageCache.open(cache_dir, verify="full")
+    for verify in ("quick", "full"):  # the default sees that the file changed since it was verified
+        with pytest.raises(CacheError, match="val-00000.npy fails its sha256 check"):
+            ImageCache.open(cache_dir, verify=verify)
+    ImageCache.open(cache_dir, verify="none")
+    header = bytearray(intact)
+    header[30] = ord("'")  # inside the .npy header's dict: np.load raises SyntaxError / TokenError
+    shard.write_bytes(bytes(header))
+    with pytest.raises(CacheError, match="shard val-00000.npy is not a readable .npy file .its header is damaged"):
+        ImageCache.open(cache_dir)
+    shard.write_bytes(intact)
+    ImageCache.open(cache_dir)  # the intact bytes again: checked again (new mtime) and accepted
     shard.write_bytes(bytes(data[:-10]))
     with pytest.raises(CacheError, match="val-00000.npy has .* bytes, the index says"):
         ImageCache.open(cache_dir)

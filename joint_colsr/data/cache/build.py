@@ -37,6 +37,7 @@ from joint_colsr.data.cache.store import (
     INDEX_NAME,
     SHARDS_NAME,
     SPLITS,
+    VERIFIED_NAME,
     CacheError,
     read_index,
     read_shard_lines,
@@ -172,7 +173,7 @@ def build_cache(
 
 def _remove_cache_files(root: Path) -> None:
     for path in root.iterdir():
-        if path.name in (INDEX_NAME, SHARDS_NAME) or path.suffix in (".npy", ".tmp"):
+        if path.name in (INDEX_NAME, SHARDS_NAME, VERIFIED_NAME) or path.suffix in (".npy", ".tmp"):
             path.unlink()
 
 

@@ -27,7 +27,9 @@ super-resolution target); at T > S a random resized crop (``data.crop_scale``) r
 down to S, plus the flip.
 
 Opening verifies structure (every shard present, its .npy header and byte size as
-indexed; ``verify="full"`` also checks each shard's sha256). Photos excluded at build
+indexed) and contents: ``verify="quick"`` (the default) checks each shard's sha256 the first
+time it is opened and again whenever its file changed (``verified.json`` remembers size,
+mtime and inode); ``verify="full"`` checks every shard's sha256 on every open. Photos excluded at build
 time (see :mod:`.build`) and files the source skipped at start-up are listed in the
 index with their reasons.
 """
@@ -46,12 +48,15 @@ import numpy as np
 from joint_colsr.data.decode import count_reasons
 from joint_colsr.data.sources import ImageSource
 from joint_colsr.data.views import WHOLE, Box
+from joint_colsr.run.outputs import atomic_write
 
 log = logging.getLogger(__name__)
 
 CACHE_VERSION = 2
 INDEX_NAME = "index.json"
 SHARDS_NAME = "shards.jsonl"
+#: Shards whose sha256 was checked, with the size, mtime and inode they had then (``verify="quick"``).
+VERIFIED_NAME = "verified.json"
 SPLITS = ("train", "val")
 
 BUILD_HELP = "build it with: python -m joint_colsr.preprocess data=<source> [data.root=DIR] cache_dir=DIR"
@@ -228,8 +233,9 @@ class ImageCache:
         """Open and verify a cache.
 
         Args:
-            verify: ``"quick"`` (every shard present, .npy header and byte size as indexed),
-                ``"full"`` (also each shard's sha256: reads every byte), or ``"none"``.
+            verify: ``"quick"`` (every shard present, .npy header and byte size as indexed,
+                and each shard's sha256 once, again when its file changed), ``"full"``
+                (every shard's sha256 on every open: reads every byte), or ``"none"``.
             splits: the splits that must be complete.
 
         Raises:
@@ -258,6 +264,8 @@ class ImageCache:
             view_boxes = index["val_views"] if name == "val" else (WHOLE,)
             for shard in entry["shards"] if verify != "none" else ():
                 _verify_shard(root, shard, size, len(view_boxes), full=verify == "full")
+            if verify == "quick":
+                _verify_contents_once(root, entry["shards"])
             opened[name] = CacheSplit(root, name, entry["shards"], size, view_boxes)
         cache = cls(root, index, opened)
         for name, split in opened.items():
@@ -299,13 +307,48 @@ def _verify_shard(root: Path, shard: dict[str, Any], size: int, views: int, full
                          "it is damaged: delete it and rerun the preprocess command")
     try:
         arr = np.load(path, mmap_mode="r")
-    except (ValueError, OSError) as err:
-        raise CacheError(f"cache {root}: shard {path.name} is not a readable .npy file ({err})") from None
+    except Exception as err:  # noqa: BLE001 - a damaged header raises ValueError, SyntaxError, TokenError ...
+        raise CacheError(f"cache {root}: shard {path.name} is not a readable .npy file (its header is damaged: "
+                         f"{type(err).__name__}); delete it and rerun the preprocess command to rebuild it") from None
     expected = (shard["count"] * views, 3, size, size)
     if arr.dtype != np.uint8 or arr.shape != expected:
         raise CacheError(f"cache {root}: shard {path.name} holds {arr.dtype} {arr.shape}, expected uint8 {expected}")
     if full and sha256_of(path) != shard["sha256"]:
         raise CacheError(f"cache {root}: shard {path.name} fails its sha256 check; delete it and rerun the preprocess command")
+
+
+def _stat_key(path: Path) -> list[int]:
+    st = path.stat()
+    return [st.st_size, st.st_mtime_ns, st.st_ino]
+
+
+def _verify_contents_once(root: Path, shards: list[dict[str, Any]]) -> None:
+    """``verify="quick"``: each shard's sha256 is checked the first time the shard is opened,
+    then remembered in ``DIR/verified.json`` with its size, mtime and inode; a shard whose
+    file changed since (rewritten, bytes flipped by a write, replaced) is checked again. A
+    read-only cache cannot remember: it is checked on every open (logged once)."""
+    stamps_path = root / VERIFIED_NAME
+    try:
+        stamps = json.loads(stamps_path.read_text()) if stamps_path.is_file() else {}
+    except (OSError, ValueError):
+        stamps = {}  # a damaged stamp file only costs a re-check
+    changed = False
+    for shard in shards:
+        path = root / shard["file"]
+        key = _stat_key(path)
+        if stamps.get(shard["file"]) == {"stat": key, "sha256": shard["sha256"]}:
+            continue
+        if sha256_of(path) != shard["sha256"]:
+            raise CacheError(f"cache {root}: shard {path.name} fails its sha256 check (its bytes changed after the build); "
+                             "delete it and rerun the preprocess command to rebuild it")
+        stamps[shard["file"]] = {"stat": key, "sha256": shard["sha256"]}
+        changed = True
+    if changed:
+        try:
+            with atomic_write(stamps_path) as f:
+                json.dump(stamps, f, sort_keys=True)
+        except OSError as err:
+            log.info("cache %s: cannot record the verified shards (%s): the next open checks them again", root, err.strerror)
 
 
 def summarize(index: dict[str, Any]) -> str:
