@@ -17,9 +17,17 @@ one test set, and writes ``comparison.md``, ``comparison.json`` and ``comparison
 * per model and metric: mean and 95 % Student-t confidence interval over the seeds, in
   both protocols (``psnr``: ground-truth L*, ``psnr_joint``: the model's own L*), plus
   ``psnr_y`` and SSIM;
-* per model: the paired per-image difference against the reference (same photos, same
-  seed; averaged over seeds per photo) with a bootstrap 95 % interval over photos, and per
-  COCO supercategory when the test set has them;
+* per model and seed: the mean of every metric (``per_seed``);
+* per model and metric: the paired difference against the reference (same photos, same
+  seeds) with an interval that carries seed and photo variance (:func:`paired_interval`)
+  and a verdict in words (:func:`verdict`: who is better, or "no detectable difference",
+  "too few seeds" under 3, and the smallest difference the run could detect); per COCO
+  supercategory a seed-averaged bootstrap over photos (``paired_vs_reference``);
+* baselines: ``eval baseline=gray`` and ``baseline=bicubic`` on the same test set, and per
+  model its paired psnr_joint difference against bicubic (``vs_bicubic``): a model not
+  above bicubic learned nothing detectable;
+* a finished contender/seed (same contender, seed, overrides, budget and code:
+  ``compare_run.json``) is reused, not trained again;
 * a model fed the ground-truth L* would be marked "GT-L* guided" (none of the contenders is).
 
 Every stage is the suite's own command (``train``, ``two_stage``, ``eval``), run as a
@@ -173,6 +181,75 @@ def paired_differences(model: dict[int, dict], reference: dict[int, dict], metri
     return out
 
 
+def per_seed_mean(rows: dict[str, dict[str, Any]], metric: str) -> float | None:
+    """The mean of ``metric`` over one seed's photos (finite values only)."""
+    values = [r[metric] for r in rows.values() if r[metric] is not None and math.isfinite(r[metric])]
+    return float(np.mean(values)) if values else None
+
+
+def paired_interval(model: dict[int, dict], reference: dict[int, dict], metric: str, n: int = 10000, seed: int = 0,
+                    level: float = 0.95) -> dict[str, Any] | None:
+    """``model - reference`` of ``metric`` on the same photos and seeds, with an interval
+    that carries seed and photo variance.
+
+    Two-level percentile bootstrap: each resample draws seeds with replacement, then, within
+    each drawn seed, photos with replacement, and averages the per-photo differences. The
+    reported interval is the union of that and the seed-level paired Student-t interval (the
+    per-seed mean differences), so it is never narrower than the seeds alone allow. With one
+    seed there is no t-interval: the bootstrap over photos stands alone.
+    """
+    seeds = sorted(s for s in model if s in reference)
+    diffs: list[np.ndarray] = []
+    for s in seeds:
+        ref = reference[s]
+        d = [row[metric] - ref[k][metric] for k, row in model[s].items() if k in ref and row[metric] is not None
+             and ref[k][metric] is not None and math.isfinite(row[metric]) and math.isfinite(ref[k][metric])]
+        if d:
+            diffs.append(np.asarray(d, dtype=np.float64))
+    if not diffs:
+        return None
+    rng = np.random.default_rng(seed)
+    boot = np.empty(n)
+    for i in range(n):
+        picked = rng.integers(0, len(diffs), len(diffs))
+        boot[i] = np.mean([diffs[j][rng.integers(0, len(diffs[j]), len(diffs[j]))].mean() for j in picked])
+    lo, hi = np.quantile(boot, [(1 - level) / 2, (1 + level) / 2])
+    seed_means = [float(d.mean()) for d in diffs]
+    out = {"mean": float(np.mean(seed_means)), "lo": float(lo), "hi": float(hi), "seeds": len(diffs),
+           "photos": int(np.mean([len(d) for d in diffs])), "per_seed": dict(zip(map(str, seeds), seed_means)),
+           "bootstrap": [float(lo), float(hi)], "seed_t": None}
+    t = confidence_interval(seed_means) if len(seed_means) >= 2 else None
+    if t and t.get("ci95") is not None:
+        t_lo, t_hi = t["mean"] - t["ci95"], t["mean"] + t["ci95"]
+        out["seed_t"] = [t_lo, t_hi]
+        out["lo"], out["hi"] = min(out["lo"], t_lo), max(out["hi"], t_hi)
+    return out
+
+
+#: Fewer seeds than this: the verdict says so (a t-interval over 2 seeds is very wide, and
+#: a bootstrap over 2 seeds cannot see their spread).
+MIN_SEEDS = 3
+
+
+def verdict(name: str, reference: str, paired: dict[str, Any] | None) -> dict[str, Any]:
+    """What ``paired`` (``name - reference``) says, in words: who is better and by how much,
+    or "no detectable difference (interval spans 0)", and the smallest difference this run
+    could have detected (the interval's half-width)."""
+    if paired is None:
+        return {"text": "not compared (no paired photos)", "detectable": None}
+    mean, lo, hi = paired["mean"], paired["lo"], paired["hi"]
+    interval = f"[{lo:+.3f}, {hi:+.3f}]"
+    if lo > 0:
+        text = f"{name} better by {mean:.3f} {interval}"
+    elif hi < 0:
+        text = f"{reference} better by {-mean:.3f} {interval}"
+    else:
+        text = f"no detectable difference (interval spans 0: {mean:+.3f} {interval})"
+    if paired["seeds"] < MIN_SEEDS:
+        text = f"too few seeds ({paired['seeds']} < {MIN_SEEDS}): {text}"
+    return {"text": text, "detectable": (hi - lo) / 2}
+
+
 def summarize(results: dict[str, dict[int, dict]], reference: str) -> dict[str, Any]:
     """Per model: metric means over seeds with CIs, paired differences against ``reference``."""
     out: dict[str, Any] = {}
@@ -187,6 +264,8 @@ def summarize(results: dict[str, dict[int, dict]], reference: str) -> dict[str, 
             values = [float(s["train"][key]) for s in seeds.values() if s["train"].get(key) is not None]
             entry[key] = float(np.mean(values)) if values else None
         entry["steps"] = [s["train"]["steps"] for s in seeds.values()]
+        entry["per_seed"] = {str(seed): {m: per_seed_mean(s["per_image"], m) for m in METRICS} for seed, s in seeds.items()}
+        entry["paired"], entry["verdict"] = {}, {}
         if name != reference and reference in results:
             per_image = {seed: s["per_image"] for seed, s in seeds.items()}
             ref_images = {seed: s["per_image"] for seed, s in results[reference].items()}
@@ -194,6 +273,8 @@ def summarize(results: dict[str, dict[int, dict]], reference: str) -> dict[str, 
                 diff = paired_differences(per_image, ref_images, metric)
                 if diff is not None:
                     entry["paired_vs_reference"][metric] = diff
+                entry["paired"][metric] = paired_interval(per_image, ref_images, metric)
+                entry["verdict"][metric] = verdict(name, reference, entry["paired"][metric])
         out[name] = entry
     return out
 
@@ -205,32 +286,54 @@ def _fmt_ci(stats: dict[str, Any] | None) -> str:
     return f"{stats['mean']:.3f}" + (f" +- {ci:.3f}" if ci is not None else "")
 
 
-def markdown(summary: dict[str, Any], reference: str, args: argparse.Namespace) -> str:
+def markdown(summary: dict[str, Any], baselines: dict[str, Any], reference: str, args: argparse.Namespace,
+             budget: float) -> str:
+    verdicts = [f"- `{name}` vs `{reference}`, {metric} (dB): {e['verdict'][metric]['text']}; smallest detectable "
+                f"difference {e['verdict'][metric]['detectable']:.3f} dB" for name, e in summary.items()
+                for metric in ("psnr_joint", "psnr") if e["verdict"].get(metric) and e["verdict"][metric]["detectable"] is not None]
+    floor = [f"- `{name}` (dB): {e['vs_bicubic']['text']}" for name, e in summary.items() if e.get("vs_bicubic")]
     lines = [
         "# Joint or cascade?", "",
+        "## Verdict", "",
+        f"Paired differences against `{reference}` on the same photos and seeds; intervals carry seed and photo "
+        "variance (two-level bootstrap, widened to the seed-level t-interval).", "",
+        *(verdicts or ["- (no contender besides the reference)"]), "",
+        "Against the bicubic baseline (psnr_joint; a model not above it learned nothing detectable):", "",
+        *(floor or ["- (no bicubic baseline)"]), "",
+        "## Setup", "",
         f"Seeds {args.seeds}; training budget: the FLOPs of {args.budget_steps} steps of `{reference}` "
-        f"({summary[reference]['train_flops'] / 1e9:.1f} GFLOP per run) for every model (two-stage cascades: half per stage; "
-        "whole steps, at least one); "
+        f"({budget / 1e9:.2f} GFLOP per run); every model trains for the whole steps that budget buys it, at least one "
+        "(two-stage cascades: half per stage), so the column `x budget` is the compute each row really trained on; "
         f"train overrides `{' '.join(args.train) or '(none)'}`; test set `{' '.join(args.eval) or 'data=samples (validation photos)'}`.",
         "", "Mean +- 95 % CI (Student t) over seeds. PSNR (GT L*) is protocol 1, PSNR (own L*) protocol 2 (the joint task).", "",
-        "| model | steps | GFLOP | fit s | PSNR (GT L*) | PSNR (own L*) | SSIM (own L*) | Y-PSNR |",
-        "| --- | --- | ---: | ---: | --- | --- | --- | --- |",
+        "| model | steps | train GFLOP | x budget | fit s | PSNR (GT L*) | PSNR (own L*) | SSIM (own L*) | Y-PSNR |",
+        "| --- | --- | ---: | ---: | ---: | --- | --- | --- | --- |",
     ]
     for name, e in summary.items():
         label = f"{name} ({GUIDED_MARK})" if e["uses_ground_truth_l"] else name
         m = e["metrics"]
-        lines.append(f"| {label} | {e['steps'][0]} | {e['train_flops'] / 1e9:.1f} | {e['fit_seconds'] or 0:.0f} | "
-                     f"{_fmt_ci(m.get('psnr'))} | {_fmt_ci(m.get('psnr_joint'))} | {_fmt_ci(m.get('ssim_joint'))} | {_fmt_ci(m.get('psnr_y'))} |")
-    lines += ["", f"## Paired per-image difference against `{reference}` (bootstrap 95 % CI over photos)", "",
-              "| model | metric | photos | mean | 95 % CI |", "| --- | --- | ---: | ---: | --- |"]
+        lines.append(f"| {label} | {e['steps'][0]} | {e['train_flops'] / 1e9:.2f} | {e['train_flops'] / budget:.2f} | "
+                     f"{e['fit_seconds'] or 0:.0f} | {_fmt_ci(m.get('psnr'))} | {_fmt_ci(m.get('psnr_joint'))} | "
+                     f"{_fmt_ci(m.get('ssim_joint'))} | {_fmt_ci(m.get('psnr_y'))} |")
+    for name, b in baselines.items():
+        m = b["metrics"]
+        cells = " | ".join(f"{m[k]:.3f}" if isinstance(m.get(k), (int, float)) else "-" for k in ("psnr", "psnr_joint", "ssim_joint", "psnr_y"))
+        lines.append(f"| baseline {name} (no training) | - | 0 | 0 | - | {cells} |")
+    lines += ["", f"## Paired difference against `{reference}` (mean [interval]; seeds x photos)", "",
+              "| model | metric | seeds | photos | mean | interval | seed-level t | bootstrap |",
+              "| --- | --- | ---: | ---: | ---: | --- | --- | --- |"]
     for name, e in summary.items():
-        for metric, d in e["paired_vs_reference"].items():
-            lines.append(f"| {name} | {metric} | {d['n']} | {d['mean']:+.3f} | [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] |")
+        for metric, d in e["paired"].items():
+            if d is None:
+                continue
+            t = f"[{d['seed_t'][0]:+.3f}, {d['seed_t'][1]:+.3f}]" if d["seed_t"] else "(1 seed)"
+            lines.append(f"| {name} | {metric} | {d['seeds']} | {d['photos']} | {d['mean']:+.3f} | [{d['lo']:+.3f}, {d['hi']:+.3f}] | "
+                         f"{t} | [{d['bootstrap'][0]:+.3f}, {d['bootstrap'][1]:+.3f}] |")
     supers = [(n, m, d["by_supercategory"]) for n, e in summary.items() for m, d in e["paired_vs_reference"].items()
               if "by_supercategory" in d and m == "psnr_joint"]
     if supers:
-        lines += ["", "## psnr_joint difference per COCO supercategory", "", "| model | supercategory | photos | mean | 95 % CI |",
-                  "| --- | --- | ---: | ---: | --- |"]
+        lines += ["", "## psnr_joint difference per COCO supercategory (seed-averaged, bootstrap over photos)", "",
+                  "| model | supercategory | photos | mean | 95 % CI |", "| --- | --- | ---: | ---: | --- |"]
         for name, _, groups in supers:
             for group, d in groups.items():
                 lines.append(f"| {name} | {group} | {d['n']} | {d['mean']:+.3f} | [{d['ci_low']:+.3f}, {d['ci_high']:+.3f}] |")
@@ -239,7 +342,9 @@ def markdown(summary: dict[str, Any], reference: str, args: argparse.Namespace) 
     return "\n".join(lines) + "\n"
 
 
-def plot(summary: dict[str, Any], path: Path, metric: str = "psnr_joint") -> Path:
+def plot(summary: dict[str, Any], baselines: dict[str, Any], budget: float, path: Path, metric: str = "psnr_joint") -> Path:
+    """Bars of ``metric`` (mean +- 95 % CI over seeds), each labelled with the compute it
+    trained on (x budget), the baselines as lines; the y-axis range is stated."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -248,17 +353,71 @@ def plot(summary: dict[str, Any], path: Path, metric: str = "psnr_joint") -> Pat
     names = [n for n, e in summary.items() if metric in e["metrics"]]
     means = [summary[n]["metrics"][metric]["mean"] for n in names]
     errs = [summary[n]["metrics"][metric]["ci95"] or 0.0 for n in names]
-    fig, ax = plt.subplots(figsize=(6.4, 3.6), dpi=120)
-    ax.bar(range(len(names)), means, yerr=errs, capsize=4, color="#4477aa")
+    fig, ax = plt.subplots(figsize=(7.2, 4.0), dpi=120)
+    bars = ax.bar(range(len(names)), means, yerr=errs, capsize=4, color="#4477aa")
+    for bar, name in zip(bars, names):
+        ax.annotate(f"x{summary[name]['train_flops'] / budget:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+                    xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=7)
+    levels = list(means)
+    for (name, b), style in zip(baselines.items(), ("--", ":")):
+        value = b["metrics"].get(metric)
+        if value is not None:
+            ax.axhline(value, color="#aa3377", linestyle=style, label=f"baseline {name}: {value:.2f} dB")
+            levels.append(value)
     ax.set_xticks(range(len(names)), names, rotation=20, ha="right")
+    ax.set_xlabel("model (bar label: training FLOPs / budget)")
     ax.set_ylabel(f"{metric} (dB), mean +- 95 % CI")
-    if means:
-        ax.set_ylim(min(means) - 1.0, max(means) + 1.0)
+    if levels:
+        low, high = min(levels) - 1.0, max(levels) + 1.0
+        ax.set_ylim(low, high)
+        ax.set_title(f"y-axis cut: starts at {low:.1f} dB, not 0", fontsize=8)
+    if baselines:
+        ax.legend(fontsize=7, loc="lower right")
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
     fig.savefig(path)
     plt.close(fig)
     return path
+
+
+def code_digest() -> str:
+    """sha256 over the package's sources and configs: a finished run is reused only under the same code."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for top, pattern in ((Path(__file__).resolve().parent, "*.py"), (Path(CONFIG_DIR), "*.yaml")):
+        for path in sorted(top.rglob(pattern)):
+            digest.update(path.relative_to(top).as_posix().encode() + b"\0" + path.read_bytes())
+    return digest.hexdigest()
+
+
+RUN_RECORD = "compare_run.json"
+
+
+def _finished(run_dir: Path, record: dict[str, Any]) -> dict[str, Any] | None:
+    """The saved training record of ``run_dir`` when it was made under ``record`` (same
+    contender, seed, overrides, budget and code) and its evaluation is there; else ``None``."""
+    try:
+        saved = json.loads((run_dir / RUN_RECORD).read_text())
+    except (OSError, ValueError):
+        return None
+    if saved.get("record") != record or not (run_dir / "eval" / "per_image.csv").is_file():
+        return None
+    return saved["trained"]
+
+
+def _evaluate_baselines(out: Path, eval_overrides: list[str], code: str) -> dict[str, Any]:
+    """``eval baseline=gray`` and ``baseline=bicubic`` on the test set (no training, no seeds)."""
+    baselines = {}
+    for name in ("gray", "bicubic"):
+        run_dir = out / "baselines" / name
+        record = {"baseline": name, "eval": eval_overrides, "code": code}
+        if _finished(run_dir, record) is None:
+            _run("joint_colsr.eval", [f"baseline={name}", *eval_overrides, f"hydra.run.dir={run_dir / 'eval'}"])
+            (run_dir / RUN_RECORD).write_text(json.dumps({"record": record, "trained": {}}) + "\n")
+        baselines[name] = {"metrics": json.loads((run_dir / "eval" / "metrics.json").read_text()),
+                           "per_image": _read_per_image(run_dir / "eval" / "per_image.csv")}
+    return baselines
 
 
 def compare(args: argparse.Namespace) -> dict[str, Any]:
@@ -271,24 +430,44 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     ref_overrides = [*spec, *args.train]
     batch_size = int(_compose_train(ref_overrides).data.batch_size)
     budget = float(args.budget_steps * batch_size * training_flops_per_sample(ref_overrides))
+    code = code_digest()
+    runs = [(name, seed) for name in args.models for seed in args.seeds]
     results: dict[str, dict[int, dict]] = {}
-    for name in args.models:
-        for seed in args.seeds:
-            run_dir = out / name / f"seed{seed}"
+    reused = 0
+    for number, (name, seed) in enumerate(runs, start=1):
+        run_dir = out / name / f"seed{seed}"
+        record = {"contender": name, "seed": seed, "train": list(args.train), "eval": list(args.eval), "budget_flops": budget,
+                  "code": code}
+        trained = _finished(run_dir, record)
+        if trained is not None:
+            reused += 1
+            log.info("compare: run %d of %d: %s seed %d finished before under the same config and code: reused",
+                     number, len(runs), name, seed)
+        else:
+            log.info("compare: run %d of %d: training %s seed %d", number, len(runs), name, seed)
             trained = train_contender(name, seed, run_dir, list(args.train), budget, batch_size)
             _run("joint_colsr.eval", [f"ckpt_path={trained['ckpt']}", *args.eval, f"hydra.run.dir={run_dir / 'eval'}"])
-            results.setdefault(name, {})[seed] = {
-                "train": trained,
-                "metrics": json.loads((run_dir / "eval" / "metrics.json").read_text()),
-                "per_image": _read_per_image(run_dir / "eval" / "per_image.csv"),
-            }
+            (run_dir / RUN_RECORD).write_text(json.dumps({"record": record, "trained": trained}) + "\n")
+        results.setdefault(name, {})[seed] = {
+            "train": trained,
+            "metrics": json.loads((run_dir / "eval" / "metrics.json").read_text()),
+            "per_image": _read_per_image(run_dir / "eval" / "per_image.csv"),
+        }
+    baselines = _evaluate_baselines(out, list(args.eval), code)
     summary = summarize(results, args.reference)
+    for name, seeds in results.items():  # is it above the bicubic floor at all?
+        bicubic = {seed: baselines["bicubic"]["per_image"] for seed in seeds}
+        floor = paired_interval({seed: s["per_image"] for seed, s in seeds.items()}, bicubic, "psnr_joint")
+        summary[name]["vs_bicubic"] = {**verdict(name, "bicubic", floor), "paired": floor}
     report = {"reference": args.reference, "seeds": list(args.seeds), "budget_flops": budget, "budget_steps": args.budget_steps,
-              "train_overrides": list(args.train), "eval_overrides": list(args.eval), "models": summary}
+              "train_overrides": list(args.train), "eval_overrides": list(args.eval), "reused_runs": reused,
+              "contenders": summary,
+              "baselines": {name: {"metrics": {m: b["metrics"].get(m) for m in METRICS}} for name, b in baselines.items()}}
     (out / "comparison.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "comparison.md").write_text(markdown(summary, args.reference, args))
-    plot(summary, out / "comparison.png")
-    print(f"comparison of {len(args.models)} models x {len(args.seeds)} seeds: {out / 'comparison.md'}")
+    (out / "comparison.md").write_text(markdown(summary, baselines, args.reference, args, budget))
+    plot(summary, baselines, budget, out / "comparison.png")
+    print(f"comparison of {len(args.models)} models x {len(args.seeds)} seeds ({reused} of {len(runs)} runs reused): "
+          f"{out / 'comparison.md'}")
     return report
 
 
