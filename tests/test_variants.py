@@ -39,7 +39,7 @@ TINY = {
     "residual_joint_gt": ["model=residual_joint", "model.net.blocks=1", "model.net.l_source=gt"],
     "residual_joint_interpolated": ["model=residual_joint", "model.net.blocks=1", "model.net.l_source=interpolated"],
     "srgan": ["model=srgan", "model.net.blocks=1", "model.discriminator.width_mult=0.0625",
-              "model.discriminator_warmup_steps=0"],
+              "model.discriminator_warmup_steps=0", "model.discriminator_warmup_fraction=null"],
 }
 PREDICTS_L = {"sr_only", "cascade", "cascade_upscale_first", "residual_joint", "srgan", "residual_joint_interpolated"}
 
@@ -316,8 +316,22 @@ def test_srgan_tiny_run_with_ema_perceptual_schedulers_and_resume(compose_cfg, t
 
 
 def test_srgan_warmup_keeps_adversarial_loss_off(compose_cfg):
-    metrics = train(compose_cfg(_overrides("srgan", "debug=fdr", "data.batch_size=2", "model.discriminator_warmup_steps=5")))
+    metrics = train(compose_cfg(_overrides("srgan", "debug=fdr", "data.batch_size=2", "model.discriminator_warmup_steps=5",
+                                       "model.discriminator_warmup_fraction=null")))
     assert "train/g_adv" not in metrics and "train/d_loss" in metrics
+
+
+def test_srgan_warmup_scales_with_the_run_so_the_default_run_is_adversarial(compose_cfg, caplog):
+    # the shipped srgan config: warm-up 10 % of the run's generator steps (max_steps counts both optimizers)
+    shipped = [o for o in TINY["srgan"] if "warmup" not in o]
+    cfg = compose_cfg([*shipped, "model.net.width_mult=0.0625", "debug=tiny", "trainer.limit_train_batches=20",
+                       "data.train_samples_per_epoch=80", "++trainer.max_steps=40", "trainer.max_epochs=-1"])
+    with caplog.at_level("INFO", logger="joint_colsr.systems.gan"):
+        metrics = train(cfg)
+    assert "discriminator warm-up 2 of 20 generator steps" in caplog.text
+    assert metrics["train/g_adv"] > 0  # the adversarial term reached the generator
+    with pytest.raises(ValueError, match="set one of model.discriminator_warmup_steps and model.discriminator_warmup_fraction"):
+        train(compose_cfg([*shipped, "debug=tiny", "model.discriminator_warmup_steps=5"]))
 
 
 def test_model_table_lists_every_variant():
@@ -345,7 +359,8 @@ def test_srgan_trains_another_generator(compose_cfg):
     # The override README documents for swapping the generator.
     cfg = compose_cfg(["model=srgan", "~model.net", "+model.net={_target_: joint_colsr.nets.JointPaperNet, width_mult: 0.0625}",
                        "model.discriminator.width_mult=0.0625",
-                       "model.discriminator_warmup_steps=0", "debug=fdr", "data.batch_size=2"])
+                       "model.discriminator_warmup_steps=0", "model.discriminator_warmup_fraction=null",
+                       "debug=fdr", "data.batch_size=2"])
     metrics = train(cfg)
     assert cfg.model.net._target_.endswith("JointPaperNet") and "train/g_adv" in metrics
     assert "val/loss_l" not in metrics  # the paper net has no L* of its own: D sees ground-truth L*

@@ -11,6 +11,8 @@ Validation, metrics and the image grid are :class:`ColSRSystem`'s, unchanged.
 
 from __future__ import annotations
 
+import logging
+import math
 from typing import Any, Mapping
 
 import torch
@@ -22,6 +24,8 @@ from joint_colsr.run.averaging import EMAModel
 from joint_colsr.color import merge_l_ab_to_rgb
 from joint_colsr.nets.vgg import VGG19Features
 from joint_colsr.systems.colsr import ColSRSystem, _plain
+
+log = logging.getLogger(__name__)
 
 
 class GANSystem(ColSRSystem):
@@ -47,8 +51,14 @@ class GANSystem(ColSRSystem):
         scheduler_monitor, scheduler_interval, l_loss_weight, classification_loss_weight: as in ColSRSystem.
         pixel_loss_weight: weight of the supervised (pixel) loss.
         adversarial_loss_weight: weight of the generator's adversarial loss.
-        discriminator_warmup_steps: steps during which only the discriminator learns from
-            the adversarial game (the generator trains on pixels alone).
+        discriminator_warmup_steps: generator steps (batches) during which only the
+            discriminator learns from the adversarial game (the generator trains on pixels
+            alone); ``None`` with ``discriminator_warmup_fraction``.
+        discriminator_warmup_fraction: the warm-up as a fraction in [0, 1) of the run's
+            generator steps (``trainer.max_steps`` counts both optimizers' steps, so half of
+            it; or batches per epoch x ``trainer.max_epochs``, whichever ends the run first),
+            so a short run is adversarial for most of its steps; set at the start of
+            training. ``None``: ``discriminator_warmup_steps`` applies.
         real_label: target of D(real) (one-sided label smoothing below 1).
         ema_decay: decay of an exponential moving average of the generator used for
             validation and inference (``None``: off).
@@ -81,17 +91,23 @@ class GANSystem(ColSRSystem):
         classification_loss_weight: float = 1.0 / 300,
         pixel_loss_weight: float = 1.0,
         adversarial_loss_weight: float = 1e-3,
-        discriminator_warmup_steps: int = 0,
+        discriminator_warmup_steps: int | None = 0,
         real_label: float = 0.9,
         ema_decay: float | None = None,
         perceptual_weights_path: str | None = None,
         perceptual_layer: str = "relu5_4",
         perceptual_loss_weight: float = 6e-3,
+        discriminator_warmup_fraction: float | None = None,
     ) -> None:
         if scheduler_interval not in ("step", "epoch"):
             raise ValueError(f"model.scheduler_interval must be 'step' or 'epoch', got {scheduler_interval!r}")
-        if discriminator_warmup_steps < 0:
+        if (discriminator_warmup_steps is None) == (discriminator_warmup_fraction is None):
+            raise ValueError("set one of model.discriminator_warmup_steps and model.discriminator_warmup_fraction, the "
+                             f"other null; got {discriminator_warmup_steps} and {discriminator_warmup_fraction}")
+        if discriminator_warmup_steps is not None and discriminator_warmup_steps < 0:
             raise ValueError(f"model.discriminator_warmup_steps must be >= 0, got {discriminator_warmup_steps}")
+        if discriminator_warmup_fraction is not None and not 0.0 <= discriminator_warmup_fraction < 1.0:
+            raise ValueError(f"model.discriminator_warmup_fraction must be in [0, 1), got {discriminator_warmup_fraction}")
         if not 0.0 < real_label <= 1.0:
             raise ValueError(f"model.real_label must be in (0, 1], got {real_label}")
         if ema_decay is not None and not 0.0 < ema_decay < 1.0:
@@ -102,7 +118,8 @@ class GANSystem(ColSRSystem):
         self.save_hyperparameters({
             **dict(self.hparams), "discriminator": discriminator, "discriminator_optimizer": discriminator_optimizer,
             "pixel_loss_weight": pixel_loss_weight, "adversarial_loss_weight": adversarial_loss_weight,
-            "discriminator_warmup_steps": discriminator_warmup_steps, "real_label": real_label, "ema_decay": ema_decay,
+            "discriminator_warmup_steps": discriminator_warmup_steps,
+            "discriminator_warmup_fraction": discriminator_warmup_fraction, "real_label": real_label, "ema_decay": ema_decay,
             "perceptual_weights_path": perceptual_weights_path, "perceptual_layer": perceptual_layer,
             "perceptual_loss_weight": perceptual_loss_weight,
         })
@@ -118,6 +135,8 @@ class GANSystem(ColSRSystem):
         # The same count on the host, so that no step reads the device buffer back (a GPU
         # sync per step); None after a load: read once.
         self._generator_steps_on_host: int | None = 0
+        # Warm-up in generator steps; from the fraction once the run's length is known (on_train_start).
+        self.warmup_steps: int | None = discriminator_warmup_steps
 
     @property
     def eval_net(self) -> nn.Module:
@@ -130,10 +149,36 @@ class GANSystem(ColSRSystem):
         """Normalized L* ``(B, 1, S, S)`` and a*b* ``(B, 2, S, S)`` -> the ``(B, 3, S, S)`` image D judges."""
         return torch.cat([l_norm.to(ab_norm.dtype), ab_norm], dim=1)
 
+    def run_generator_steps(self) -> int:
+        """The generator steps (batches) this run trains for: half of ``trainer.max_steps``
+        (Lightning counts each of the two optimizers' steps) or batches per epoch x
+        ``trainer.max_epochs``, whichever is reached first."""
+        trainer = self.trainer
+        limits = []
+        if trainer.max_steps is not None and trainer.max_steps > 0:
+            limits.append(trainer.max_steps // 2)
+        if trainer.max_epochs is not None and trainer.max_epochs > 0 and math.isfinite(trainer.num_training_batches):
+            limits.append(int(trainer.num_training_batches) * trainer.max_epochs)
+        if not limits:
+            raise ValueError("model.discriminator_warmup_fraction needs a run of known length: set trainer.max_steps or "
+                             "trainer.max_epochs, or use model.discriminator_warmup_steps")
+        return min(limits)
+
+    def on_train_start(self) -> None:
+        super().on_train_start()
+        fraction = self.hparams.get("discriminator_warmup_fraction")
+        if fraction is not None:
+            total = self.run_generator_steps()
+            self.warmup_steps = int(round(fraction * total))
+            log.info("srgan: discriminator warm-up %d of %d generator steps (model.discriminator_warmup_fraction=%g)",
+                     self.warmup_steps, total, fraction)
+
     def adversarial_active(self) -> bool:
         if self._generator_steps_on_host is None:
             self._generator_steps_on_host = int(self.generator_steps)  # the one host read, after a load
-        return self._generator_steps_on_host >= self.hparams.discriminator_warmup_steps
+        if self.warmup_steps is None:
+            raise RuntimeError("GANSystem: the warm-up fraction is turned into steps at the start of training")
+        return self._generator_steps_on_host >= self.warmup_steps
 
     def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
         super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
