@@ -125,8 +125,12 @@ def train_contender(name: str, seed: int, run_dir: Path, train: list[str], budge
         return {"ckpt": str(run_dir / "checkpoints" / "last.ckpt"), "steps": steps,
                 "train_flops": float(steps * batch_size * training_flops_per_sample(overrides)),
                 "fit_seconds": metrics.get("fit_seconds")}
-    # two-stage: half the budget per stage
-    c_over, u_over = ["model=ic_only", *train], ["model=sr_only", *train]
+    # two-stage: half the budget per stage; the colorizer at the scale it runs at (two_stage does the same)
+    from joint_colsr.two_stage import colorizer_stage_overrides
+
+    data = _compose_train(["model=ic_only", *train]).data
+    c_over = ["model=ic_only", *train, *colorizer_stage_overrides(spec, int(data.input_size), int(data.output_size))]
+    u_over = ["model=sr_only", *train]
     c_steps = _steps(budget / 2, training_flops_per_sample(c_over), batch_size)
     u_steps = _steps(budget / 2, training_flops_per_sample(u_over), batch_size)
     quoted = lambda items: "[" + ",".join(json.dumps(i) for i in items) + "]"  # noqa: E731

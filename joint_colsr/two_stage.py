@@ -13,7 +13,11 @@
 
 ``colorize_first`` colorizes at the input size, super-resolves L* with the ``sr_only`` net
 and upscales a*b* bicubically (``ab_upscale=bicubic``: the SR convention for colour);
-``upscale_first`` super-resolves L* first and colorizes at the target size. Both stages
+``upscale_first`` super-resolves L* first and colorizes at the target size. Each colorizer
+is trained at the scale it runs at in the cascade (:func:`colorizer_sizes`): for
+``upscale_first`` on L* at the output size (``data.input_size`` = ``data.output_size``,
+ground-truth L* there; global features from the input size), since in the cascade it
+colours the super-resolved L*. Both stages
 are trained with ``overrides`` (data, trainer, debug, seed: the same for each) plus their
 own ``colorizer_overrides`` / ``upscaler_overrides``; ``two_stage.json`` records what ran.
 """
@@ -69,20 +73,55 @@ def _stage_kwargs(net_cfg: dict[str, Any]) -> dict[str, Any]:
     return {k: v for k, v in net_cfg.items() if k not in _SET_BY_CASCADE}
 
 
+def colorizer_sizes(order: str, input_size: int, output_size: int) -> dict[str, int]:
+    """The sizes the colorizer stage is trained at: those it runs at inside the cascade.
+    ``colorize_first``: L* at the input size (a*b* then upscaled); ``upscale_first``: the
+    super-resolved L* at the output size, global features from the input size, as
+    :class:`~joint_colsr.nets.CascadeNet` builds it."""
+    if order == "colorize_first":
+        return {"input_size": input_size, "output_size": output_size, "global_input_size": input_size}
+    return {"input_size": output_size, "output_size": output_size, "global_input_size": input_size}
+
+
+def colorizer_stage_overrides(order: str, input_size: int, output_size: int) -> list[str]:
+    """``train`` overrides that make the ``ic_only`` stage see L* at the scale it will see in
+    the cascade (:func:`colorizer_sizes`); none for ``colorize_first``."""
+    if order == "colorize_first":
+        return []
+    sizes = colorizer_sizes(order, input_size, output_size)
+    return [f"data.input_size={sizes['input_size']}", f"++model.net.global_input_size={sizes['global_input_size']}"]
+
+
+def _data_sizes(overrides: list[str]) -> tuple[int, int]:
+    """``(data.input_size, data.output_size)`` of the train config under ``overrides``."""
+    from hydra import compose as compose_config, initialize_config_dir
+    from hydra.core.global_hydra import GlobalHydra
+
+    if GlobalHydra.instance().is_initialized():  # inside the two_stage command: the same config tree
+        cfg = compose_config(config_name="train", overrides=overrides)
+    else:
+        with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+            cfg = compose_config(config_name="train", overrides=overrides)
+    return int(cfg.data.input_size), int(cfg.data.output_size)
+
+
 def cascade_net_config(order: str, colorizer_ckpt: Path, upscaler_ckpt: Path, freeze: bool = True) -> dict[str, Any]:
     """The ``CascadeNet`` config composing an ``ic_only`` and an ``sr_only`` checkpoint."""
     colorizer, upscaler = _hparams(colorizer_ckpt)["net"], _hparams(upscaler_ckpt)["net"]
     if not colorizer["_target_"].endswith("IizukaColorizer") or not upscaler["_target_"].endswith("SROnlyNet"):
         raise ConfigError(f"two_stage needs an ic_only colorizer and an sr_only upscaler, got {colorizer['_target_']} "
                           f"and {upscaler['_target_']}")
-    sizes = {k: (colorizer[k], upscaler[k]) for k in ("input_size", "output_size")}
-    if any(a != b for a, b in sizes.values()):
-        raise ConfigError(f"the two stages were trained at different sizes: {sizes} (colorizer, upscaler)")
+    r, s = upscaler["input_size"], upscaler["output_size"]
+    trained = (colorizer["input_size"], colorizer["output_size"], colorizer.get("global_input_size") or colorizer["input_size"])
+    wanted = colorizer_sizes(order, r, s)
+    if trained != tuple(wanted.values()):
+        raise ConfigError(f"order={order} needs a colorizer trained with {wanted} (the sizes it runs at in the cascade), "
+                          f"got {dict(zip(wanted, trained))}; train it with colorizer_stage_overrides")
     c_kwargs = {k: v for k, v in _stage_kwargs(colorizer).items() if k != "output_resize"}
     return {
         "_target_": "joint_colsr.nets.CascadeNet",
-        "input_size": colorizer["input_size"],
-        "output_size": colorizer["output_size"],
+        "input_size": r,
+        "output_size": s,
         "order": order,
         "ab_upscale": "bicubic" if order == "colorize_first" else "net",
         "colorizer": c_kwargs,
@@ -135,7 +174,8 @@ def two_stage(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError(f"order must be one of {', '.join(ORDERS)}, got {cfg.order!r}")
     out = Path(str(cfg.paths.output_dir)).absolute()
     common = [str(o) for o in cfg.overrides] + [f"seed={cfg.seed}"]
-    colorizer = _train(out / "colorizer", ["model=ic_only", *common, *map(str, cfg.colorizer_overrides)])
+    at_scale = colorizer_stage_overrides(cfg.order, *_data_sizes(["model=ic_only", *common]))
+    colorizer = _train(out / "colorizer", ["model=ic_only", *common, *at_scale, *map(str, cfg.colorizer_overrides)])
     upscaler = _train(out / "upscaler", ["model=sr_only", *common, *map(str, cfg.upscaler_overrides)])
     cascade = compose(cfg.order, colorizer, upscaler, out / "cascade" / "checkpoints" / "last.ckpt")
     record: dict[str, Any] = {"order": cfg.order, "colorizer": str(colorizer), "upscaler": str(upscaler), "cascade": str(cascade),

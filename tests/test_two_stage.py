@@ -8,7 +8,8 @@ import torch
 from joint_colsr.color import resize_bicubic
 from joint_colsr.systems import ColSRSystem
 from joint_colsr.train import train
-from joint_colsr.two_stage import compose
+from joint_colsr.run.config_checks import ConfigError
+from joint_colsr.two_stage import colorizer_stage_overrides, compose
 
 from .conftest import compose_config
 
@@ -17,15 +18,20 @@ from .conftest import compose_config
 def stages(tmp_path_factory):
     out = tmp_path_factory.mktemp("stages")
     common = ["debug=tiny", "logger=none", "model.net.width_mult=0.0625"]
-    train(compose_config("train", ["model=ic_only", *common], output_dir=out / "colorizer"))
+    colorizers = {}
+    for order in ("colorize_first", "upscale_first"):  # each at the scale it runs at in the cascade
+        at_scale = colorizer_stage_overrides(order, 96, 256)
+        train(compose_config("train", ["model=ic_only", *common, *at_scale], output_dir=out / order))
+        colorizers[order] = out / order / "checkpoints" / "last.ckpt"
     train(compose_config("train", ["model=sr_only", "model.net.blocks=1", *common], output_dir=out / "upscaler"))
-    return out / "colorizer" / "checkpoints" / "last.ckpt", out / "upscaler" / "checkpoints" / "last.ckpt"
+    return colorizers, out / "upscaler" / "checkpoints" / "last.ckpt"
 
 
 @pytest.mark.slow
 @pytest.mark.parametrize("order", ["colorize_first", "upscale_first"])
 def test_composed_cascade_is_exactly_its_two_trained_stages(stages, order, tmp_path):
-    colorizer_ckpt, upscaler_ckpt = stages
+    colorizers, upscaler_ckpt = stages
+    colorizer_ckpt = colorizers[order]
     path = compose(order, colorizer_ckpt, upscaler_ckpt, tmp_path / "c" / "last.ckpt")
     colorizer_ckpt.rename(colorizer_ckpt.with_suffix(".moved"))  # the composed checkpoint stands alone
     try:
@@ -48,3 +54,10 @@ def test_composed_cascade_is_exactly_its_two_trained_stages(stages, order, tmp_p
             colorizer.scale = 1.0
             expected = colorizer(l_high)
         assert torch.allclose(out["ab"], expected, atol=1e-5)
+
+
+def test_upscale_first_refuses_a_colorizer_trained_at_the_input_size(stages, tmp_path):
+    colorizers, upscaler_ckpt = stages
+    assert colorizer_stage_overrides("upscale_first", 96, 256) == ["data.input_size=256", "++model.net.global_input_size=96"]
+    with pytest.raises(ConfigError, match="order=upscale_first needs a colorizer trained with .'input_size': 256"):
+        compose("upscale_first", colorizers["colorize_first"], upscaler_ckpt, tmp_path / "c" / "last.ckpt")
