@@ -70,13 +70,55 @@ CONTENDERS: dict[str, tuple[str, Any]] = {
 METRICS = ("psnr", "psnr_joint", "ssim", "ssim_joint", "psnr_y")
 
 
-def _compose_train(overrides: list[str]):
+def _compose(config_name: str, overrides: list[str]):
     from hydra import compose, initialize_config_dir  # here, not above: `--help` needs neither Hydra nor torch
     from hydra.core.global_hydra import GlobalHydra
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
-        return compose(config_name="train", overrides=overrides)
+        return compose(config_name=config_name, overrides=overrides)
+
+
+def _compose_train(overrides: list[str]):
+    return _compose("train", overrides)
+
+
+#: The embedded photos held out as the test set unless ``--eval`` picks another data set: two
+#: scenes no contender trains or validates on (``--test-photos``).
+SAMPLES_TEST_PHOTOS = ("coffee", "flower")
+
+
+def held_out_split(train: list[str], test_photos: list[str]) -> tuple[list[str], list[str]]:
+    """``(train overrides, eval overrides)`` that hold ``test_photos`` of the embedded photos
+    out of every training run (training and validation sides) and test on them alone."""
+    from joint_colsr.data.sources import SAMPLE_PHOTOS
+
+    unknown = [p for p in test_photos if p not in SAMPLE_PHOTOS]
+    if unknown:
+        raise SystemExit(f"--test-photos {unknown} are not embedded photos: pick among {list(SAMPLE_PHOTOS)}")
+    test_groups = {SAMPLE_PHOTOS[p][0] for p in test_photos}
+    rest = [p for p in SAMPLE_PHOTOS if SAMPLE_PHOTOS[p][0] not in test_groups]
+    listed = lambda names: "[" + ",".join(names) + "]"  # noqa: E731
+    # eval's source needs a training side too (unused by eval): the first photo left
+    return ([*train, f"++data.source.photos={listed(rest)}"],
+            [f"++data.source.photos={listed([*test_photos, rest[0]])}", f"data.source.val_photos={listed(test_photos)}"])
+
+
+def check_test_set(train: list[str], eval_overrides: list[str]) -> dict[str, Any]:
+    """The test set and the result of checking it against what training reads: the groups
+    (scenes; for files, the files) of the eval source's test side against both sides of
+    the training source (training and validation)."""
+    from hydra.utils import instantiate
+
+    train_source = instantiate(_compose_train(train).data.source)
+    eval_data = _compose("eval", eval_overrides).data
+    test_source = instantiate(eval_data.source)
+    seen = {item.group for side in train_source.split() for item in side}
+    tested = {item.group for item in test_source.validation_items()}
+    overlap = sorted(seen & tested)
+    return {"name": f"{test_source.name}: {', '.join(sorted(tested))}" if len(tested) <= 12 else test_source.name,
+            "photos": len(test_source.validation_items()), "disjoint_from_training_and_validation": not overlap,
+            "overlap": overlap[:20]}
 
 
 def training_flops_per_sample(overrides: list[str]) -> int:
@@ -291,7 +333,7 @@ def _fmt_ci(stats: dict[str, Any] | None) -> str:
 
 
 def markdown(summary: dict[str, Any], baselines: dict[str, Any], reference: str, args: argparse.Namespace,
-             budget: float) -> str:
+             budget: float, test_set: dict[str, Any]) -> str:
     verdicts = [f"- `{name}` vs `{reference}`, {metric} (dB): {e['verdict'][metric]['text']}; smallest detectable "
                 f"difference {e['verdict'][metric]['detectable']:.3f} dB" for name, e in summary.items()
                 for metric in ("psnr_joint", "psnr") if e["verdict"].get(metric) and e["verdict"][metric]["detectable"] is not None]
@@ -308,7 +350,11 @@ def markdown(summary: dict[str, Any], baselines: dict[str, Any], reference: str,
         f"Seeds {args.seeds}; training budget: the FLOPs of {args.budget_steps} steps of `{reference}` "
         f"({budget / 1e9:.2f} GFLOP per run); every model trains for the whole steps that budget buys it, at least one "
         "(two-stage cascades: half per stage), so the column `x budget` is the compute each row really trained on; "
-        f"train overrides `{' '.join(args.train) or '(none)'}`; test set `{' '.join(args.eval) or 'data=samples (validation photos)'}`.",
+        f"train overrides `{' '.join(args.train) or '(none)'}`; eval overrides `{' '.join(args.eval) or '(none)'}`.", "",
+        f"Test set: {test_set['name']} ({test_set['photos']} photos); "
+        + ("checked disjoint from every photo the trainings read (training and validation sides)."
+           if test_set["disjoint_from_training_and_validation"] else
+           f"**not held out**: it shares {', '.join(test_set['overlap'])} with what the trainings read."),
         "", "Mean +- 95 % CI (Student t) over seeds. PSNR (GT L*) is protocol 1, PSNR (own L*) protocol 2 (the joint task).", "",
         "| model | steps | train GFLOP | x budget | fit s | PSNR (GT L*) | PSNR (own L*) | SSIM (own L*) | Y-PSNR |",
         "| --- | --- | ---: | ---: | ---: | --- | --- | --- | --- |",
@@ -435,6 +481,16 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     batch_size = int(_compose_train(ref_overrides).data.batch_size)
     budget = float(args.budget_steps * batch_size * training_flops_per_sample(ref_overrides))
     code = code_digest()
+    picks_data = any(o.lstrip("+~").startswith(("data=", "data.source", "data.root")) for o in args.eval)
+    if not picks_data and "SamplePhotos" in str(_compose_train(ref_overrides).data.source.get("_target_", "")):
+        args.train, held_out = held_out_split(list(args.train), list(args.test_photos))
+        args.eval = [*held_out, *args.eval]
+        ref_overrides = [*spec, *args.train]
+        log.info("compare: test set: the embedded photos %s, held out of every training run", args.test_photos)
+    test_set = check_test_set(list(args.train), list(args.eval))
+    if not test_set["disjoint_from_training_and_validation"]:
+        log.warning("compare: the test set overlaps what training reads (%s): the comparison is not on held-out photos",
+                    ", ".join(test_set["overlap"]))
     runs = [(name, seed) for name in args.models for seed in args.seeds]
     results: dict[str, dict[int, dict]] = {}
     reused = 0
@@ -464,11 +520,11 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         floor = paired_interval({seed: s["per_image"] for seed, s in seeds.items()}, bicubic, "psnr_joint")
         summary[name]["vs_bicubic"] = {**verdict(name, "bicubic", floor), "paired": floor}
     report = {"reference": args.reference, "seeds": list(args.seeds), "budget_flops": budget, "budget_steps": args.budget_steps,
-              "train_overrides": list(args.train), "eval_overrides": list(args.eval), "reused_runs": reused,
+              "train_overrides": list(args.train), "eval_overrides": list(args.eval), "reused_runs": reused, "test_set": test_set,
               "contenders": summary,
               "baselines": {name: {"metrics": {m: b["metrics"].get(m) for m in METRICS}} for name, b in baselines.items()}}
     (out / "comparison.json").write_text(json.dumps(report, indent=2) + "\n")
-    (out / "comparison.md").write_text(markdown(summary, baselines, args.reference, args, budget))
+    (out / "comparison.md").write_text(markdown(summary, baselines, args.reference, args, budget, test_set))
     plot(summary, baselines, budget, out / "comparison.png")
     print(f"comparison of {len(args.models)} models x {len(args.seeds)} seeds ({reused} of {len(runs)} runs reused): "
           f"{out / 'comparison.md'}")
@@ -483,6 +539,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--budget-steps", type=int, default=60, help="training steps of the reference model that set the FLOP budget")
     parser.add_argument("--train", nargs="*", default=[], help="Hydra overrides for every training run (data, trainer, debug)")
     parser.add_argument("--eval", nargs="*", default=[], help="Hydra overrides of eval: the test set (e.g. data=folder data.root=DIR)")
+    parser.add_argument("--test-photos", nargs="+", default=list(SAMPLES_TEST_PHOTOS),
+                        help="on the embedded photos (unless --eval picks data=...): held out of every training run and tested on")
     parser.add_argument("--out", default="outputs/compare", help="output folder")
     return parser.parse_args(argv)
 

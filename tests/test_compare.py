@@ -7,8 +7,8 @@ import json
 import numpy as np
 import pytest
 
-from joint_colsr.compare import (bootstrap_ci, compare, paired_differences, paired_interval, parse_args, training_flops_per_sample,
-                                 verdict)
+from joint_colsr.compare import (bootstrap_ci, compare, held_out_split, paired_differences, paired_interval, parse_args,
+                                 check_test_set, training_flops_per_sample, verdict)
 
 
 def test_paired_differences_pair_photos_and_seeds():
@@ -51,6 +51,15 @@ def test_paired_interval_carries_seed_variance_and_the_verdict_says_so():
     assert verdict("m", "ref", paired_interval(two, {s: ref[s] for s in (0, 1)}, "psnr"))["text"].startswith("too few seeds (2 < 3)")
 
 
+def test_the_test_set_is_checked_against_what_training_reads():
+    train, evaluation = held_out_split(["debug=tiny"], ["coffee", "motorcycle_left"])
+    assert "motorcycle_right" not in train[-1]  # a held-out photo's whole scene (the stereo pair) leaves training
+    held_out = check_test_set(train, evaluation)
+    assert held_out["disjoint_from_training_and_validation"] and held_out["photos"] == 2
+    overlapping = check_test_set(["debug=tiny"], ["data.val_views=1"])  # eval's default: training's validation photos
+    assert not overlapping["disjoint_from_training_and_validation"] and overlapping["overlap"] == ["chelsea", "china"]
+
+
 def test_training_flops_count_forward_and_backward():
     joint = training_flops_per_sample(["model=joint_paper", "debug=tiny"])
     cascade = training_flops_per_sample(["model=cascade", "debug=tiny"])
@@ -74,7 +83,9 @@ def test_tiny_compare_writes_the_answer_and_reuses_finished_runs(tmp_path):
     for name in ("joint_paper", "ic_only"):  # equal compute, to whole steps
         assert 0.5 * report["budget_flops"] <= models[name]["train_flops"] <= 1.5 * report["budget_flops"]
     assert models["joint_paper"]["steps"] == [2, 2]
-    assert models["two_stage_upscale_first"]["paired_vs_reference"]["psnr_joint"]["n"] == 2  # the 2 validation photos
+    assert models["two_stage_upscale_first"]["paired_vs_reference"]["psnr_joint"]["n"] == 2  # the 2 held-out photos
+    assert saved["test_set"] == {"name": "samples: coffee, flower", "photos": 2, "disjoint_from_training_and_validation": True,
+                                 "overlap": []}
     paired = models["two_stage_upscale_first"]["paired"]["psnr_joint"]
     assert paired["seeds"] == 2 and paired["lo"] <= paired["mean"] <= paired["hi"]
     assert models["two_stage_upscale_first"]["verdict"]["psnr_joint"]["text"].startswith("too few seeds (2 < 3)")
