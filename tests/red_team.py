@@ -442,56 +442,61 @@ def _umount(where: Path) -> None:
     subprocess.run(["umount", "-l", str(where)], capture_output=True)
 
 
-def disk_full_on_a_fresh_run(d: Path) -> str:
-    if not _mount(d / "disk", "size=256k"):
+def _fresh_run_on_a_mount(d: Path, options: str, expected: str) -> str:
+    """A new training run whose directory is on a tmpfs mounted with ``options``."""
+    if not _mount(d / "mnt", options):
         return "skip"
     try:
-        return _cli_verdict(_cli("train", *TINY, f"hydra.run.dir={d / 'disk' / 'run'}", cwd=d), "no space left")
+        return _cli_verdict(_cli("train", *TINY, f"hydra.run.dir={d / 'mnt' / 'run'}", cwd=d), expected)
     finally:
-        _umount(d / "disk")
+        _umount(d / "mnt")
+
+
+def disk_full_on_a_fresh_run(d: Path) -> str:
+    return _fresh_run_on_a_mount(d, "size=256k", "no space left")
+
+
+def _resumed_run_on_a_mount(d: Path, spoil: Callable[[Path], None], expected: str) -> str:
+    """A finished tiny run copied onto a tmpfs, ``spoil``-ed (mount point given), then resumed
+    one epoch further: ``lost`` if its ``last.ckpt`` changed, else the command line's verdict."""
+    run = _tiny_run(d)
+    if not _mount(d / "mnt", "size=16m"):
+        return "skip"
+    try:
+        shutil.copytree(run, d / "mnt" / "run")
+        last = (d / "mnt" / "run" / "checkpoints" / "last.ckpt").read_bytes()
+        spoil(d / "mnt")
+        proc = _cli("train", *TINY, "trainer.max_epochs=2", f"hydra.run.dir={d / 'mnt' / 'run'}", cwd=d)
+        if (d / "mnt" / "run" / "checkpoints" / "last.ckpt").read_bytes() != last:
+            return "lost"
+        return _cli_verdict(proc, expected)
+    finally:
+        _umount(d / "mnt")
+
+
+def _fill(mount: Path) -> None:
+    with open(mount / "fill", "wb") as f:  # fill the rest of the disk
+        try:
+            while True:
+                f.write(b"\0" * (1 << 16))
+        except OSError:
+            pass
+
+
+def _remount_read_only(mount: Path) -> None:
+    subprocess.run(["mount", "-o", "remount,ro", str(mount)], check=True, capture_output=True)
 
 
 def disk_full_on_a_resumed_run(d: Path) -> str:
-    run = _tiny_run(d)
-    if not _mount(d / "disk", "size=16m"):
-        return "skip"
-    try:
-        shutil.copytree(run, d / "disk" / "run")
-        with open(d / "disk" / "fill", "wb") as f:  # fill the rest of the disk
-            try:
-                while True:
-                    f.write(b"\0" * (1 << 16))
-            except OSError:
-                pass
-        last = (d / "disk" / "run" / "checkpoints" / "last.ckpt").read_bytes()
-        proc = _cli("train", *TINY, "trainer.max_epochs=2", f"hydra.run.dir={d / 'disk' / 'run'}", cwd=d)
-        if (d / "disk" / "run" / "checkpoints" / "last.ckpt").read_bytes() != last:
-            return "lost"
-        return _cli_verdict(proc, "space")
-    finally:
-        _umount(d / "disk")
+    return _resumed_run_on_a_mount(d, _fill, "space")
 
 
 def read_only_new_run_dir(d: Path) -> str:
-    if not _mount(d / "ro", "ro,size=64k"):
-        return "skip"
-    try:
-        return _cli_verdict(_cli("train", *TINY, f"hydra.run.dir={d / 'ro' / 'run'}", cwd=d), "read-only")
-    finally:
-        _umount(d / "ro")
+    return _fresh_run_on_a_mount(d, "ro,size=64k", "read-only")
 
 
 def read_only_existing_run_dir(d: Path) -> str:
-    run = _tiny_run(d)
-    if not _mount(d / "ro", "size=16m"):
-        return "skip"
-    try:
-        shutil.copytree(run, d / "ro" / "run")
-        subprocess.run(["mount", "-o", "remount,ro", str(d / "ro")], check=True, capture_output=True)
-        return _cli_verdict(_cli("train", *TINY, "trainer.max_epochs=2", f"hydra.run.dir={d / 'ro' / 'run'}", cwd=d),
-                            "read-only")
-    finally:
-        _umount(d / "ro")
+    return _resumed_run_on_a_mount(d, _remount_read_only, "read-only")
 
 
 def killed_loader_worker(d: Path) -> str:
