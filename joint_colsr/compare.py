@@ -204,18 +204,28 @@ def bootstrap_ci(values: np.ndarray, n: int = 10000, seed: int = 0, level: float
     return {"n": int(len(values)), "mean": float(values.mean()), "ci_low": float(lo), "ci_high": float(hi)}
 
 
+def photo_differences(model: dict[int, dict], reference: dict[int, dict], metric: str) -> dict[int, dict[str, float]]:
+    """Per seed, per photo: ``model - reference`` of ``metric`` where both are finite (same seed, same photo)."""
+    out: dict[int, dict[str, float]] = {}
+    for seed in sorted(s for s in model if s in reference):
+        ref = reference[seed]
+        diffs = {key: row[metric] - ref[key][metric] for key, row in model[seed].items()
+                 if key in ref and row[metric] is not None and ref[key][metric] is not None
+                 and math.isfinite(row[metric]) and math.isfinite(ref[key][metric])}
+        if diffs:
+            out[seed] = diffs
+    return out
+
+
 def paired_differences(model: dict[int, dict], reference: dict[int, dict], metric: str) -> dict[str, Any] | None:
     """Per-image ``model - reference`` of ``metric`` (same seed, same photo), averaged over
     seeds per photo, with a bootstrap CI over photos; per supercategory where there are any."""
     per_photo: dict[str, list[float]] = {}
     groups: dict[str, list[str]] = {}
-    for seed, rows in model.items():
-        ref = reference.get(seed, {})
-        for key, row in rows.items():
-            if key in ref and row[metric] is not None and ref[key][metric] is not None:
-                if math.isfinite(row[metric]) and math.isfinite(ref[key][metric]):
-                    per_photo.setdefault(key, []).append(row[metric] - ref[key][metric])
-                    groups[key] = row["supercategories"]
+    for seed, diffs in photo_differences(model, reference, metric).items():
+        for key, diff in diffs.items():
+            per_photo.setdefault(key, []).append(diff)
+            groups[key] = model[seed][key]["supercategories"]
     if not per_photo:
         return None
     keys = sorted(per_photo)
@@ -244,16 +254,11 @@ def paired_interval(model: dict[int, dict], reference: dict[int, dict], metric: 
     per-seed mean differences), so it is never narrower than the seeds alone allow. With one
     seed there is no t-interval: the bootstrap over photos stands alone.
     """
-    seeds = sorted(s for s in model if s in reference)
-    diffs: list[np.ndarray] = []
-    for s in seeds:
-        ref = reference[s]
-        d = [row[metric] - ref[k][metric] for k, row in model[s].items() if k in ref and row[metric] is not None
-             and ref[k][metric] is not None and math.isfinite(row[metric]) and math.isfinite(ref[k][metric])]
-        if d:
-            diffs.append(np.asarray(d, dtype=np.float64))
-    if not diffs:
+    per_seed = photo_differences(model, reference, metric)
+    if not per_seed:
         return None
+    seeds = list(per_seed)
+    diffs = [np.asarray(list(d.values()), dtype=np.float64) for d in per_seed.values()]
     rng = np.random.default_rng(seed)
     boot = np.empty(n)
     for i in range(n):

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import shutil
 import subprocess
 import sys
@@ -40,7 +39,8 @@ from joint_colsr.run.checkpointing import CheckpointWriteError
 from joint_colsr.run.config_checks import ConfigError
 from joint_colsr.run.preemption import TrainingInterrupted
 
-from .conftest import REPO, compose_config, folder_locked_elsewhere, hang_bound, random_photo
+from ._cli import run_command
+from .conftest import compose_config, folder_locked_elsewhere, random_photo
 
 BASE = ["model.net.width_mult=0.0625", "data.batch_size=2", "data.num_workers=0", "data.train_samples_per_epoch=8",
         "data.val_views=1", "trainer.accelerator=cpu", "trainer.deterministic=true", "trainer.limit_val_batches=1",
@@ -322,12 +322,7 @@ TINY = ["debug=tiny"]
 
 
 def _cli(module: str, *args: str, cwd: Path) -> subprocess.CompletedProcess:
-    """``python -m joint_colsr.MODULE ARGS`` without HYDRA_FULL_ERROR, offline, as a user runs it."""
-    env = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "JOINT_COLSR_USER_FULL_ERROR")}
-    env.update({"PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1"})
-    cwd.mkdir(parents=True, exist_ok=True)
-    return subprocess.run([sys.executable, "-m", f"joint_colsr.{module}", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=hang_bound(600), stdin=subprocess.DEVNULL)
+    return run_command(module, *args, cwd=cwd, timeout=600)
 
 
 def _cli_verdict(proc: subprocess.CompletedProcess, *expected: str) -> str:

@@ -15,7 +15,7 @@ import pytest
 
 from joint_colsr.run.config_checks import describe_error, is_expected_error
 
-from .test_entry_points import _command
+from ._cli import run_command as _command
 
 TINY = ["debug=tiny"]
 

@@ -11,6 +11,7 @@ from pathlib import Path
 import pytest
 import torch
 
+from ._cli import run_command
 from .conftest import REPO, hang_bound
 
 SCRIPTS = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["scripts"]
@@ -36,12 +37,7 @@ def test_eval_command_runs():
 
 
 def _command(module: str, *args: str, cwd: Path, env: dict | None = None) -> subprocess.CompletedProcess:
-    """``python -m joint_colsr.MODULE ARGS`` as a user runs it: no HYDRA_FULL_ERROR, offline wandb."""
-    base = {k: v for k, v in os.environ.items() if k not in ("HYDRA_FULL_ERROR", "WANDB_MODE", "WANDB_API_KEY")}
-    base.update({"PYTHONPATH": str(REPO), "WANDB_MODE": "offline", "OMP_NUM_THREADS": "1", **(env or {})})
-    base = {k: v for k, v in base.items() if v is not None}
-    return subprocess.run([sys.executable, "-m", f"joint_colsr.{module}", *args], cwd=cwd, env=base, capture_output=True,
-                          text=True, timeout=hang_bound(300), stdin=subprocess.DEVNULL)
+    return run_command(module, *args, cwd=cwd, env=env)
 
 
 @pytest.mark.parametrize("module,key", [("train", "trainer.max_steps=N"), ("eval", "ckpt_path=CKPT"),
