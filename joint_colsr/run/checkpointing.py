@@ -41,6 +41,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
             with atomic_write(path, "wb") as handle:
                 torch.save(checkpoint, handle)
         except (OSError, RuntimeError) as err:  # a full disk reads "enforce fail at inline_container.cc" from torch
+            if not isinstance(err, OSError) and "inline_container" not in str(err) and "PytorchStreamWriter" not in str(err):
+                raise  # not the write: e.g. a killed loader worker noticed (by its signal handler) during the save
             reason = getattr(err, "strerror", None) or str(err).strip().splitlines()[0][:160]
             raise CheckpointWriteError(f"could not write checkpoint {path} ({reason}); the previous checkpoint there is "
                                        "intact: free disk space (or fix permissions) and rerun the same hydra.run.dir "

@@ -14,7 +14,9 @@ import inspect
 import linecache
 import logging
 import os
+import signal
 import sys
+import threading
 import types
 import typing
 from pathlib import Path
@@ -177,6 +179,7 @@ def hydra_command(config_name: str) -> Callable[[Callable[[DictConfig], Any]], C
             except Exception as err:
                 if user_wants_traceback():
                     raise
+                _stop_loader_worker_watch()
                 from joint_colsr.run import hydra_callbacks
 
                 sweep = hydra_callbacks.CURRENT_SWEEP_DIR
@@ -195,6 +198,14 @@ def hydra_command(config_name: str) -> Callable[[Callable[[DictConfig], Any]], C
         return main
 
     return decorate
+
+
+def _stop_loader_worker_watch() -> None:
+    """Give SIGCHLD back to the default before exiting on an error: torch's DataLoader handler
+    raises on any dead worker, and a second killed worker reaped during interpreter shutdown
+    would otherwise print a traceback after the one-line error."""
+    if hasattr(signal, "SIGCHLD") and threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGCHLD, signal.SIG_DFL)
 
 
 def select(cfg: DictConfig, key: str) -> Any:

@@ -223,3 +223,20 @@ def test_a_failed_checkpoint_write_is_one_sentence_and_keeps_the_old_file(tmp_pa
     monkeypatch.undo()
     assert torch.load(path, weights_only=False)["global_step"] == 1
     assert [p.name for p in tmp_path.iterdir()] == ["last.ckpt"]
+
+
+def test_a_killed_worker_noticed_during_a_checkpoint_write_is_not_called_a_write_failure(tmp_path, monkeypatch):
+    from joint_colsr.run.checkpointing import AtomicCheckpointIO
+
+    io = AtomicCheckpointIO()
+    path = tmp_path / "last.ckpt"
+    io.save_checkpoint({"global_step": 1}, path)
+
+    def worker_died(obj, f, *args, **kwargs):  # torch's SIGCHLD handler raises wherever the main process is
+        raise RuntimeError("DataLoader worker (pid 4242) is killed by signal: Killed. ")
+
+    monkeypatch.setattr(torch, "save", worker_died)
+    with pytest.raises(RuntimeError, match=r"^DataLoader worker \(pid 4242\)"):
+        io.save_checkpoint({"global_step": 2}, path)
+    monkeypatch.undo()
+    assert torch.load(path, weights_only=False)["global_step"] == 1

@@ -28,3 +28,21 @@ def test_the_same_deprecation_from_user_code_still_shows():
         quiet_third_party_noise()
         warnings.warn("`isinstance(treespec, LeafSpec)` is deprecated, use ...", DeprecationWarning)
     assert len(caught) == 1
+
+
+def test_only_the_echo_of_a_killed_loader_worker_is_dropped_from_unraisable_errors(tmp_path):
+    script = (
+        "from joint_colsr.run.quiet import quiet_third_party_noise\n"
+        "quiet_third_party_noise(); quiet_third_party_noise()\n"
+        "class Loader:\n"
+        "    def __init__(self, err): self.err = err\n"
+        "    def __del__(self): raise self.err\n"
+        "Loader(RuntimeError('DataLoader worker (pid 4242) is killed by signal: Killed. '))\n"
+        "Loader(ValueError('a real problem in a finalizer'))\n"
+    )
+    env = {**os.environ, "PYTHONPATH": str(REPO)}
+    proc = subprocess.run([sys.executable, "-c", script], cwd=tmp_path, env=env, capture_output=True, text=True,
+                          timeout=hang_bound(120))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert "pid 4242" not in proc.stderr
+    assert "ValueError: a real problem in a finalizer" in proc.stderr
