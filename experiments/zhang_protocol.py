@@ -1,8 +1,10 @@
 """How far our protocol 1 is from Zhang et al.'s script (richzhang/colorization-pytorch), on one folder.
 
 Two differences, measured on the gray floor (ground-truth L*, a* = b* = 0), all else equal:
-their script truncates the float image to 8 bits (``astype(uint8)``) where we round, and
-resizes the reference bilinearly where we use antialiased bicubic (PIL's kernels).
+their script converts *both* images back from L*a*b* and truncates each to 8 bits
+(``tensor2im``: ``astype(uint8)``) where we round the prediction and score it against the
+photo's own pixels, and it resizes the reference bilinearly where we use antialiased
+bicubic (PIL's kernels).
 
     python experiments/zhang_protocol.py DIR      # DIR: a folder of PNG/JPEG photos (e.g. Kodak24)
 
@@ -30,7 +32,11 @@ def gray_floor(root: Path, kernel: str, quantize: str) -> float:
         rgb = torch.from_numpy(np.asarray(img).copy()).permute(2, 0, 1)[None]
         batch = rgb_uint8_to_lab_batch(rgb, 96)
         image = merge_l_ab_to_rgb(batch["l_highres"], torch.zeros_like(batch["ab_target"])).clamp(0, 1) * 255
-        values.append(float(psnr_uint8(image.round() if quantize == "round" else image.floor(), rgb)))
+        if quantize == "round":  # ours: the prediction rounded, against the photo's own 8-bit pixels
+            values.append(float(psnr_uint8(image.round(), rgb)))
+        else:  # theirs: both images through the Lab round trip, then astype(uint8) (truncation) of each
+            reference = merge_l_ab_to_rgb(batch["l_highres"], batch["ab_target"]).clamp(0, 1) * 255
+            values.append(float(psnr_uint8(image.floor(), reference.floor())))
     if not values:
         raise SystemExit(f"no images in {root}")
     return float(np.mean(values))

@@ -8,12 +8,18 @@ one test set, and writes ``comparison.md``, ``comparison.json`` and ``comparison
   (Section IV's net, predicting its own L*), ``cascade_end_to_end`` (``model=cascade``:
   colorizer + upscaler trained together), ``two_stage_colorize_first`` and
   ``two_stage_upscale_first`` (``python -m joint_colsr.two_stage``: the paper's cascade, two
-  networks trained separately) and ``ic_only`` (IC-only + bicubic L*);
+  networks trained separately), ``ic_only`` (IC-only + bicubic L*) and, only when named,
+  ``srgan`` (residual_joint's generator against a discriminator; the discriminator's
+  training FLOPs count in its budget, :func:`net_costs`);
 * budget: the training FLOPs of ``--budget-steps`` steps of the reference model
-  (``--reference``, the joint net), counted with ``torch.utils.flop_counter`` on one
-  forward + backward pass; every run trains for as many steps as that budget buys it
-  (``trainer.max_steps``), a two-stage cascade half of it per stage. Wall time
-  (``fit_seconds``) is recorded too;
+  (``--reference``, the joint net) at its batch size, counted with ``torch.utils.flop_counter``
+  on one forward + backward pass per sample; every run trains on the whole number of samples
+  that spends the budget within 2 % (``callbacks.sample_budget``: the last batch is cut
+  short), a two-stage cascade half of it per stage. A budget too small for that stops at
+  start-up with the smallest one that fits. Wall time (``fit_seconds``) is recorded too;
+* ``--match inference_flops`` or ``params``: each contender's ``model.net.width_mult`` is
+  solved so that the quantity matches the reference's within 5 % (training FLOPs stay equal
+  by the budget); every row shows params, inference FLOPs per image and training FLOPs;
 * per model and metric: mean and 95 % Student-t confidence interval over the seeds, in
   both protocols (``psnr``: ground-truth L*, ``psnr_joint``: the model's own L*), plus
   ``psnr_y`` and SSIM;
@@ -40,7 +46,9 @@ test set). The tiny form (seconds per run)::
 from __future__ import annotations
 
 import argparse
+import copy
 import csv
+import functools
 import json
 import logging
 import math
@@ -65,7 +73,11 @@ CONTENDERS: dict[str, tuple[str, Any]] = {
     "two_stage_colorize_first": ("two_stage", "colorize_first"),
     "two_stage_upscale_first": ("two_stage", "upscale_first"),
     "ic_only": ("train", ["model=ic_only"]),
+    "srgan": ("train", ["model=srgan"]),
 }
+#: Contenders ``--models`` trains when not told: all but the optional ``srgan`` (the
+#: residual_joint generator trained adversarially, a question of its own: ``--models ... srgan``).
+DEFAULT_MODELS = [name for name in CONTENDERS if name != "srgan"]
 #: Metrics compared (per image in ``per_image.csv``).
 METRICS = ("psnr", "psnr_joint", "ssim", "ssim_joint", "psnr_y")
 
@@ -79,8 +91,14 @@ def _compose(config_name: str, overrides: list[str]):
         return compose(config_name=config_name, overrides=overrides)
 
 
+@functools.lru_cache(maxsize=64)
+def _composed_train(overrides: tuple[str, ...]):
+    return _compose("train", list(overrides))
+
+
 def _compose_train(overrides: list[str]):
-    return _compose("train", overrides)
+    """The train config under ``overrides`` (composed once per distinct list: planning asks often)."""
+    return copy.deepcopy(_composed_train(tuple(overrides)))
 
 
 #: The embedded photos held out as the test set unless ``--eval`` picks another data set: two
@@ -104,15 +122,44 @@ def held_out_split(train: list[str], test_photos: list[str]) -> tuple[list[str],
             [f"++data.source.photos={listed([*test_photos, rest[0]])}", f"data.source.val_photos={listed(test_photos)}"])
 
 
+def default_test_set(model: list[str], train: list[str], eval_overrides: list[str],
+                     test_photos: list[str]) -> tuple[list[str], list[str]]:
+    """``(train, eval)`` overrides with a held-out test set when ``eval_overrides`` picks no
+    data: on the embedded photos ``test_photos`` leave every training run
+    (:func:`held_out_split`); on COCO the test set is val2017 (training validates on its
+    train2017 slice), with the training's root, categories and image cap. Any other data:
+    as given (``--eval`` must name the test photos)."""
+    if any(o.lstrip("+~").startswith(("data=", "data.source", "data.root")) for o in eval_overrides):
+        return train, eval_overrides
+    data = _compose_train([*model, *train]).data
+    target = str(data.source.get("_target_", ""))
+    if "SamplePhotos" in target:
+        train, held_out = held_out_split(train, test_photos)
+        log.info("compare: test set: the embedded photos %s, held out of every training run", test_photos)
+        return train, [*held_out, *eval_overrides]
+    if "CocoSource" in target:
+        coco = ["data=coco", f"data.root={data.root}"]
+        if data.get("categories") is not None:
+            coco.append(f"data.categories={json.dumps(list(data.categories))}")
+        if data.get("max_images") is not None:
+            coco.append(f"data.max_images={int(data.max_images)}")
+        log.info("compare: test set: COCO val2017 under %s", data.root)
+        return train, [*coco, *eval_overrides]
+    return train, eval_overrides
+
+
 def check_test_set(train: list[str], eval_overrides: list[str]) -> dict[str, Any]:
     """The test set and the result of checking it against what training reads: the groups
     (scenes; for files, the files) of the eval source's test side against both sides of
     the training source (training and validation)."""
     from hydra.utils import instantiate
 
+    from joint_colsr.eval import prepare_test_data
+
     train_source = instantiate(_compose_train(train).data.source)
-    eval_data = _compose("eval", eval_overrides).data
-    test_source = instantiate(eval_data.source)
+    eval_cfg = _compose("eval", eval_overrides)
+    prepare_test_data(eval_cfg)  # what eval itself will score
+    test_source = instantiate(eval_cfg.data.source)
     seen = {item.group for side in train_source.split() for item in side}
     tested = {item.group for item in test_source.validation_items()}
     overlap = sorted(seen & tested)
@@ -124,66 +171,233 @@ def check_test_set(train: list[str], eval_overrides: list[str]) -> dict[str, Any
 def training_flops_per_sample(overrides: list[str]) -> int:
     """FLOPs of one training forward + backward pass of one sample of the configured model
     (a multiply-add counts 2; on the meta device: nothing is computed)."""
-    import torch
+    return net_costs(overrides)["train_flops_per_sample"]
+
+
+def _pass_flops(module: Any, x: Any, backward: bool) -> int:
+    """FLOPs of ``module(x)`` (and its backward pass to every parameter and input that needs it)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    from joint_colsr.assembly import build_system
-
-    cfg = _compose_train(overrides)
-    net = build_system(cfg).net.to("meta").train()
-    r, s = int(cfg.data.input_size), int(cfg.data.output_size)
-    kwargs = {"l_highres": torch.zeros(1, 1, s, s, device="meta")} if getattr(net, "needs_l_highres", False) else {}
     with FlopCounterMode(display=False) as counter:
-        out = net(torch.zeros(1, 1, r, r, device="meta"), **kwargs)
-        outputs = [out] if isinstance(out, torch.Tensor) else [v for v in out.values() if v.requires_grad]
-        if outputs:
+        out = module(x)
+        outputs = [out] if not isinstance(out, dict) else [v for v in out.values() if v.requires_grad]
+        if backward and outputs:
             sum(v.float().pow(2).mean() for v in outputs).backward()
     return int(counter.get_total_flops())
 
 
-def _run(module: str, args: list[str]) -> None:
+def net_costs(overrides: list[str], width_mult: float | None = None, only: str | None = None) -> dict[str, int]:
+    """The configured model's trainable ``params`` (the network that runs at inference),
+    ``inference_flops`` (one forward pass of one image) and ``train_flops_per_sample``,
+    counted with ``torch.utils.flop_counter`` on the meta device (a multiply-add counts 2).
+
+    Training counts the network's forward + backward pass and, for a GAN, what trains
+    beside it: the discriminator's forward + backward on the real and the fake image (its
+    own step) and once more for the generator's adversarial term after the warm-up
+    (``model.discriminator_warmup_fraction`` of the run; all of it under a fixed warm-up
+    count), plus a perceptual network's pass on the real image and forward + backward on
+    the fake one. Optimizer updates and the loss arithmetic are not counted (elementwise,
+    negligible beside convolutions). ``width_mult``: ``model.net.width_mult`` instead of the
+    configured one; ``only``: count that one quantity (the others are absent)."""
+    import functools
+
+    import torch
+
+    from joint_colsr.assembly import build_system
+    from joint_colsr.model_table import forward_flops
+    from joint_colsr.nets import count_parameters
+
+    cfg = _compose_train(overrides)
+    if width_mult is not None:
+        cfg.model.net.width_mult = float(width_mult)
+    with torch.device("meta"):  # no weights are allocated: a solved width may try nets 16x as wide
+        system = build_system(cfg)
+    net = system.net
+    params = count_parameters(net)
+    if only == "params":
+        return {"params": int(params)}
+    r, s = int(cfg.data.input_size), int(cfg.data.output_size)
+    inference = int(forward_flops(net, r, s))
+    if only == "inference_flops":
+        return {"inference_flops": inference}
+    net = net.to("meta").train()
+    if getattr(net, "needs_l_highres", False):
+        net = functools.partial(net, l_highres=torch.zeros(1, 1, s, s, device="meta"))
+    train = _pass_flops(net, torch.zeros(1, 1, r, r, device="meta"), backward=True)
+    discriminator = getattr(system, "discriminator", None)
+    if discriminator is not None:
+        d = discriminator.to("meta").train()
+        image = torch.zeros(1, d.in_channels, s, s, device="meta", requires_grad=True)
+        warmup = cfg.model.get("discriminator_warmup_fraction") or 0.0
+        train += int(round((2 + (1 - warmup)) * _pass_flops(d, image, backward=True)))
+    perceptual = getattr(system, "perceptual", None)
+    if perceptual is not None:
+        p = perceptual.to("meta")
+        rgb = torch.zeros(1, 3, s, s, device="meta", requires_grad=True)
+        train += _pass_flops(p, rgb, backward=False) + _pass_flops(p, rgb, backward=True)
+    return {"params": int(params), "inference_flops": inference, "train_flops_per_sample": train}
+
+
+#: Each stage's training FLOPs must be within this fraction of its share of the budget.
+BUDGET_TOLERANCE = 0.02
+#: ``--match inference_flops`` / ``params``: the solved width must bring the quantity this close to the reference's.
+MATCH_TOLERANCE = 0.05
+MATCHES = ("train_flops", "inference_flops", "params")
+
+
+def contender_stages(name: str, train: list[str]) -> list[tuple[str, list[str], float]]:
+    """``(stage, train overrides, share of the budget)`` per separately trained network of a
+    contender: one for a ``train`` contender, colorizer and upscaler (half each) for a
+    two-stage cascade, the colorizer at the scale it runs at (as ``two_stage`` trains it)."""
+    kind, spec = CONTENDERS[name]
+    if kind == "train":
+        return [("model", [*spec, *train], 1.0)]
+    from joint_colsr.two_stage import colorizer_stage_overrides
+
+    data = _compose_train(["model=ic_only", *train]).data
+    return [("colorizer", ["model=ic_only", *train, *colorizer_stage_overrides(spec, int(data.input_size), int(data.output_size))], 0.5),
+            ("upscaler", ["model=sr_only", *train], 0.5)]
+
+
+def contender_costs(name: str, train: list[str], width_mult: float | None = None, only: str | None = None) -> dict[str, Any]:
+    """:func:`net_costs` per stage (``stages``) and ``params``/``inference_flops`` summed over them."""
+    stages = {stage: {**net_costs(overrides, width_mult, only), "share": share}
+              for stage, overrides, share in contender_stages(name, train)}
+    return {"stages": stages, **{q: sum(c[q] for c in stages.values()) for q in ("params", "inference_flops")
+                                 if all(q in c for c in stages.values())}}
+
+
+def stage_samples(budget: float, share: float, flops_per_sample: int) -> int | None:
+    """Training samples that spend ``share`` of ``budget`` within :data:`BUDGET_TOLERANCE`, or
+    ``None`` when no whole number of samples does (the budget is too small for this network)."""
+    samples = round(budget * share / flops_per_sample)
+    if samples < 1 or abs(samples * flops_per_sample / (budget * share) - 1) > BUDGET_TOLERANCE:
+        return None
+    return int(samples)
+
+
+def minimum_budget_steps(costs: dict[str, dict[str, Any]], step_flops: float, start: int) -> int:
+    """The smallest ``--budget-steps`` (from ``start`` up; ``step_flops``: one reference step)
+    at which every stage of every contender fits :func:`stage_samples`."""
+    bound = max(math.ceil(0.5 / BUDGET_TOLERANCE * c["train_flops_per_sample"] / c["share"] / step_flops)
+                for entry in costs.values() for c in entry["stages"].values())
+    for steps in range(max(1, start), max(start, bound) + 1):
+        if all(stage_samples(steps * step_flops, c["share"], c["train_flops_per_sample"]) is not None
+               for entry in costs.values() for c in entry["stages"].values()):
+            return steps
+    return max(start, bound)
+
+
+def solve_width(name: str, train: list[str], quantity: str, target: float, base: float) -> tuple[float, dict[str, Any]]:
+    """``model.net.width_mult`` for contender ``name`` whose ``quantity`` (``params`` or
+    ``inference_flops``, :func:`contender_costs`) is closest to ``target``: bisection in
+    log-width between ``base / 16`` and ``base * 16`` (channel counts round, so the quantity
+    is a step function of the width); ``(width, costs at that width)``."""
+    def costs(width: float) -> dict[str, Any]:
+        return contender_costs(name, train, float(f"{width:.6g}"), only=quantity)
+
+    lo, hi = math.log(base / 16), math.log(base * 16)
+    at = {lo: costs(math.exp(lo)), hi: costs(math.exp(hi))}
+    if at[lo][quantity] >= target or at[hi][quantity] <= target:
+        edge = float(f"{math.exp(lo if at[lo][quantity] >= target else hi):.6g}")
+        return edge, contender_costs(name, train, edge)
+    for _ in range(14):  # the bracket shrinks to 1/16384 of its log-width: a fraction of a channel
+        mid = (lo + hi) / 2
+        at[mid] = costs(math.exp(mid))
+        lo, hi = (mid, hi) if at[mid][quantity] < target else (lo, mid)
+    best = float(f"{math.exp(min((lo, hi), key=lambda w: abs(at[w][quantity] / target - 1))):.6g}")
+    return best, contender_costs(name, train, best)
+
+
+def plan_budget(models: list[str], reference: str, train: list[str], budget_steps: int, match: str) -> dict[str, Any]:
+    """Who trains on what: the budget (``budget_steps`` steps of ``reference`` at its batch
+    size, in FLOPs) and per contender its ``train`` overrides (with a solved
+    ``model.net.width_mult`` under ``match`` = ``inference_flops`` / ``params``), costs, and
+    per stage the ``samples`` that spend its share of the budget within
+    :data:`BUDGET_TOLERANCE`. A budget that cannot be met, or a quantity no width matches
+    within :data:`MATCH_TOLERANCE`, stops here, before anything trains, naming the fix."""
+    if match not in MATCHES:
+        raise SystemExit(f"--match must be one of {list(MATCHES)}, got {match!r}")
+    if CONTENDERS[reference][0] != "train":
+        raise SystemExit(f"--reference must be one network trained by `train` (one of "
+                         f"{[n for n, (k, _) in CONTENDERS.items() if k == 'train']}), got {reference}")
+    ref_cfg = _compose_train([*CONTENDERS[reference][1], *train])
+    batch_size = int(ref_cfg.data.batch_size)
+    ref_costs = contender_costs(reference, train)
+    step_flops = float(batch_size * ref_costs["stages"]["model"]["train_flops_per_sample"])
+    contenders: dict[str, Any] = {}
+    for name in models:
+        overrides, width = list(train), None
+        if name == reference or match == "train_flops":
+            costs = ref_costs if name == reference else contender_costs(name, overrides)
+        else:
+            target = float(ref_costs[match])
+            base = float(_compose_train(contender_stages(name, train)[0][1]).model.net.width_mult)
+            width, costs = solve_width(name, train, match, target, base)
+            if abs(costs[match] / target - 1) > MATCH_TOLERANCE:
+                raise SystemExit(f"--match {match}: no model.net.width_mult makes {name}'s {match} ({costs[match]:,} at width "
+                                 f"{width:g}, the closest) come within {MATCH_TOLERANCE:.0%} of {reference}'s ({target:,.0f}); "
+                                 "at tiny widths channel counts round too coarsely: raise the base width")
+            overrides.append(f"model.net.width_mult={width:g}")
+        contenders[name] = {"train": overrides, "width_mult": width, "params": costs["params"],
+                            "inference_flops": costs["inference_flops"], "stages": costs["stages"]}
+    budget = budget_steps * step_flops
+    short = [(name, stage, c) for name, e in contenders.items() for stage, c in e["stages"].items()
+             if stage_samples(budget, c["share"], c["train_flops_per_sample"]) is None]
+    if short:
+        name, stage, c = short[0]
+        fits = minimum_budget_steps(contenders, step_flops, budget_steps)
+        raise SystemExit(
+            f"--budget-steps {budget_steps} ({budget / 1e9:.3g} GFLOP) is too small for equal training compute within "
+            f"{BUDGET_TOLERANCE:.0%}: {name}" + (f" ({stage})" if stage != "model" else "") + f" costs "
+            f"{c['train_flops_per_sample'] / 1e9:.3g} GFLOP per training sample, so its share buys "
+            f"{budget * c['share'] / c['train_flops_per_sample']:.2f} samples and no whole number of them is within "
+            f"{BUDGET_TOLERANCE:.0%}" + (f" (also: {', '.join(others)})" if (others := sorted({n for n, _, _ in short} - {name})) else "")
+            + f"; the smallest budget that fits every contender is --budget-steps {fits}")
+    for entry in contenders.values():
+        for c in entry["stages"].values():
+            c["samples"] = stage_samples(budget, c["share"], c["train_flops_per_sample"])
+            c["train_flops"] = float(c["samples"] * c["train_flops_per_sample"])
+        entry["train_flops"] = sum(c["train_flops"] for c in entry["stages"].values())
+    return {"budget_flops": budget, "batch_size": batch_size, "step_flops": step_flops, "match": match, "contenders": contenders}
+
+
+def _run(module: str, args: list[str], env: dict[str, str] | None = None) -> None:
     cmd = [sys.executable, "-m", module, *args]
     log.info("compare: %s", " ".join(cmd))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(CONFIG_DIR).parent), os.environ.get("PYTHONPATH")]))}
+    env = {**os.environ, **(env or {}),
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(CONFIG_DIR).parent), os.environ.get("PYTHONPATH")]))}
     proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     if proc.returncode != 0:
         raise RuntimeError(f"compare: {' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}")
 
 
-def _steps(budget: float, flops_per_sample: int, batch_size: int) -> int:
-    return max(1, int(round(budget / (flops_per_sample * batch_size))))
+#: Every compare training ends on its sample budget (callbacks.sample_budget), not on epochs or steps.
+_BUDGET_ARGS = ["trainer.max_epochs=-1", "++trainer.max_steps=-1"]
 
 
-def train_contender(name: str, seed: int, run_dir: Path, train: list[str], budget: float, batch_size: int) -> dict[str, Any]:
-    """Train one contender at the budget; ``{"ckpt", "steps", "train_flops", "fit_seconds"}``."""
+def train_contender(name: str, seed: int, run_dir: Path, train: list[str], plan: dict[str, Any],
+                    env: dict[str, str] | None = None) -> dict[str, Any]:
+    """Train one contender on its planned samples (``plan``: :func:`plan_budget`'s entry);
+    ``{"ckpt", "samples", "steps", "train_flops", "fit_seconds"}``."""
     kind, spec = CONTENDERS[name]
-    budget_args = ["trainer.max_epochs=-1"]  # trainer.max_steps ends the run
+    samples = {stage: p["samples"] for stage, p in plan["stages"].items()}
     if kind == "train":
-        overrides = [*spec, *train]
-        steps = _steps(budget, training_flops_per_sample(overrides), batch_size)
-        _run("joint_colsr.train", [*overrides, f"seed={seed}", *budget_args, f"++trainer.max_steps={steps}",
-                                   f"hydra.run.dir={run_dir}"])
+        _run("joint_colsr.train", [*spec, *train, f"seed={seed}", *_BUDGET_ARGS,
+                                   f"callbacks.sample_budget.samples={samples['model']}", f"hydra.run.dir={run_dir}"], env=env)
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        return {"ckpt": str(run_dir / "checkpoints" / "last.ckpt"), "steps": steps,
-                "train_flops": float(steps * batch_size * training_flops_per_sample(overrides)),
+        return {"ckpt": str(run_dir / "checkpoints" / "last.ckpt"), "samples": [samples["model"]],
+                "steps": [metrics.get("global_step")], "train_flops": plan["train_flops"],
                 "fit_seconds": metrics.get("fit_seconds")}
-    # two-stage: half the budget per stage; the colorizer at the scale it runs at (two_stage does the same)
-    from joint_colsr.two_stage import colorizer_stage_overrides
-
-    data = _compose_train(["model=ic_only", *train]).data
-    c_over = ["model=ic_only", *train, *colorizer_stage_overrides(spec, int(data.input_size), int(data.output_size))]
-    u_over = ["model=sr_only", *train]
-    c_steps = _steps(budget / 2, training_flops_per_sample(c_over), batch_size)
-    u_steps = _steps(budget / 2, training_flops_per_sample(u_over), batch_size)
     quoted = lambda items: "[" + ",".join(json.dumps(i) for i in items) + "]"  # noqa: E731
-    _run("joint_colsr.two_stage", [f"order={spec}", f"seed={seed}", f"overrides={quoted([*train, *budget_args])}",
-                                   f"colorizer_overrides={quoted([f'++trainer.max_steps={c_steps}'])}",
-                                   f"upscaler_overrides={quoted([f'++trainer.max_steps={u_steps}'])}",
-                                   f"hydra.run.dir={run_dir}"])
+    per_stage = {stage: quoted([f"callbacks.sample_budget.samples={n}"]) for stage, n in samples.items()}
+    _run("joint_colsr.two_stage", [f"order={spec}", f"seed={seed}", f"overrides={quoted([*train, *_BUDGET_ARGS])}",
+                                   f"colorizer_overrides={per_stage['colorizer']}", f"upscaler_overrides={per_stage['upscaler']}",
+                                   f"hydra.run.dir={run_dir}"], env=env)
     record = json.loads((run_dir / "two_stage.json").read_text())
     stages = record["stage_metrics"]
-    flops = (c_steps * training_flops_per_sample(c_over) + u_steps * training_flops_per_sample(u_over)) * batch_size
-    return {"ckpt": record["cascade"], "steps": [c_steps, u_steps], "train_flops": float(flops),
+    return {"ckpt": record["cascade"], "samples": [samples["colorizer"], samples["upscaler"]],
+            "steps": [stages[s].get("global_step") for s in ("colorizer", "upscaler")], "train_flops": plan["train_flops"],
             "fit_seconds": sum(float(stages[s].get("fit_seconds") or 0) for s in ("colorizer", "upscaler"))}
 
 
@@ -353,27 +567,35 @@ def markdown(summary: dict[str, Any], baselines: dict[str, Any], reference: str,
         *(floor or ["- (no bicubic baseline)"]), "",
         "## Setup", "",
         f"Seeds {args.seeds}; training budget: the FLOPs of {args.budget_steps} steps of `{reference}` "
-        f"({budget / 1e9:.2f} GFLOP per run); every model trains for the whole steps that budget buys it, at least one "
-        "(two-stage cascades: half per stage), so the column `x budget` is the compute each row really trained on; "
-        f"train overrides `{' '.join(args.train) or '(none)'}`; eval overrides `{' '.join(args.eval) or '(none)'}`.", "",
+        f"({budget / 1e9:.3f} GFLOP per run); every model trains on the whole number of samples that spends it within "
+        f"{BUDGET_TOLERANCE:.0%} (the last batch cut short; two-stage cascades: half per stage), so `x budget` is the "
+        "compute each row really trained on. "
+        + ("Widths are as configured: parameters and inference FLOPs differ, as the table shows."
+           if args.match == "train_flops" else
+           f"Each contender's `model.net.width_mult` was solved so that its {args.match.replace('_', ' ')} matches "
+           f"`{reference}`'s within {MATCH_TOLERANCE:.0%} (column `width`)."),
+        "", f"Train overrides `{' '.join(args.train) or '(none)'}`; eval overrides `{' '.join(args.eval) or '(none)'}`.", "",
         f"Test set: {test_set['name']} ({test_set['photos']} photos); "
         + ("checked disjoint from every photo the trainings read (training and validation sides)."
            if test_set["disjoint_from_training_and_validation"] else
            f"**not held out**: it shares {', '.join(test_set['overlap'])} with what the trainings read."),
         "", "Mean +- 95 % CI (Student t) over seeds. PSNR (GT L*) is protocol 1, PSNR (own L*) protocol 2 (the joint task).", "",
-        "| model | steps | train GFLOP | x budget | fit s | PSNR (GT L*) | PSNR (own L*) | SSIM (own L*) | Y-PSNR |",
-        "| --- | --- | ---: | ---: | ---: | --- | --- | --- | --- |",
+        "| model | width | params (M) | inference GFLOP/image | samples | train GFLOP | x budget | fit s | PSNR (GT L*) | "
+        "PSNR (own L*) | SSIM (own L*) | Y-PSNR |",
+        "| --- | ---: | ---: | ---: | --- | ---: | ---: | ---: | --- | --- | --- | --- |",
     ]
     for name, e in summary.items():
         label = f"{name} ({GUIDED_MARK})" if e["uses_ground_truth_l"] else name
         m = e["metrics"]
-        lines.append(f"| {label} | {e['steps'][0]} | {e['train_flops'] / 1e9:.2f} | {e['train_flops'] / budget:.2f} | "
+        width = f"{e['width_mult']:g}" if e.get("width_mult") else "as set"
+        lines.append(f"| {label} | {width} | {e['params'] / 1e6:.3f} | {e['inference_flops'] / 1e9:.3f} | "
+                     f"{' + '.join(map(str, e['samples'].values()))} | {e['train_flops'] / 1e9:.3f} | {e['train_flops'] / budget:.3f} | "
                      f"{e['fit_seconds'] or 0:.0f} | {_fmt_ci(m.get('psnr'))} | {_fmt_ci(m.get('psnr_joint'))} | "
                      f"{_fmt_ci(m.get('ssim_joint'))} | {_fmt_ci(m.get('psnr_y'))} |")
     for name, b in baselines.items():
         m = b["metrics"]
         cells = " | ".join(f"{m[k]:.3f}" if isinstance(m.get(k), (int, float)) else "-" for k in ("psnr", "psnr_joint", "ssim_joint", "psnr_y"))
-        lines.append(f"| baseline {name} (no training) | - | 0 | 0 | - | {cells} |")
+        lines.append(f"| baseline {name} (no training) | - | 0 | - | - | 0 | 0 | - | {cells} |")
     lines += ["", f"## Paired difference against `{reference}` (mean [interval]; seeds x photos)", "",
               "| model | metric | seeds | photos | mean | interval | seed-level t | bootstrap |",
               "| --- | --- | ---: | ---: | ---: | --- | --- | --- |"]
@@ -411,7 +633,7 @@ def plot(summary: dict[str, Any], baselines: dict[str, Any], budget: float, path
     fig, ax = plt.subplots(figsize=(7.2, 4.0), dpi=120)
     bars = ax.bar(range(len(names)), means, yerr=errs, capsize=4, color="#4477aa")
     for bar, name in zip(bars, names):
-        ax.annotate(f"x{summary[name]['train_flops'] / budget:.2f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
+        ax.annotate(f"x{summary[name]['train_flops'] / budget:.3f}", (bar.get_x() + bar.get_width() / 2, bar.get_height()),
                     xytext=(0, 3), textcoords="offset points", ha="center", va="bottom", fontsize=7)
     levels = list(means)
     for (name, b), style in zip(baselines.items(), ("--", ":")):
@@ -475,6 +697,70 @@ def _evaluate_baselines(out: Path, eval_overrides: list[str], code: str) -> dict
     return baselines
 
 
+def resolve_jobs(jobs: str | int) -> int:
+    """``--jobs``: a count, or ``auto`` = one training per visible CUDA device (1 without one)."""
+    if str(jobs) == "auto":
+        import torch
+
+        return max(1, torch.cuda.device_count())
+    count = int(jobs)
+    if count < 1:
+        raise SystemExit(f"--jobs must be a positive count or auto, got {jobs}")
+    return count
+
+
+def _train_and_evaluate(pending: list[tuple], total: int, plan: dict[str, Any], eval_overrides: list[str], jobs: int) -> None:
+    """Train and evaluate each pending ``(number, name, seed, run_dir, record)``, ``jobs`` at
+    a time; with CUDA devices, job slot ``k`` runs on device ``k`` (``CUDA_VISIBLE_DEVICES``).
+    Each run's ``compare_run.json`` is written only once its evaluation is there. Every run
+    is tried; the failed ones are named together at the end."""
+    import queue
+    from concurrent.futures import ThreadPoolExecutor
+
+    slots: queue.Queue[int] = queue.Queue()
+    for slot in range(jobs):
+        slots.put(slot)
+
+    def one(item: tuple) -> None:
+        number, name, seed, run_dir, record = item
+        slot = slots.get()
+        try:
+            gpu = _device_of(slot) if jobs > 1 else None  # one job at a time: the device(s) as the user set them
+            device = {"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}
+            where = f" on CUDA device {device['CUDA_VISIBLE_DEVICES']}" if device else ""
+            log.info("compare: run %d of %d: training %s seed %d%s", number, total, name, seed, where)
+            trained = train_contender(name, seed, run_dir, plan["contenders"][name]["train"], plan["contenders"][name], env=device)
+            _run("joint_colsr.eval", [f"ckpt_path={trained['ckpt']}", *eval_overrides, f"hydra.run.dir={run_dir / 'eval'}"],
+                 env=device)
+            (run_dir / RUN_RECORD).write_text(json.dumps({"record": record, "trained": trained}) + "\n")
+            log.info("compare: run %d of %d: %s seed %d done", number, total, name, seed)
+        finally:
+            slots.put(slot)
+
+    failures = []
+    with ThreadPoolExecutor(max_workers=jobs) as pool:
+        for item, future in [(item, pool.submit(one, item)) for item in pending]:
+            try:
+                future.result()
+            except Exception as err:  # noqa: BLE001 - every run is tried; all failures are reported together
+                failures.append(f"{item[1]} seed {item[2]}: {err}")
+    if failures:
+        raise RuntimeError(f"compare: {len(failures)} of {len(pending)} runs failed (the others are kept and reused "
+                           "by the next compare):\n" + "\n".join(failures))
+
+
+def _device_of(slot: int) -> str | None:
+    """The CUDA device of job slot ``slot``: the slot-th of the visible ones, or ``None`` without CUDA."""
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        devices = [d for d in visible.split(",") if d.strip()]
+        return devices[slot % len(devices)] if devices else None
+    import torch
+
+    count = torch.cuda.device_count()
+    return str(slot % count) if count else None
+
+
 def compare(args: argparse.Namespace) -> dict[str, Any]:
     unknown = [m for m in args.models if m not in CONTENDERS]
     if unknown or args.reference not in args.models:
@@ -482,49 +768,52 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     out = Path(args.out).expanduser().absolute()
     out.mkdir(parents=True, exist_ok=True)
     kind, spec = CONTENDERS[args.reference]
-    ref_overrides = [*spec, *args.train]
-    batch_size = int(_compose_train(ref_overrides).data.batch_size)
-    budget = float(args.budget_steps * batch_size * training_flops_per_sample(ref_overrides))
     code = code_digest()
-    picks_data = any(o.lstrip("+~").startswith(("data=", "data.source", "data.root")) for o in args.eval)
-    if not picks_data and "SamplePhotos" in str(_compose_train(ref_overrides).data.source.get("_target_", "")):
-        args.train, held_out = held_out_split(list(args.train), list(args.test_photos))
-        args.eval = [*held_out, *args.eval]
-        ref_overrides = [*spec, *args.train]
-        log.info("compare: test set: the embedded photos %s, held out of every training run", args.test_photos)
+    args.train, args.eval = default_test_set([*spec], list(args.train), list(args.eval), list(args.test_photos))
+    plan = plan_budget(list(args.models), args.reference, list(args.train), args.budget_steps, args.match)
+    budget = plan["budget_flops"]
+    for name, entry in plan["contenders"].items():
+        log.info("compare: %s trains on %s samples (%.3g GFLOP, x%.3f budget)%s", name,
+                 " + ".join(str(c["samples"]) for c in entry["stages"].values()), entry["train_flops"] / 1e9,
+                 entry["train_flops"] / budget, f" at model.net.width_mult={entry['width_mult']:g}" if entry["width_mult"] else "")
     test_set = check_test_set(list(args.train), list(args.eval))
     if not test_set["disjoint_from_training_and_validation"]:
         log.warning("compare: the test set overlaps what training reads (%s): the comparison is not on held-out photos",
                     ", ".join(test_set["overlap"]))
     runs = [(name, seed) for name in args.models for seed in args.seeds]
     results: dict[str, dict[int, dict]] = {}
-    reused = 0
+    pending = []
     for number, (name, seed) in enumerate(runs, start=1):
         run_dir = out / name / f"seed{seed}"
-        record = {"contender": name, "seed": seed, "train": list(args.train), "eval": list(args.eval), "budget_flops": budget,
-                  "code": code}
-        trained = _finished(run_dir, record)
-        if trained is not None:
-            reused += 1
+        entry = plan["contenders"][name]
+        record = {"contender": name, "seed": seed, "train": entry["train"], "eval": list(args.eval), "budget_flops": budget,
+                  "samples": [c["samples"] for c in entry["stages"].values()], "code": code}
+        if _finished(run_dir, record) is not None:
             log.info("compare: run %d of %d: %s seed %d finished before under the same config and code: reused",
                      number, len(runs), name, seed)
         else:
-            log.info("compare: run %d of %d: training %s seed %d", number, len(runs), name, seed)
-            trained = train_contender(name, seed, run_dir, list(args.train), budget, batch_size)
-            _run("joint_colsr.eval", [f"ckpt_path={trained['ckpt']}", *args.eval, f"hydra.run.dir={run_dir / 'eval'}"])
-            (run_dir / RUN_RECORD).write_text(json.dumps({"record": record, "trained": trained}) + "\n")
+            pending.append((number, name, seed, run_dir, record))
+    reused = len(runs) - len(pending)
+    _train_and_evaluate(pending, len(runs), plan, list(args.eval), resolve_jobs(args.jobs))
+    for name, seed in runs:
+        run_dir = out / name / f"seed{seed}"
         results.setdefault(name, {})[seed] = {
-            "train": trained,
+            "train": json.loads((run_dir / RUN_RECORD).read_text())["trained"],
             "metrics": json.loads((run_dir / "eval" / "metrics.json").read_text()),
             "per_image": _read_per_image(run_dir / "eval" / "per_image.csv"),
         }
     baselines = _evaluate_baselines(out, list(args.eval), code)
     summary = summarize(results, args.reference)
+    for name, entry in plan["contenders"].items():
+        summary[name].update({"budget_flops": budget, "width_mult": entry["width_mult"], "params": entry["params"],
+                              "inference_flops": entry["inference_flops"],
+                              "samples": {stage: c["samples"] for stage, c in entry["stages"].items()}})
     for name, seeds in results.items():  # is it above the bicubic floor at all?
         bicubic = {seed: baselines["bicubic"]["per_image"] for seed in seeds}
         floor = paired_interval({seed: s["per_image"] for seed, s in seeds.items()}, bicubic, "psnr_joint")
         summary[name]["vs_bicubic"] = {**verdict(name, "bicubic", floor), "paired": floor}
     report = {"reference": args.reference, "seeds": list(args.seeds), "budget_flops": budget, "budget_steps": args.budget_steps,
+              "match": args.match, "budget_tolerance": BUDGET_TOLERANCE,
               "train_overrides": list(args.train), "eval_overrides": list(args.eval), "reused_runs": reused, "test_set": test_set,
               "contenders": summary,
               "baselines": {name: {"metrics": {m: b["metrics"].get(m) for m in METRICS}} for name, b in baselines.items()}}
@@ -538,14 +827,21 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(CONTENDERS), help=f"contenders (default: all of {list(CONTENDERS)})")
+    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS),
+                        help=f"contenders among {list(CONTENDERS)} (default: all but srgan)")
     parser.add_argument("--reference", default="joint_paper", help="the joint net every model is paired against")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budget-steps", type=int, default=60, help="training steps of the reference model that set the FLOP budget")
+    parser.add_argument("--match", choices=MATCHES, default="train_flops",
+                        help="fairness besides equal training FLOPs (always): inference_flops or params also solve each "
+                             "contender's model.net.width_mult to match the reference's within 5%% (default: train_flops alone)")
     parser.add_argument("--train", nargs="*", default=[], help="Hydra overrides for every training run (data, trainer, debug)")
     parser.add_argument("--eval", nargs="*", default=[], help="Hydra overrides of eval: the test set (e.g. data=folder data.root=DIR)")
     parser.add_argument("--test-photos", nargs="+", default=list(SAMPLES_TEST_PHOTOS),
                         help="on the embedded photos (unless --eval picks data=...): held out of every training run and tested on")
+    parser.add_argument("--jobs", default="auto",
+                        help="trainings at once: a count, or auto = one per visible CUDA device (1 on a CPU machine); "
+                             "with CUDA each runs on its own device")
     parser.add_argument("--out", default="outputs/compare", help="output folder")
     return parser.parse_args(argv)
 

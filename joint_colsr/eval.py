@@ -310,7 +310,10 @@ def describe_model(cfg: DictConfig, system: pl.LightningModule) -> str:
     return f"{type(net).__name__}{f' [{kind}]' if kind else ''} ({Path(str(cfg.ckpt_path)).name})"
 
 
-def _prepare_data_config(cfg: DictConfig) -> None:
+def prepare_test_data(cfg: DictConfig) -> None:
+    """Point ``cfg.data`` at what evaluation scores (in place): every file of a folder, and
+    val2017 for COCO (training validates on a slice of train2017). ``compare`` checks its
+    test set through the same rule."""
     with open_dict(cfg):
         # Sources that split a folder by file: evaluation scores every file.
         if "val_fraction" in cfg.data.get("source", {}):
@@ -323,7 +326,7 @@ def _prepare_data_config(cfg: DictConfig) -> None:
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` (or ``cfg.baseline``) on ``cfg.data``; write the run's files; return the metrics."""
     system = build_eval_system(cfg)
-    _prepare_data_config(cfg)
+    prepare_test_data(cfg)
     check_config(cfg, groups=("data", "trainer"))
     output_dir = start_run(cfg)
     crop = resolve_crop_border(cfg.get("crop_border"), cfg.data.input_size, cfg.data.output_size)

@@ -87,7 +87,8 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     if state is not None:
         check_resume_system(system, ckpt_path, state)
         check_resume_config(state.get("run_config"), resolved, ckpt_path)
-        if finished(state, select(cfg, "trainer.max_epochs"), select(cfg, "trainer.max_steps")):
+        if finished(state, select(cfg, "trainer.max_epochs"), select(cfg, "trainer.max_steps"),
+                    select(cfg, "callbacks.sample_budget.samples")):
             return _already_finished(output_dir, ckpt_path, state)
     keep_history(output_dir, resuming=ckpt_path is not None)
     prepare_checkpoint_dir(output_dir)

@@ -154,7 +154,7 @@ def test_data_coco_config_keys(compose_cfg, tiny_coco):
 
 def test_heldout_validation_is_a_fixed_train2017_slice_and_val2017_is_left_for_eval(tiny_coco, compose_cfg):
     """data=coco validates on a seeded slice of train2017; no photo is in two splits; eval scores val2017."""
-    from joint_colsr.eval import _prepare_data_config
+    from joint_colsr.eval import prepare_test_data
 
     cfg = compose_cfg(["data=coco", f"data.root={tiny_coco}", "data.source.val_images=2", "data.num_workers=0"])
     assert cfg.data.source.validation == "heldout"  # the default of data=coco
@@ -175,5 +175,5 @@ def test_heldout_validation_is_a_fixed_train2017_slice_and_val2017_is_left_for_e
     with pytest.raises(ValueError, match="val_images"):
         CocoSource(str(tiny_coco), validation="heldout", val_images=100).split()
     # eval keeps val2017 for itself.
-    _prepare_data_config(cfg)
+    prepare_test_data(cfg)
     assert {i.key for i in build_datamodule(cfg).source.split()[1]} == test_keys

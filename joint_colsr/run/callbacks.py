@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import math
 from pathlib import Path
 from typing import Any
 
@@ -138,6 +139,66 @@ class ProgressBar(TQDMProgressBar):
             if "psnr" in key and isinstance(value, (int, float)):
                 shown[key] = f"{value:.2f}"
         return {**shown, **{k: f"{v:.4g}" for k, v in self._shown.items()}}
+
+
+class TrainingSampleBudget(pl.Callback):
+    """End training after exactly ``samples`` training samples, the last batch cut short.
+
+    The one way a run trains on an exact amount of compute (``compare`` sets it per contender
+    from the training FLOPs budget): ``trainer.max_steps`` counts whole batches, so a budget
+    that buys 101 samples at batch 16 would otherwise train 96 or 112. The last batch keeps
+    its first ``samples - seen`` samples (every tensor whose first dimension is the batch);
+    then ``trainer.should_stop`` ends the run after its validation and last checkpoint, as
+    early stopping does. The count travels in the checkpoint, so a resumed run stops at the
+    same sample. Under DDP it counts all ranks (each rank's batch x world size) and cuts each
+    rank's last batch to an equal share.
+
+    Args:
+        samples: training samples to train on, or ``None`` (the default: no limit).
+    """
+
+    def __init__(self, samples: int | None = None) -> None:
+        super().__init__()
+        if samples is not None and (isinstance(samples, bool) or not isinstance(samples, int) or samples < 1):
+            raise ValueError(f"callbacks.sample_budget.samples must be a positive integer or null, got {samples!r}")
+        self.samples = samples
+        self.seen = 0
+
+    def steps_at_batch_size(self, batch_size: int, world_size: int = 1) -> int:
+        """Optimizer steps the whole budget lasts when every batch is full (the last one cut short)."""
+        return math.ceil(self.samples / (batch_size * world_size))
+
+    @staticmethod
+    def _batch_len(batch: Any) -> int:
+        return next(v.shape[0] for v in batch.values() if isinstance(v, torch.Tensor) and v.ndim == 4)
+
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        if self.samples is None:
+            return
+        n, world = self._batch_len(batch), trainer.world_size
+        left = max(1, (self.samples - self.seen) // world)
+        if n > left:
+            for key, value in list(batch.items()):
+                if isinstance(value, torch.Tensor) and value.ndim >= 1 and value.shape[0] == n:
+                    batch[key] = value[:left]
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        if self.samples is not None and self.seen >= self.samples:  # resumed from the run's last save
+            trainer.should_stop = True
+
+    def on_train_batch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule, outputs: Any, batch: Any,
+                           batch_idx: int) -> None:
+        if self.samples is None:
+            return
+        self.seen += self._batch_len(batch) * trainer.world_size
+        if self.seen >= self.samples:
+            trainer.should_stop = True
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"seen": self.seen, "samples": self.samples}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self.seen = int(state_dict.get("seen", 0))
 
 
 class NonFiniteLossError(RuntimeError):

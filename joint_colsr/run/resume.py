@@ -187,8 +187,14 @@ def check_resume_config(saved: dict[str, Any] | None, current: dict[str, Any], c
     return applied
 
 
-def finished(state: dict[str, Any], max_epochs: int | None, max_steps: int | None) -> bool:
-    """Whether a checkpoint already reached ``trainer.max_epochs`` / ``trainer.max_steps``."""
+def finished(state: dict[str, Any], max_epochs: int | None, max_steps: int | None, samples: int | None = None) -> bool:
+    """Whether a checkpoint already reached ``trainer.max_epochs`` / ``trainer.max_steps`` or
+    ``callbacks.sample_budget.samples`` (:class:`~joint_colsr.run.callbacks.TrainingSampleBudget`)."""
+    if samples is not None:
+        seen = [v.get("seen", 0) for k, v in state.get("callbacks", {}).items()
+                if str(k).startswith("TrainingSampleBudget") and isinstance(v, dict)]
+        if seen and int(seen[0]) >= int(samples):
+            return True
     fit = state.get("loops", {}).get("fit_loop", {})
     progress = fit.get("epoch_progress", {}).get("current", {})
     epochs = progress.get("processed")

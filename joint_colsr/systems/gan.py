@@ -151,14 +151,19 @@ class GANSystem(ColSRSystem):
 
     def run_generator_steps(self) -> int:
         """The generator steps (batches) this run trains for: half of ``trainer.max_steps``
-        (Lightning counts each of the two optimizers' steps) or batches per epoch x
-        ``trainer.max_epochs``, whichever is reached first."""
+        (Lightning counts each of the two optimizers' steps), batches per epoch x
+        ``trainer.max_epochs`` or the batches of ``callbacks.sample_budget``, whichever is
+        reached first."""
         trainer = self.trainer
         limits = []
         if trainer.max_steps is not None and trainer.max_steps > 0:
             limits.append(trainer.max_steps // 2)
         if trainer.max_epochs is not None and trainer.max_epochs > 0 and math.isfinite(trainer.num_training_batches):
             limits.append(int(trainer.num_training_batches) * trainer.max_epochs)
+        for callback in trainer.callbacks:  # callbacks.sample_budget (run/callbacks.py): ends the run on a sample count
+            batch_size = getattr(trainer.datamodule, "batch_size", None)
+            if getattr(callback, "samples", None) is not None and hasattr(callback, "steps_at_batch_size") and batch_size:
+                limits.append(callback.steps_at_batch_size(int(batch_size), trainer.world_size))
         if not limits:
             raise ValueError("model.discriminator_warmup_fraction needs a run of known length: set trainer.max_steps or "
                              "trainer.max_epochs, or use model.discriminator_warmup_steps")
