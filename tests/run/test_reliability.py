@@ -39,6 +39,11 @@ EXACT = [
 ]
 
 
+# A kept checkpoint after every training step, named stepN.ckpt: resume from any step.
+EVERY_STEP_CHECKPOINTS = ["+callbacks.model_checkpoint.every_n_train_steps=1", "callbacks.model_checkpoint.save_top_k=-1",
+                          "callbacks.model_checkpoint.monitor=null", "callbacks.model_checkpoint.filename='step{step}'"]
+
+
 def test_two_epochs_equal_one_epoch_resumed_to_two(compose_cfg, tmp_path):
     straight = compose_cfg([*EXACT, "trainer.max_epochs=2"])
     train(straight)
@@ -55,9 +60,7 @@ def test_two_epochs_equal_one_epoch_resumed_to_two(compose_cfg, tmp_path):
 
 def test_mid_epoch_checkpoint_resumes_at_the_right_batch(compose_cfg, tmp_path):
     # 4 steps per epoch; a checkpoint every step; resume from the one after step 2.
-    over = [*EXACT, "trainer.max_epochs=1", "+callbacks.model_checkpoint.every_n_train_steps=1",
-            "callbacks.model_checkpoint.save_top_k=-1", "callbacks.model_checkpoint.monitor=null",
-            "callbacks.model_checkpoint.filename='step{step}'"]
+    over = [*EXACT, "trainer.max_epochs=1", *EVERY_STEP_CHECKPOINTS]
     straight = compose_cfg(over)
     train(straight)
     ckpts = Path(straight.paths.output_dir) / "checkpoints"

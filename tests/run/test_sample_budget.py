@@ -12,7 +12,7 @@ from joint_colsr.systems.colsr import ColSRSystem
 from joint_colsr.train import train
 
 from ..conftest import assert_bitwise_equal, checkpoint_weights
-from .test_reliability import EXACT
+from .test_reliability import EVERY_STEP_CHECKPOINTS, EXACT
 
 # batch 2, 8 samples per epoch: 11 samples = epoch 0 (2+2+2+2), epoch 1 (2 + 1 cut short)
 BUDGET = [*EXACT, "data.num_workers=0", "trainer.max_epochs=-1", "callbacks.sample_budget.samples=11"]
@@ -44,9 +44,7 @@ def test_a_run_trains_on_exactly_the_budgeted_samples(compose_cfg, batch_sizes):
 
 
 def test_a_resumed_budgeted_run_stops_at_the_same_sample(compose_cfg, tmp_path, batch_sizes):
-    over = [*BUDGET, "callbacks.last_checkpoint.every_n_train_steps=1", "+callbacks.model_checkpoint.every_n_train_steps=1",
-            "callbacks.model_checkpoint.save_top_k=-1", "callbacks.model_checkpoint.monitor=null",
-            "callbacks.model_checkpoint.filename='step{step}'"]
+    over = [*BUDGET, "callbacks.last_checkpoint.every_n_train_steps=1", *EVERY_STEP_CHECKPOINTS]
     straight = compose_cfg(over)
     train(straight)
     ckpts = Path(straight.paths.output_dir) / "checkpoints"
