@@ -7,6 +7,7 @@ raises before our task (composition, an unwritable run directory) are covered to
 
 import errno
 import hashlib
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -112,6 +113,51 @@ def test_a_killed_loader_worker_is_one_line_and_the_run_resumes(tmp_path):
     proc = _command("train", *over, cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     assert "auto_resume: continuing from" in proc.stdout + proc.stderr
+
+
+def _hand_over(self):
+    """Stands where torch's ``_MultiProcessingDataLoaderIter._try_get_data`` stands (``self``: the iterator)
+    when a worker dies between queuing a batch and handing over its shared memory."""
+    raise ConnectionResetError(errno.ECONNRESET, "Connection reset by peer")
+
+
+def test_a_worker_killed_during_a_batch_handover_is_named_with_its_signal():
+    import signal
+
+    import torch
+    from torch.utils.data import DataLoader
+
+    iterator = iter(DataLoader([torch.zeros(1)] * 4, num_workers=1))
+    (worker,) = iterator._workers
+    watch = signal.signal(signal.SIGCHLD, signal.SIG_DFL)  # torch's handler would raise in this test process
+    try:
+        os.kill(worker.pid, signal.SIGKILL)
+        worker.join(timeout=60)
+        try:
+            _hand_over(iterator)
+        except ConnectionResetError as err:
+            message = describe_error(err)
+            assert is_expected_error(err)
+        unexpected = RuntimeError(f"DataLoader worker (pid(s) {worker.pid}) exited unexpectedly")
+        assert describe_error(unexpected).startswith(  # no iterator in its traceback: torch's words alone
+            f"DataLoader worker (pid(s) {worker.pid}) exited unexpectedly (the kernel's")
+        try:
+            try:
+                _hand_over(iterator)
+            except ConnectionResetError as err:
+                raise unexpected from err
+        except RuntimeError as err:
+            exited = describe_error(err)
+    finally:
+        del iterator
+        signal.signal(signal.SIGCHLD, watch)
+    for text in (message, exited):
+        assert text.startswith(f"DataLoader worker (pid {worker.pid}) is killed by signal: Killed (the kernel's"), text
+        assert "lower data.num_workers" in text and "run the same command again" in text
+    try:
+        _hand_over(object())
+    except ConnectionResetError as err:
+        assert describe_error(err) is None  # a connection error outside a data loader is not a worker's death
 
 
 def test_eval_says_it_takes_no_model(tmp_path, tiny_ckpt):

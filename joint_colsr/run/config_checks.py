@@ -102,12 +102,60 @@ def describe_error(err: BaseException) -> str | None:
                    else "free some space")
             return (f"{_STORAGE_ERRNOS[cause.errno]}{where}: {fix}, then run the same command again "
                     f"({RESUME_NOTE})")
-        if isinstance(cause, RuntimeError) and "DataLoader worker" in str(cause) and "killed by signal" in str(cause):
-            return (f"{str(cause).splitlines()[0].rstrip('. ')} (the kernel's out-of-memory killer, most often: lower "
-                    f"data.num_workers or data.batch_size), then run the same command again ({RESUME_NOTE})")
+        death = _loader_worker_death(cause)
+        if death is not None:
+            return (f"{death} (the kernel's out-of-memory killer, most often: lower data.num_workers or "
+                    f"data.batch_size), then run the same command again ({RESUME_NOTE})")
     if isinstance(err, (HydraException, OmegaConfBaseException)):
         text = " ".join(line.strip() for line in str(err).split("Config search path")[0].splitlines() if line.strip())
         return f"config: {text}"
+    return None
+
+
+def _loader_worker_death(err: BaseException) -> str | None:
+    """What killed a data-loading worker, in torch's words, if ``err`` is how its death surfaced.
+
+    torch reports a dead worker three ways, depending on when the main process notices:
+    its SIGCHLD handler ("DataLoader worker (pid N) is killed by signal: Killed"), its
+    queue check ("... exited unexpectedly"), or, when the worker dies between queuing a
+    batch and handing over the batch's shared memory and is not yet reaped, the bare
+    connection error of that handover. The last two name no signal: the iterator found
+    in the traceback is asked how its workers ended (a killed process is reaped in
+    milliseconds; each is waited for at most 5 s).
+    """
+    text = str(err).splitlines()[0].rstrip(". ") if str(err) else ""
+    if isinstance(err, RuntimeError) and "DataLoader worker" in text and "killed by signal" in text:
+        return text
+    handover = isinstance(err, (ConnectionError, EOFError)) and _loader_iterator(err) is not None
+    if not handover and not (isinstance(err, RuntimeError) and "DataLoader worker" in text
+                             and "exited unexpectedly" in text):
+        return None
+    iterator = _loader_iterator(err)
+    ended = []
+    for worker in getattr(iterator, "_workers", ()):
+        worker.join(timeout=5)
+        code = worker.exitcode
+        if code is not None and code < 0 and -code != signal.SIGTERM:  # SIGTERM: the loader's own shutdown
+            ended.append(f"DataLoader worker (pid {worker.pid}) is killed by signal: {signal.strsignal(-code)}")
+        elif code is not None and code > 0:
+            ended.append(f"DataLoader worker (pid {worker.pid}) exited with status {code}")
+    if ended:
+        return "; ".join(ended)
+    return text if not handover else f"a DataLoader worker died while handing over a batch ({type(err).__name__}: {text})"
+
+
+def _loader_iterator(err: BaseException) -> Any:
+    """The multi-process DataLoader iterator whose method raised ``err`` or its cause (from their
+    tracebacks), else ``None``."""
+    from torch.utils.data.dataloader import _MultiProcessingDataLoaderIter
+
+    for cause in _causes(err):
+        tb = cause.__traceback__
+        while tb is not None:
+            owner = tb.tb_frame.f_locals.get("self")
+            if isinstance(owner, _MultiProcessingDataLoaderIter):
+                return owner
+            tb = tb.tb_next
     return None
 
 
