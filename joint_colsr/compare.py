@@ -36,9 +36,10 @@ one test set, and writes ``comparison.md``, ``comparison.json`` and ``comparison
   ``compare_run.json``) is reused, not trained again;
 * a model fed the ground-truth L* would be marked "GT-L* guided" (none of the contenders is).
 
-Every stage is the suite's own command (``train``, ``two_stage``, ``eval``), run as a
-subprocess with ``--train`` overrides (data, trainer, debug) and ``--eval`` overrides (the
-test set). The tiny form (seconds per run)::
+Every stage is the suite's own command (``train``, ``two_stage``, ``eval``) with ``--train``
+overrides (data, trainer, debug) and ``--eval`` overrides (the test set), run in this process
+one after another (``run/in_process.py``: no interpreter start-up per run), or with
+``--jobs N`` as N subprocesses at once; each run's output goes to ``<contender>/seed<N>.log``. The tiny form (seconds per run)::
 
     python -m joint_colsr.compare --seeds 0 1 --budget-steps 2 --train debug=tiny --eval data.val_views=1
 """
@@ -362,14 +363,32 @@ def plan_budget(models: list[str], reference: str, train: list[str], budget_step
     return {"budget_flops": budget, "batch_size": batch_size, "step_flops": step_flops, "match": match, "contenders": contenders}
 
 
-def _run(module: str, args: list[str], env: dict[str, str] | None = None) -> None:
-    cmd = [sys.executable, "-m", module, *args]
-    log.info("compare: %s", " ".join(cmd))
-    env = {**os.environ, **(env or {}),
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(CONFIG_DIR).parent), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
-    if proc.returncode != 0:
-        raise RuntimeError(f"compare: {' '.join(cmd)} failed (exit {proc.returncode}):\n{proc.stdout[-4000:]}")
+def _run(module: str, args: list[str], log_path: Path, env: dict[str, str] | None = None) -> None:
+    """``python -m module *args``, its output appended to ``log_path``: in this process
+    (:func:`~joint_colsr.run.in_process.run_command`, no interpreter start-up) unless ``env``
+    sets variables for it (a CUDA device per parallel job), then as a subprocess."""
+    log.info("compare: python -m %s %s", module, " ".join(args))
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    with open(log_path, "a") as output:
+        if env is None:
+            import contextlib
+            import importlib
+
+            from joint_colsr.run.in_process import CommandFailed, run_command
+
+            try:
+                with contextlib.redirect_stdout(output), contextlib.redirect_stderr(output):
+                    run_command(importlib.import_module(module).main, args)
+                failed = None
+            except CommandFailed as err:
+                failed = str(err)
+        else:
+            env = {**os.environ, **env, "PYTHONPATH": os.pathsep.join(
+                filter(None, [str(Path(CONFIG_DIR).parent), os.environ.get("PYTHONPATH")]))}
+            proc = subprocess.run([sys.executable, "-m", module, *args], env=env, stdout=output, stderr=subprocess.STDOUT)
+            failed = None if proc.returncode == 0 else f"python -m {module} {' '.join(args)} failed (exit {proc.returncode})"
+    if failed:
+        raise RuntimeError(f"compare: {failed}; the end of its output ({log_path}):\n{log_path.read_text()[-4000:]}")
 
 
 #: Every compare training ends on its sample budget (callbacks.sample_budget), not on epochs or steps.
@@ -384,7 +403,8 @@ def train_contender(name: str, seed: int, run_dir: Path, train: list[str], plan:
     samples = {stage: p["samples"] for stage, p in plan["stages"].items()}
     if kind == "train":
         _run("joint_colsr.train", [*spec, *train, f"seed={seed}", *_BUDGET_ARGS,
-                                   f"callbacks.sample_budget.samples={samples['model']}", f"hydra.run.dir={run_dir}"], env=env)
+                                   f"callbacks.sample_budget.samples={samples['model']}", f"hydra.run.dir={run_dir}"],
+             run_dir.parent / f"{run_dir.name}.log", env=env)
         metrics = json.loads((run_dir / "metrics.json").read_text())
         return {"ckpt": str(run_dir / "checkpoints" / "last.ckpt"), "samples": [samples["model"]],
                 "steps": [metrics.get("global_step")], "train_flops": plan["train_flops"],
@@ -393,7 +413,7 @@ def train_contender(name: str, seed: int, run_dir: Path, train: list[str], plan:
     per_stage = {stage: quoted([f"callbacks.sample_budget.samples={n}"]) for stage, n in samples.items()}
     _run("joint_colsr.two_stage", [f"order={spec}", f"seed={seed}", f"overrides={quoted([*train, *_BUDGET_ARGS])}",
                                    f"colorizer_overrides={per_stage['colorizer']}", f"upscaler_overrides={per_stage['upscaler']}",
-                                   f"hydra.run.dir={run_dir}"], env=env)
+                                   f"hydra.run.dir={run_dir}"], run_dir.parent / f"{run_dir.name}.log", env=env)
     record = json.loads((run_dir / "two_stage.json").read_text())
     stages = record["stage_metrics"]
     return {"ckpt": record["cascade"], "samples": [samples["colorizer"], samples["upscaler"]],
@@ -690,7 +710,8 @@ def _evaluate_baselines(out: Path, eval_overrides: list[str], code: str) -> dict
         run_dir = out / "baselines" / name
         record = {"baseline": name, "eval": eval_overrides, "code": code}
         if _finished(run_dir, record) is None:
-            _run("joint_colsr.eval", [f"baseline={name}", *eval_overrides, f"hydra.run.dir={run_dir / 'eval'}"])
+            _run("joint_colsr.eval", [f"baseline={name}", *eval_overrides, f"hydra.run.dir={run_dir / 'eval'}"],
+                 run_dir.parent / f"{name}.log")
             (run_dir / RUN_RECORD).write_text(json.dumps({"record": record, "trained": {}}) + "\n")
         baselines[name] = {"metrics": json.loads((run_dir / "eval" / "metrics.json").read_text()),
                            "per_image": _read_per_image(run_dir / "eval" / "per_image.csv")}
@@ -709,43 +730,108 @@ def resolve_jobs(jobs: str | int) -> int:
     return count
 
 
-def _train_and_evaluate(pending: list[tuple], total: int, plan: dict[str, Any], eval_overrides: list[str], jobs: int) -> None:
-    """Train and evaluate each pending ``(number, name, seed, run_dir, record)``, ``jobs`` at
-    a time; with CUDA devices, job slot ``k`` runs on device ``k`` (``CUDA_VISIBLE_DEVICES``).
-    Each run's ``compare_run.json`` is written only once its evaluation is there. Every run
-    is tried; the failed ones are named together at the end."""
+def _train_and_evaluate_one(number: int, total: int, name: str, seed: int, run_dir: Path, record: dict[str, Any],
+                            entry: dict[str, Any], eval_overrides: list[str], env: dict[str, str] | None = None) -> None:
+    """Train contender ``name`` at ``seed`` on its planned samples (``entry``: :func:`plan_budget`'s),
+    evaluate it, and write its ``compare_run.json`` last (what marks the run finished)."""
+    where = f" on CUDA device {env['CUDA_VISIBLE_DEVICES']}" if env and "CUDA_VISIBLE_DEVICES" in env else ""
+    log.info("compare: run %d of %d: training %s seed %d%s (its output: %s.log)", number, total, name, seed, where, run_dir)
+    trained = train_contender(name, seed, run_dir, entry["train"], entry, env=env)
+    _run("joint_colsr.eval", [f"ckpt_path={trained['ckpt']}", *eval_overrides, f"hydra.run.dir={run_dir / 'eval'}"],
+         run_dir.parent / f"{run_dir.name}.log", env=env)
+    (run_dir / RUN_RECORD).write_text(json.dumps({"record": record, "trained": trained}) + "\n")
+    log.info("compare: run %d of %d: %s seed %d done", number, total, name, seed)
+
+
+def run_planned(plan_file: Path, number: int) -> None:
+    """Run number ``number`` of a plan written by :func:`_launch` (``compare_run``'s task)."""
+    plan = json.loads(plan_file.read_text())
+    run = plan["runs"].get(str(number))
+    if run is None:
+        raise ValueError(f"run={number}: {plan_file} plans runs {', '.join(plan['runs'])}")
+    _train_and_evaluate_one(number, plan["total"], run["name"], run["seed"], Path(run["run_dir"]), run["record"],
+                            run["entry"], plan["eval"])
+
+
+def _launch(pending: list[tuple], total: int, plan: dict[str, Any], eval_overrides: list[str], launcher: str,
+            launcher_args: list[str], out: Path) -> None:
+    """Every pending run as one Hydra sweep of ``compare_run`` jobs through ``hydra/launcher=launcher``
+    (on SLURM: one array job, a task per run); returns when the sweep has ended."""
+    import time
+
+    from joint_colsr import compare_run
+    from joint_colsr.run.in_process import CommandFailed, run_command
+
+    train = _compose_train(list(plan["contenders"][pending[0][1]]["train"])) if pending else None
+    if train is None:
+        return
+    devices = str(train.trainer.devices)
+    if devices != "1" or int(train.trainer.get("num_nodes") or 1) != 1:
+        raise SystemExit(f"compare --launcher {launcher}: each run is one job on one device; the training config has "
+                         f"trainer.devices={devices}, trainer.num_nodes={train.trainer.get('num_nodes')} (set them to 1)")
+    sweep = out / "sweeps" / time.strftime("%Y-%m-%d_%H-%M-%S")
+    sweep.mkdir(parents=True, exist_ok=True)
+    plan_file = sweep / "plan.json"
+    plan_file.write_text(json.dumps({"total": total, "eval": eval_overrides, "runs": {
+        str(number): {"name": name, "seed": seed, "run_dir": str(run_dir), "record": record, "entry": plan["contenders"][name]}
+        for number, name, seed, run_dir, record in pending}}, indent=2) + "\n")
+    args = ["-m", f"plan={plan_file}", "run=" + ",".join(str(item[0]) for item in pending), f"hydra/launcher={launcher}",
+            f"hydra.sweep.dir={sweep}", f"trainer.accelerator={train.trainer.accelerator}",
+            f"data.num_workers={train.data.get('num_workers') or 0}", *launcher_args]
+    log.info("compare: %d runs as one sweep (hydra/launcher=%s): %s", len(pending), launcher, sweep)
+    try:
+        run_command(compare_run.main, args)
+    except CommandFailed:
+        pass  # the failed jobs are named below, from what each left
+
+
+def _train_and_evaluate(pending: list[tuple], total: int, plan: dict[str, Any], eval_overrides: list[str], jobs: int,
+                        launcher: str | None = None, launcher_args: list[str] | None = None, out: Path | None = None) -> None:
+    """Train and evaluate each pending ``(number, name, seed, run_dir, record)``: with
+    ``launcher``, as one Hydra sweep (:func:`_launch`); else ``jobs`` at a time, one at a time
+    in this process (no interpreter start-up per run), more as subprocesses, job slot ``k``
+    on CUDA device ``k`` (``CUDA_VISIBLE_DEVICES``) where there are devices. Each run's
+    ``compare_run.json`` is written only once its evaluation is there. Every run is tried;
+    the failed ones are named together at the end."""
     import queue
     from concurrent.futures import ThreadPoolExecutor
 
-    slots: queue.Queue[int] = queue.Queue()
-    for slot in range(jobs):
-        slots.put(slot)
-
-    def one(item: tuple) -> None:
-        number, name, seed, run_dir, record = item
-        slot = slots.get()
-        try:
-            gpu = _device_of(slot) if jobs > 1 else None  # one job at a time: the device(s) as the user set them
-            device = {"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}
-            where = f" on CUDA device {device['CUDA_VISIBLE_DEVICES']}" if device else ""
-            log.info("compare: run %d of %d: training %s seed %d%s", number, total, name, seed, where)
-            trained = train_contender(name, seed, run_dir, plan["contenders"][name]["train"], plan["contenders"][name], env=device)
-            _run("joint_colsr.eval", [f"ckpt_path={trained['ckpt']}", *eval_overrides, f"hydra.run.dir={run_dir / 'eval'}"],
-                 env=device)
-            (run_dir / RUN_RECORD).write_text(json.dumps({"record": record, "trained": trained}) + "\n")
-            log.info("compare: run %d of %d: %s seed %d done", number, total, name, seed)
-        finally:
+    failures = []
+    if launcher is not None:
+        _launch(pending, total, plan, eval_overrides, launcher, list(launcher_args or []), out)
+        failures = [f"{name} seed {seed}: no {RUN_RECORD} (its job's log and error: {out / 'sweeps'})"
+                    for _, name, seed, run_dir, _ in pending if not (run_dir / RUN_RECORD).is_file()]
+        pending_count = len(pending)
+    else:
+        slots: queue.Queue[int] = queue.Queue()
+        for slot in range(jobs):
             slots.put(slot)
 
-    failures = []
-    with ThreadPoolExecutor(max_workers=jobs) as pool:
-        for item, future in [(item, pool.submit(one, item)) for item in pending]:
+        def one(item: tuple) -> None:
+            number, name, seed, run_dir, record = item
+            slot = slots.get()
             try:
-                future.result()
+                gpu = _device_of(slot) if jobs > 1 else None  # one job at a time: the device(s) as the user set them
+                env = ({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}) if jobs > 1 else None
+                _train_and_evaluate_one(number, total, name, seed, run_dir, record, plan["contenders"][name], eval_overrides, env)
+            finally:
+                slots.put(slot)
+
+        if jobs == 1:  # in the main thread: Hydra commands run in this process need it
+            outcomes = [(item, functools.partial(one, item)) for item in pending]
+        else:
+            pool = ThreadPoolExecutor(max_workers=jobs)
+            outcomes = [(item, pool.submit(one, item).result) for item in pending]
+        for item, outcome in outcomes:
+            try:
+                outcome()
             except Exception as err:  # noqa: BLE001 - every run is tried; all failures are reported together
                 failures.append(f"{item[1]} seed {item[2]}: {err}")
+        if jobs > 1:
+            pool.shutdown()
+        pending_count = len(pending)
     if failures:
-        raise RuntimeError(f"compare: {len(failures)} of {len(pending)} runs failed (the others are kept and reused "
+        raise RuntimeError(f"compare: {len(failures)} of {pending_count} runs failed (the others are kept and reused "
                            "by the next compare):\n" + "\n".join(failures))
 
 
@@ -794,7 +880,8 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         else:
             pending.append((number, name, seed, run_dir, record))
     reused = len(runs) - len(pending)
-    _train_and_evaluate(pending, len(runs), plan, list(args.eval), resolve_jobs(args.jobs))
+    _train_and_evaluate(pending, len(runs), plan, list(args.eval), resolve_jobs(args.jobs), args.launcher,
+                        list(args.launcher_args), out)
     for name, seed in runs:
         run_dir = out / name / f"seed{seed}"
         results.setdefault(name, {})[seed] = {
@@ -842,6 +929,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--jobs", default="auto",
                         help="trainings at once: a count, or auto = one per visible CUDA device (1 on a CPU machine); "
                              "with CUDA each runs on its own device")
+    parser.add_argument("--launcher", default=None,
+                        help="a Hydra launcher (hydra/launcher=NAME, e.g. slurm): every pending run goes to it as one sweep "
+                             "of compare_run jobs, one device each (default: this machine, --jobs at a time)")
+    parser.add_argument("--launcher-args", nargs="*", default=[],
+                        help="overrides of that sweep, e.g. hydra.launcher.partition=gpu hydra.launcher.timeout_min=120")
     parser.add_argument("--out", default="outputs/compare", help="output folder")
     return parser.parse_args(argv)
 

@@ -1,7 +1,8 @@
 """The paper's cascade, as it poses it: two networks trained separately, then composed.
 
 ``python -m joint_colsr.two_stage order=colorize_first|upscale_first [overrides=[...]]``
-(config: ``conf/two_stage.yaml``) runs, into its run directory:
+(config: ``conf/two_stage.yaml``) runs, into its run directory (each stage in this process,
+``run/in_process.py``, exactly as the console command would run it):
 
 1. ``colorizer/``: ``python -m joint_colsr.train model=ic_only`` (the colorizer, on L*);
 2. ``upscaler/``: ``python -m joint_colsr.train model=sr_only`` (SRResNet on L*);
@@ -30,9 +31,6 @@ answer_help_early(__name__, 'two_stage')  # before torch/Lightning are imported 
 
 import json
 import logging
-import os
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +41,8 @@ from omegaconf import DictConfig
 from joint_colsr import CONFIG_DIR
 from joint_colsr.run.checkpointing import read_checkpoint
 from joint_colsr.run.config_checks import ConfigError, hydra_command
+from joint_colsr.run.in_process import CommandFailed, run_command
+from joint_colsr.train import main as train_command
 from joint_colsr.nets.cascade import ORDERS
 
 log = logging.getLogger(__name__)
@@ -52,13 +52,13 @@ _SET_BY_CASCADE = ("_target_", "input_size", "output_size", "global_input_size",
 
 
 def _train(run_dir: Path, overrides: list[str]) -> Path:
-    """One ``python -m joint_colsr.train`` run into ``run_dir``; its ``last.ckpt``."""
-    cmd = [sys.executable, "-m", "joint_colsr.train", *overrides, f"hydra.run.dir={run_dir}"]
-    log.info("two_stage: %s", " ".join(cmd))
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [str(Path(CONFIG_DIR).parent), os.environ.get("PYTHONPATH")]))}
-    proc = subprocess.run(cmd, env=env)
-    if proc.returncode != 0:
-        raise RuntimeError(f"two_stage: the stage run {run_dir} failed (exit {proc.returncode}); its log is above")
+    """One ``train`` run into ``run_dir``, in this process (:mod:`joint_colsr.run.in_process`); its ``last.ckpt``."""
+    args = [*overrides, f"hydra.run.dir={run_dir}"]
+    log.info("two_stage: python -m joint_colsr.train %s", " ".join(args))
+    try:
+        run_command(train_command, args)
+    except CommandFailed:
+        raise RuntimeError(f"two_stage: the stage run {run_dir} failed; its error is above") from None
     ckpt = run_dir / "checkpoints" / "last.ckpt"
     if not ckpt.is_file():
         raise RuntimeError(f"two_stage: {run_dir} left no checkpoints/last.ckpt")

@@ -70,10 +70,14 @@ def test_training_flops_count_forward_and_backward():
 def test_tiny_compare_writes_the_answer_and_reuses_finished_runs(tmp_path):
     out = tmp_path / "cmp"
     # 35 steps: the smallest budget these three fit within 2 % (compare names it); 40 samples an epoch: few validations
-    argv = ["--models", "joint_paper", "ic_only", "two_stage_upscale_first", "--seeds", "0", "1", "--budget-steps", "35",
-            "--train", "debug=tiny", "logger=none", "data.train_samples_per_epoch=40", "trainer.limit_train_batches=null",
-            "--eval", "data.val_views=1", "--jobs", "2", "--out", str(out)]
+    common = ["--models", "joint_paper", "ic_only", "two_stage_upscale_first", "--budget-steps", "35",
+              "--train", "debug=tiny", "logger=none", "data.train_samples_per_epoch=40", "trainer.limit_train_batches=null",
+              "--eval", "data.val_views=1", "--out", str(out)]
+    first = compare(parse_args([*common, "--seeds", "0", "--jobs", "1"]))  # one after another, in this process
+    assert first["reused_runs"] == 0 and (out / "two_stage_upscale_first" / "seed0.log").is_file()
+    argv = [*common, "--seeds", "0", "1", "--jobs", "2"]  # seed 1's runs as 2 subprocesses at once
     report = compare(parse_args(argv))
+    assert report["reused_runs"] == 3
     saved = json.loads((out / "comparison.json").read_text())
     assert saved["reference"] == "joint_paper" and set(saved["contenders"]) == {"joint_paper", "ic_only", "two_stage_upscale_first"}
     models = saved["contenders"]

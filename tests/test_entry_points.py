@@ -93,7 +93,7 @@ def test_wandb_is_imported_only_when_used(tmp_path):
     assert proc.stdout.strip() == "False", proc.stderr[-2000:]
 
 
-@pytest.mark.parametrize("module", ["train", "eval", "predict", "report", "preprocess", "two_stage", "compare", "model_table"])
+@pytest.mark.parametrize("module", ["train", "eval", "predict", "report", "preprocess", "two_stage", "compare", "compare_run", "model_table"])
 def test_help_does_not_import_torch_or_lightning(module, tmp_path):
     proc = _command(module, "--help", cwd=tmp_path, env={"PYTHONPROFILEIMPORTTIME": "1"})
     assert proc.returncode == 0, proc.stderr[-2000:]

@@ -96,7 +96,7 @@ def print_run_summary(output_dir: str | os.PathLike, lines: Iterable[str]) -> No
 
 
 #: The suite's commands, by the name of the log Hydra writes into their run directory (``<task>.log``).
-COMMANDS = ("train", "eval", "predict", "report", "preprocess", "two_stage")
+COMMANDS = ("train", "eval", "predict", "report", "preprocess", "two_stage", "compare_run")
 
 
 def run_owner(run_dir: str | os.PathLike) -> str | None:

@@ -151,3 +151,33 @@ def test_warning_signal_checkpoints_requeues_and_resumes_to_the_same_weights(slu
     ref = checkpoint_weights(ref_dir / "checkpoints" / "last.ckpt")
     different = [k for k in ref if not torch.equal(ref[k], final["state_dict"][k])]
     assert ref.keys() == final["state_dict"].keys() and not different, f"{len(different)} tensors differ"
+
+
+@pytest.mark.slow
+def test_compare_sends_its_contenders_and_seeds_to_the_cluster_as_one_sweep(slurm_cluster, tmp_path):
+    """``compare --launcher slurm``: every pending run is one task of one array job (train, then
+    eval, in the task's process); the comparison is written from what the tasks left, and a
+    second identical compare submits nothing."""
+    out = tmp_path / "cmp"
+    argv = [sys.executable, "-m", "joint_colsr.compare", "--models", "joint_paper", "ic_only", "--seeds", "0",
+            "--budget-steps", "35", "--train", "debug=tiny", "logger=none", "data.train_samples_per_epoch=40",
+            "trainer.limit_train_batches=null", "--eval", "data.val_views=1", "--launcher", "slurm", "--out", str(out)]
+    env = {**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1", "WANDB_MODE": "offline"}
+    proc = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=hang_bound(900))
+    assert proc.returncode == 0, output_tail(proc)
+    (sweep_dir,) = (out / "sweeps").iterdir()
+    script = _sbatch_script(sweep_dir)
+    for line in ("--array=0-1%", "--ntasks-per-node=1", "--cpus-per-task=1"):
+        assert f"#SBATCH {line}" in script, script
+    summary = _summary(sweep_dir)
+    assert (summary["total"], summary["completed"]) == (2, 2), output_tail(proc)
+    assert {re.fullmatch(r"\d+_(\d)", job["scheduler_job_id"]).group(1) for job in summary["jobs"]} == {"0", "1"}
+    report = json.loads((out / "comparison.json").read_text())
+    for name in ("joint_paper", "ic_only"):
+        assert (out / name / "seed0" / "compare_run.json").is_file()
+        assert report["contenders"][name]["per_seed"]["0"]["psnr_joint"] is not None
+        assert abs(report["contenders"][name]["train_flops"] / report["budget_flops"] - 1) <= 0.02
+    slurm_cluster.wait_until_empty(timeout=hang_bound(180))
+    again = subprocess.run(argv, cwd=tmp_path, env=env, capture_output=True, text=True, timeout=hang_bound(600))
+    assert again.returncode == 0, output_tail(again)
+    assert "(2 of 2 runs reused)" in again.stdout and len(list((out / "sweeps").iterdir())) == 1

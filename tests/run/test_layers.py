@@ -12,7 +12,7 @@ import pytest
 import joint_colsr
 
 PACKAGE = Path(joint_colsr.__file__).resolve().parent
-COMMANDS = ("train", "eval", "predict", "compare", "two_stage", "preprocess", "report", "model_table", "assembly")
+COMMANDS = ("train", "eval", "predict", "compare", "compare_run", "two_stage", "preprocess", "report", "model_table", "assembly")
 
 #: (modules the rule applies to, module prefixes they must not import)
 RULES = [
