@@ -9,7 +9,7 @@ ARGS ?=
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast test-stress bench gpu-check wheelhouse clean sweep-section4 sweep-variants sweep-seeds sweep-optuna cascade-colorize-first cascade-upscale-first compare slurm-local slurm-local-down
+.PHONY: help install train test test-fast test-stress bench bench-compare gpu-check wheelhouse clean sweep-section4 sweep-variants sweep-seeds sweep-optuna cascade-colorize-first cascade-upscale-first compare slurm-local slurm-local-down
 
 help: ## show this help
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {name[NR] = $$1; text[NR] = $$2; if (length($$1) > w) w = length($$1)} END {fmt = "  make %-" w "s   %s\n"; for (i = 1; i <= NR; i++) printf fmt, name[i], text[i]}'
@@ -72,6 +72,9 @@ slurm-local-down: ## cancel its jobs and stop its daemons
 
 bench: $(STAMP) ## measure speed (models, Lightning vs raw loop, fast paths, data); writes benchmarks/results.json and RESULTS.md
 	$(PY) -m joint_colsr.bench $(ARGS)
+
+bench-compare: $(STAMP) ## the tiny compare form's wall time, fresh and reused (run it alone) -> benchmarks/compare_tiny.json
+	$(PY) -m joint_colsr.bench.compare_tiny $(ARGS)
 
 # The GPU check runs where a GPU is, often offline: with the python that has the suite's
 # dependencies (.venv if present, else $(PYTHON); see docs/offline-install.md), never creating a venv.

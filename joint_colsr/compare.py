@@ -811,8 +811,7 @@ def _train_and_evaluate(pending: list[tuple], total: int, plan: dict[str, Any], 
             number, name, seed, run_dir, record = item
             slot = slots.get()
             try:
-                gpu = _device_of(slot) if jobs > 1 else None  # one job at a time: the device(s) as the user set them
-                env = ({"CUDA_VISIBLE_DEVICES": gpu} if gpu is not None else {}) if jobs > 1 else None
+                env = job_env(slot, jobs) if jobs > 1 else None  # one job at a time: in this process, as the user set it
                 _train_and_evaluate_one(number, total, name, seed, run_dir, record, plan["contenders"][name], eval_overrides, env)
             finally:
                 slots.put(slot)
@@ -833,6 +832,21 @@ def _train_and_evaluate(pending: list[tuple], total: int, plan: dict[str, Any], 
     if failures:
         raise RuntimeError(f"compare: {len(failures)} of {pending_count} runs failed (the others are kept and reused "
                            "by the next compare):\n" + "\n".join(failures))
+
+
+def job_env(slot: int, jobs: int) -> dict[str, str]:
+    """The variables of parallel job slot ``slot`` of ``jobs``: its CUDA device where there are
+    devices, and its share of the CPU cores as ``OMP_NUM_THREADS`` (unless the user set it):
+    each of N subprocesses would otherwise start a thread per core and oversubscribe the CPU
+    (on the 2-core VM, two tiny ``ic_only`` trainings at once each ran for minutes)."""
+    env = {}
+    gpu = _device_of(slot)
+    if gpu is not None:
+        env["CUDA_VISIBLE_DEVICES"] = gpu
+    if "OMP_NUM_THREADS" not in os.environ:
+        cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        env["OMP_NUM_THREADS"] = str(max(1, cores // jobs))
+    return env
 
 
 def _device_of(slot: int) -> str | None:

@@ -149,3 +149,12 @@ def test_out_of_memory_keeps_smaller_batches_and_skips_larger(monkeypatch):
     assert list(result["batch_sizes"]) == ["2", "4"]  # 8 is not tried after 4 ran out of memory
     assert _positive(result["batch_sizes"]["2"]["train"]["images_per_s"])
     assert result["batch_sizes"]["4"] == {"error": "out of memory at batch 4"}
+
+
+def test_compare_tiny_times_the_readmes_tiny_form_and_names_a_failed_run(tmp_path):
+    from joint_colsr.bench.compare_tiny import TINY_FORM, timed_compare
+
+    readme = (CONF_DIR.parent / "README.md").read_text()
+    assert "python -m joint_colsr.compare " + " ".join(TINY_FORM[:6]) in " ".join(readme.replace("\\\n", " ").split())  # the form it times
+    with pytest.raises(SystemExit, match=r"(?s)compare failed \(exit 2\).*argument --match: invalid choice"):
+        timed_compare(tmp_path / "cmp", "--match", "nonsense")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -160,11 +161,17 @@ def test_on_coco_the_default_test_set_is_val2017_checked_disjoint_from_training(
     assert not leaky["disjoint_from_training_and_validation"]
 
 
-def test_parallel_jobs_take_the_visible_cuda_devices_in_turn(monkeypatch):
-    from joint_colsr.compare import _device_of, resolve_jobs
+def test_parallel_jobs_take_the_visible_cuda_devices_in_turn_and_share_the_cores(monkeypatch):
+    from joint_colsr.compare import _device_of, job_env, resolve_jobs
 
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "2,5")
     assert [_device_of(slot) for slot in range(3)] == ["2", "5", "2"]
+    monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    cores = len(os.sched_getaffinity(0))
+    assert job_env(1, 2) == {"CUDA_VISIBLE_DEVICES": "5", "OMP_NUM_THREADS": str(max(1, cores // 2))}
+    assert job_env(0, 4 * cores)["OMP_NUM_THREADS"] == "1"
+    monkeypatch.setenv("OMP_NUM_THREADS", "3")  # the user's choice stays
+    assert "OMP_NUM_THREADS" not in job_env(0, 2)
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "")
     assert _device_of(0) is None
     assert resolve_jobs("3") == 3
