@@ -140,7 +140,11 @@ def build_loggers(cfg: DictConfig) -> list[Any]:
     return _instantiate_group(select(cfg, "logger"), "logger")
 
 
-def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback] | None = None, loggers: list[Any] | None = None) -> pl.Trainer:
+def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback] | None = None, loggers: list[Any] | None = None,
+                  system: pl.LightningModule | None = None) -> pl.Trainer:
+    """The configured Trainer. With ``trainer.strategy=ddp`` and a ``system`` whose training
+    step leaves some parameters without gradients on purpose (``DDP_FIND_UNUSED_PARAMETERS``:
+    a GAN's generator and discriminator steps), DDP is told to find them each backward."""
     callbacks = list(callbacks or [])
     if not loggers:
         # LearningRateMonitor refuses a Trainer without loggers; with logger=none it has nowhere to write anyway.
@@ -152,6 +156,10 @@ def build_trainer(cfg: DictConfig, callbacks: list[pl.Callback] | None = None, l
         # cuDNN's autotuner picks kernels by timing (trainer=gpu turns it on): no determinism with it.
         log.info("trainer.deterministic=true: cuDNN autotuning (trainer.benchmark) turned off")
         overrides["benchmark"] = False
+    if select(cfg, "trainer.strategy") == "ddp" and getattr(system, "DDP_FIND_UNUSED_PARAMETERS", False):
+        log.info("trainer.strategy=ddp with %s: ddp_find_unused_parameters_true (each of its backward passes "
+                 "leaves the other network's parameters unused)", type(system).__name__)
+        overrides["strategy"] = "ddp_find_unused_parameters_true"
     return instantiate(cfg.trainer, callbacks=callbacks, logger=loggers or False, **overrides)
 
 

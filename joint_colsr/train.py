@@ -97,7 +97,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     preemption = PreemptionCheckpoint(output_dir / "checkpoints")
     callbacks += [RecordRunConfig(resolved), preemption]
     loggers = build_loggers(cfg)
-    trainer = build_trainer(cfg, callbacks, loggers)
+    trainer = build_trainer(cfg, callbacks, loggers, system)
     for logger in trainer.loggers:
         with _wandb_hint():
             logger.log_hyperparams({**resolved, "model/params": count_parameters(system.net)})

@@ -60,3 +60,22 @@ def test_ddp_spawn_runs_inside_a_multirun(tmp_path):
     ckpt = torch.load(sweep_dir / "0" / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=False)
     assert ckpt["global_step"] == 1
     assert metrics["global_step"] == 1 and metrics["epochs"] == ckpt["epoch"] + 1
+
+
+def test_srgan_trains_under_ddp_with_generator_and_discriminator_in_step_on_every_rank(tmp_path):
+    """Two backward passes per step, each leaving the other network unused: DDP finds them
+    (GANSystem.DDP_FIND_UNUSED_PARAMETERS), and both networks' gradients are all-reduced, so
+    the two ranks, fed different photos, end with the same weights, which moved."""
+    run_dir, probe = tmp_path / "run", tmp_path / "probe"
+    proc = run_train([*DDP_CPU, "model=srgan", "trainer.max_epochs=2", f"hydra.run.dir={run_dir}",
+                      "+callbacks.probe._target_=tests.ddp_probe.RecordWeights", f"+callbacks.probe.out_dir={probe}"], tmp_path)
+    assert proc.returncode == 0, output_tail(proc)
+    assert "ddp_find_unused_parameters_true" in (run_dir / "train.log").read_text()
+    start, end = (torch.load(probe / f"rank0{s}.pt") for s in ("_start", ""))
+    other = torch.load(probe / "rank1.pt")
+    assert end.keys() == other.keys()
+    for prefix in ("net.", "discriminator."):
+        keys = [k for k in end if k.startswith(prefix)]
+        assert keys, prefix
+        assert all(torch.equal(end[k], other[k]) for k in keys), f"the ranks' {prefix[:-1]} weights differ"
+        assert any(not torch.equal(end[k], start[k]) for k in keys), f"{prefix[:-1]} did not train"

@@ -72,6 +72,11 @@ class GANSystem(ColSRSystem):
     D probability on real and fake images), plus ColSRSystem's validation metrics.
     """
 
+    #: Under DDP each of the two backward passes leaves the other network's parameters
+    #: without gradients: DDP must look for them (``assembly.build_trainer``), or it refuses
+    #: the step; each network's gradients are still all-reduced in its own backward.
+    DDP_FIND_UNUSED_PARAMETERS = True
+
     #: The generator EMA lives here (``model.ema_decay``): the EMA callback would average
     #: the discriminator too, so the builder leaves it out for this system.
     averages_own_weights = True
