@@ -37,7 +37,12 @@ from joint_colsr.run.config_checks import ConfigError, check_config, hydra_comma
 from joint_colsr.run.hydra_callbacks import check_ddp_launch
 from joint_colsr.nets import count_parameters
 from joint_colsr.run.outputs import jsonable, print_run_summary, write_json
-from joint_colsr.run.preemption import PreemptionCheckpoint, TrainingInterrupted, handle_preemption
+from joint_colsr.run.preemption import (
+    PreemptionCheckpoint,
+    TrainingInterrupted,
+    broadcast_sigterm_at_logging_steps,
+    handle_preemption,
+)
 from joint_colsr.run.resume import (
     RecordRunConfig,
     append_attempt,
@@ -98,6 +103,7 @@ def _train(cfg: DictConfig, output_dir: Path) -> dict[str, Any]:
     callbacks += [RecordRunConfig(resolved), preemption]
     loggers = build_loggers(cfg)
     trainer = build_trainer(cfg, callbacks, loggers, system)
+    broadcast_sigterm_at_logging_steps(trainer)  # DDP: no host sync per step for it (run/preemption.py)
     for logger in trainer.loggers:
         with _wandb_hint():
             logger.log_hyperparams({**resolved, "model/params": count_parameters(system.net)})

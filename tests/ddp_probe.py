@@ -26,3 +26,28 @@ class RecordWeights(pl.Callback):
 
     def on_fit_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         self._save(trainer, pl_module, "")
+
+
+class RecordHostReads(pl.Callback):
+    """Each rank records its host reads (:class:`~joint_colsr.run.syncs.HostReadRecorder`) from
+    the start of training to its end, by training batch (as ``tests/run/test_host_syncs.py``
+    counts them), into ``<out_dir>/reads_rank<N>.json``: ``{batch: ["call at where", ...]}``."""
+
+    def __init__(self, out_dir: str) -> None:
+        self.out_dir = Path(out_dir)
+        self.recorder = None
+
+    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        from joint_colsr.run.syncs import HostReadRecorder
+
+        progress = trainer.fit_loop.epoch_loop.batch_progress
+        self.recorder = HostReadRecorder(step_of=lambda: progress.total.ready - 1)
+        self.recorder.__enter__()
+
+    def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        import json
+
+        self.recorder.__exit__(None, None, None)
+        reads = {str(b): [f"{r.call} at {r.where}" for r in rs] for b, rs in self.recorder.per_step().items()}
+        self.out_dir.mkdir(parents=True, exist_ok=True)
+        (self.out_dir / f"reads_rank{trainer.global_rank}.json").write_text(json.dumps(reads, indent=1))

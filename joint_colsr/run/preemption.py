@@ -21,6 +21,13 @@ How it sits on Lightning (2.6):
   rename), with the data loader's position (``ResumableDataLoader``): rerunning the same
   ``hydra.run.dir`` continues at the next batch (``auto_resume=true``) or
   ``ckpt_path=<run dir>/checkpoints/last.ckpt`` does explicitly.
+* Under DDP, Lightning (2.6) broadcasts rank 0's SIGTERM flag before *every* training step:
+  a tensor made on the device and read back, a host sync per step per rank
+  (Lightning-AI/pytorch-lightning#21487). :func:`broadcast_sigterm_at_logging_steps` lets
+  it run only right after each logging step (every ``trainer.log_every_n_steps``), where
+  Lightning has just read the logged values anyway. A SIGTERM that reaches every rank (a
+  scheduler's) still stops each at its next batch boundary (Lightning's own check); one
+  that reaches rank 0 alone is passed on within ``log_every_n_steps`` steps.
 * ``train`` then writes ``metrics.json`` with ``"status": "interrupted"`` and raises
   :class:`TrainingInterrupted`; the Hydra callback :class:`ExitOnInterruption` (after the
   sweep summary recorded the job as INTERRUPTED) ends the process with ``128 + signal``
@@ -49,6 +56,26 @@ log = logging.getLogger(__name__)
 #: Signals that ask a training run to stop and save (schedulers send SIGTERM before a kill;
 #: SLURM's ``--signal=USR1@T`` sends SIGUSR1 T seconds before the end of the allocation).
 PREEMPTION_SIGNALS = (signal.SIGTERM, signal.SIGUSR1)
+
+
+def broadcast_sigterm_at_logging_steps(trainer: pl.Trainer) -> bool:
+    """Make the training loop's per-step SIGTERM broadcast (DDP, Lightning 2.6) run only
+    before the first step and right after each logging step; ``False`` (nothing changed)
+    with one process or a Lightning without that broadcast."""
+    loop = trainer.fit_loop.epoch_loop
+    broadcast = getattr(loop, "_broadcast_sigterm_tensor", None)
+    if broadcast is None or trainer.world_size <= 1:
+        return False
+    every = max(1, int(trainer.log_every_n_steps or 1))
+
+    def after_logging_steps() -> None:
+        # Called before a batch; _batches_that_stepped batches have stepped, the last of them
+        # a logging one (Lightning logs when that count reaches a multiple of every).
+        if loop._batches_that_stepped % every == 0:
+            broadcast()
+
+    loop._broadcast_sigterm_tensor = after_logging_steps
+    return True
 
 
 class TrainingInterrupted(Exception):
