@@ -70,12 +70,15 @@ class RequeueOnSlurmSignal(pl.Callback):
     Args:
         sync_every_n_steps: with several ranks, how often they decide together (a 1-element
             all-reduce and a host read) whether one of them got the signal, so that all stop
-            after the same step. One process decides after every step at no cost.
+            after the same step: ``None`` (default) after each logging batch (every
+            ``trainer.log_every_n_steps``, where Lightning reads the logged values anyway: no
+            extra wait on a GPU), N after every N-th batch. One process decides after every
+            step at no cost.
     """
 
-    def __init__(self, sync_every_n_steps: int = 10) -> None:
-        if sync_every_n_steps < 1:
-            raise ValueError(f"sync_every_n_steps must be >= 1, got {sync_every_n_steps}")
+    def __init__(self, sync_every_n_steps: int | None = None) -> None:
+        if sync_every_n_steps is not None and sync_every_n_steps < 1:
+            raise ValueError(f"sync_every_n_steps must be >= 1 or null (at logging steps), got {sync_every_n_steps}")
         self.sync_every_n_steps = sync_every_n_steps
         self.requested: signal.Signals | None = None
         self._previous: dict[signal.Signals, Any] = {}
@@ -105,7 +108,7 @@ class RequeueOnSlurmSignal(pl.Callback):
             return
         requested = self.requested is not None
         if trainer.world_size > 1:
-            if trainer.global_step % self.sync_every_n_steps:
+            if not self.decides_after_this_batch(trainer):
                 return
             requested = trainer.strategy.reduce_boolean_decision(requested, all=False)
         if not requested:
@@ -122,6 +125,13 @@ class RequeueOnSlurmSignal(pl.Callback):
         trainer.strategy.barrier("requeue")
         log.warning("%s received: wrote %s at step %d; requeueing", sig.name, path, trainer.global_step)
         self._requeue_and_exit(sig, trainer)
+
+    def decides_after_this_batch(self, trainer: pl.Trainer) -> bool:
+        """Whether the ranks decide together after the current training batch (called in
+        ``on_train_batch_end``, before Lightning counts the batch as stepped). The same on
+        every rank: it depends on the batch count alone, never on ``should_stop``."""
+        every = self.sync_every_n_steps or max(1, int(trainer.log_every_n_steps or 1))
+        return (trainer.fit_loop.epoch_loop._batches_that_stepped + 1) % every == 0
 
     def _requeue_and_exit(self, sig: signal.Signals, trainer: pl.Trainer) -> None:
         # The requeue ends this job with SIGTERM to each of its processes. A data-loading
