@@ -84,3 +84,30 @@ def test_paper_recipe_run_and_step_work_run_on_cpu_too(tmp_path):
         "smoke": {"skipped": "skipped: budget"},
     })
     assert f"| 2 | False | {run['images_per_s']:,.0f} |" in report and "skipped: budget" in report
+
+
+def test_the_memory_roof_counts_only_ops_that_move_bytes():
+    import torch
+
+    from joint_colsr.bench.gpu_check import moves_bytes
+
+    aten = torch.ops.aten
+    for view in (aten.view.default, aten._unsafe_view.default, aten.t.default, aten.expand.default, aten.slice.Tensor,
+                 aten.transpose.int, aten.permute.default, aten.detach.default):
+        assert not moves_bytes(view), view
+    for op in (aten.add.Tensor, aten.add_.Tensor, aten.mm.default, aten.copy_.default, aten.convolution.default):
+        assert moves_bytes(op), op
+
+
+def test_the_synthetic_cache_is_checked_against_the_free_space_of_its_work_dir(tmp_path):
+    import shutil
+
+    from joint_colsr.bench.gpu_check import check_free_space, synthetic_cache_bytes
+
+    assert synthetic_cache_bytes(256 * 140, 256) > 7e9  # the default: about 7 GB
+    work = tmp_path / "work"
+    check_free_space(work, 1)
+    assert work.is_dir()
+    free = shutil.disk_usage(work).free
+    with pytest.raises(SystemExit, match=r"needs .* GB in .*work, which has .* GB free: pass --work-dir DIR"):
+        check_free_space(work, free * 2)

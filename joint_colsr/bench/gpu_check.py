@@ -18,7 +18,9 @@ Writes ``benchmarks/gpu-check.json`` and the "GPU check" section of ``benchmarks
   recipe on the embedded photos, ``trainer=gpu``), and determinism: two seeded
   ``trainer.deterministic=true`` runs give equal weights.
 
-Each part runs only while the budget (``--budget-s``, default 480) allows; a skipped part says so.
+The synthetic cache is written under ``--work-dir`` (default ``outputs/gpu_check``; about 7 GB
+at the default size, checked against that disk's free space before writing) and removed at
+the end. Each part runs only while the budget (``--budget-s``, default 480) allows; a skipped part says so.
 Without a CUDA GPU it prints one line and exits with status 2.
 """
 
@@ -58,6 +60,25 @@ def no_gpu_message() -> str | None:
 
 
 # -- the data: a synthetic decoded-image cache -------------------------------------------------------------
+
+#: Validation images of the synthetic cache.
+VAL_IMAGES = 256
+
+
+def synthetic_cache_bytes(train_images: int, val_images: int, size: int = 256) -> int:
+    """The disk a synthetic cache of that many ``(3, size, size)`` uint8 images takes, plus 5 % (index, shard headers)."""
+    return int((train_images + val_images) * 3 * size * size * 1.05)
+
+
+def check_free_space(folder: Path, needed: int) -> None:
+    """Create ``folder``; stop with one line if its file system has less than ``needed`` bytes free."""
+    import shutil
+
+    folder.mkdir(parents=True, exist_ok=True)
+    free = shutil.disk_usage(folder).free
+    if free < needed:
+        raise SystemExit(f"gpu-check: the synthetic cache needs {needed / 1e9:.1f} GB in {folder}, which has "
+                         f"{free / 1e9:.1f} GB free: pass --work-dir DIR on a larger disk, or fewer --cache-images")
 
 
 def write_synthetic_cache(root: Path, train_images: int, val_images: int, size: int = 256, shard_size: int = 1024,
@@ -145,11 +166,28 @@ def device_ceilings() -> dict[str, float]:
     return {"bf16_matmul_tflops": 2 * n**3 / matmul / 1e12, "copy_gb_per_s": 2 * 2**31 / copy_s / 1e9}
 
 
+def moves_bytes(func: Any) -> bool:
+    """Whether an aten op reads or writes tensor memory: ``False`` for views (``view``, ``t``,
+    ``expand``, ``slice``, ``detach`` ...: an output aliasing an input without writing it,
+    by the op's schema), which only make new metadata."""
+    schema = getattr(func, "_schema", None)
+    if schema is None:
+        return True
+    if schema.name in _VIEWS_WITHOUT_ALIAS_INFO:
+        return False
+    return not any(r.alias_info is not None and not r.alias_info.is_write for r in schema.returns)
+
+
+#: Views whose schema declares no alias (``_unsafe_view`` is ``view`` without the checks).
+_VIEWS_WITHOUT_ALIAS_INFO = frozenset({"aten::_unsafe_view"})
+
+
 def step_work_per_image(cfg: Any, batch_size: int = 8, device: str = "cuda") -> dict[str, float]:
     """FLOPs and unfused memory traffic of one bf16 training step (forward + backward), per image.
 
-    FLOPs: torch's FlopCounterMode. Bytes: every aten op's tensor inputs and outputs, summed
-    (what an unfused step moves; torch.compile's fusion moves less).
+    FLOPs: torch's FlopCounterMode. Bytes: the tensor inputs and outputs of every aten op
+    that moves bytes (:func:`moves_bytes`: views move none), summed: what an unfused step
+    moves (torch.compile's fusion moves less).
     """
     from torch.utils._python_dispatch import TorchDispatchMode
     from torch.utils.flop_counter import FlopCounterMode
@@ -161,6 +199,8 @@ def step_work_per_image(cfg: Any, batch_size: int = 8, device: str = "cuda") -> 
 
         def __torch_dispatch__(self, func, types, args=(), kwargs=None):
             out = func(*args, **(kwargs or {}))
+            if not moves_bytes(func):
+                return out
             for value in (*args, *(kwargs or {}).values(), *(out if isinstance(out, (tuple, list)) else (out,))):
                 if isinstance(value, torch.Tensor):
                     ByteCounter.bytes += value.nbytes
@@ -419,6 +459,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--warmup", type=int, default=40, help="training steps before timing (beyond the prefetch depth)")
     parser.add_argument("--steps", type=int, default=100, help="timed training steps per run")
     parser.add_argument("--block", type=int, default=20, help="steps between CUDA events")
+    parser.add_argument("--work-dir", type=Path, default=Path("outputs/gpu_check"),
+                        help="where the synthetic cache is written (removed at the end; its size is checked against "
+                             "the free space first)")
     parser.add_argument("--cache-images", type=int, default=None,
                         help="training images in the synthetic cache (default: enough that no timed step repeats one)")
     args = parser.parse_args(argv)
@@ -451,8 +494,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     cache_images = args.cache_images or max_batch * (args.warmup + args.steps)
     result["cache_images"] = cache_images
     result["paper_recipe"] = []
-    with tempfile.TemporaryDirectory(prefix="gpu_check_cache_") as tmp:
-        cache = write_synthetic_cache(Path(tmp) / "cache", cache_images, 256)
+    check_free_space(args.work_dir, synthetic_cache_bytes(cache_images, VAL_IMAGES))
+    with tempfile.TemporaryDirectory(prefix="gpu_check_cache_", dir=args.work_dir) as tmp:
+        cache = write_synthetic_cache(Path(tmp) / "cache", cache_images, VAL_IMAGES)
         for batch_size, fast in RUNS:
             entry: dict[str, Any] = {"batch_size": batch_size, "channels_last_compile": fast}
             if left() < (150 if fast else 60):
