@@ -2,6 +2,8 @@
 
 import json
 
+import numpy as np
+
 from joint_colsr.bench.data import REPORT_BEGIN, REPORT_END, write_results
 
 
@@ -50,9 +52,21 @@ def test_loader_benchmark_on_a_tiny_synthetic_cache(tmp_path):
     rate, detail = result["loader_cache_images_per_s"], result["loader_cache"]
     assert rate > 0 and detail["memcpy_images_per_s"] > 0 and detail["main_thread_us_per_image"] >= 0
     assert abs(result["loader_vs_memcpy"] - rate / detail["memcpy_images_per_s"]) < 1e-3
+    runs = detail["memcpy_images_per_s_runs"]
+    assert len(runs) == 6 and detail["memcpy_threads"] == 2
+    assert abs(detail["memcpy_images_per_s"] - float(np.median(runs))) < 0.1  # the median run is the roof
+    low, high = detail["loader_vs_memcpy_spread"]
+    assert low <= result["loader_vs_memcpy"] <= high
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "results.json").write_text(json.dumps({"models": {"x": 1}}))
     write_loader_results(result, tmp_path / "out")
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["models"] == {"x": 1} and results["loader_vs_memcpy"] == result["loader_vs_memcpy"]
     assert "## Cache loader at COCO scale" in (tmp_path / "out" / "RESULTS.md").read_text()
+
+
+def test_the_loader_ratio_carries_the_roofs_own_spread():
+    from joint_colsr.bench.loader import ratio_with_spread
+
+    spread = ratio_with_spread(100.0, [400.0, 250.0, 200.0, 300.0])
+    assert spread == {"ratio": 0.364, "low": 0.25, "high": 0.5, "roof_median": 275.0, "roof_spread": 2.0}
