@@ -301,7 +301,8 @@ def resize_bicubic(x: Tensor, size: tuple[int, int]) -> Tensor:
     10 L* units away. It stays differentiable and runs on the tensor's device.
 
     Args:
-        x: ``(B, C, H, W)`` float tensor (any channels; the dtype is kept).
+        x: ``(B, C, H, W)`` float tensor (any channels; the dtype is kept: bfloat16 and
+            float16 are resized in float32, for which torch has the kernel).
         size: output ``(H', W')``.
 
     Returns:
@@ -310,6 +311,10 @@ def resize_bicubic(x: Tensor, size: tuple[int, int]) -> Tensor:
     """
     if tuple(x.shape[-2:]) == tuple(size):
         return x
+    if x.dtype in (torch.bfloat16, torch.float16):
+        # torch has no half-precision antialiased bicubic (CUDA and CPU: "compute_index_ranges_weights
+        # not implemented for 'BFloat16'"): a bf16-mixed step resizes in float32 and goes on in its dtype.
+        return F.interpolate(x.float(), size=tuple(size), mode="bicubic", align_corners=False, antialias=True).to(x.dtype)
     return F.interpolate(x, size=tuple(size), mode="bicubic", align_corners=False, antialias=True)
 
 

@@ -400,3 +400,16 @@ def test_model_selection_sees_every_output(compose_cfg):
     assert [c.monitor for c in best] == ["val/psnr"] and "val/psnr_joint" not in best[0].filename
     blind = build_system(compose_cfg(_overrides("residual_joint", "debug=tiny")))
     assert not blind.uses_ground_truth_l and blind.selection_metric == "val/psnr_joint"
+
+
+def test_the_one_bicubic_runs_under_bf16_autocast_as_the_gpu_recipe_does():
+    """torch has no bf16 antialiased bicubic (seen on an H200 with model=srgan trainer=gpu:
+    "compute_index_ranges_weights not implemented for 'BFloat16'"): it resizes in float32."""
+    x = torch.rand(2, 3, 40, 40)
+    out = resize_bicubic(x.bfloat16(), (30, 30))
+    assert out.dtype == torch.bfloat16
+    assert torch.equal(out, resize_bicubic(x.bfloat16().float(), (30, 30)).bfloat16())
+    net = ResidualJointNet(48, 128, blocks=1, width_mult=0.0625)  # x2.67: pixel shuffle to 192, the bicubic down to 128
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        out = net(torch.rand(2, 1, 48, 48) * 2 - 1)
+    assert out["ab"].shape == (2, 2, 128, 128) and torch.isfinite(out["ab"].float()).all()
