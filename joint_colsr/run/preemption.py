@@ -63,19 +63,23 @@ def broadcast_sigterm_at_logging_steps(trainer: pl.Trainer) -> bool:
     before the first step and right after each logging step; ``False`` (nothing changed)
     with one process or a Lightning without that broadcast."""
     loop = trainer.fit_loop.epoch_loop
-    broadcast = getattr(loop, "_broadcast_sigterm_tensor", None)
-    if broadcast is None or trainer.world_size <= 1:
+    if getattr(type(loop), "_broadcast_sigterm_tensor", None) is None or trainer.world_size <= 1:
         return False
-    every = max(1, int(trainer.log_every_n_steps or 1))
-
-    def after_logging_steps() -> None:
-        # Called before a batch; _batches_that_stepped batches have stepped, the last of them
-        # a logging one (Lightning logs when that count reaches a multiple of every).
-        if loop._batches_that_stepped % every == 0:
-            broadcast()
-
-    loop._broadcast_sigterm_tensor = after_logging_steps
+    loop._broadcast_sigterm_tensor = _BroadcastAfterLoggingSteps(loop, max(1, int(trainer.log_every_n_steps or 1)))
     return True
+
+
+class _BroadcastAfterLoggingSteps:
+    """The loop's ``_broadcast_sigterm_tensor`` where ``_batches_that_stepped`` is a multiple of
+    ``every`` (called before a batch: the batch before it was a logging one). A class, not a
+    closure: ``ddp_spawn`` pickles the trainer."""
+
+    def __init__(self, loop: Any, every: int) -> None:
+        self.loop, self.every = loop, every
+
+    def __call__(self) -> None:
+        if self.loop._batches_that_stepped % self.every == 0:
+            type(self.loop)._broadcast_sigterm_tensor(self.loop)
 
 
 class TrainingInterrupted(Exception):
