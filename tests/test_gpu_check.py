@@ -111,3 +111,22 @@ def test_the_synthetic_cache_is_checked_against_the_free_space_of_its_work_dir(t
     free = shutil.disk_usage(work).free
     with pytest.raises(SystemExit, match=r"needs .* GB in .*work, which has .* GB free: pass --work-dir DIR"):
         check_free_space(work, free * 2)
+
+
+def test_the_random_crop_run_trains_from_a_larger_cache_and_is_reported(tmp_path):
+    import argparse
+
+    from joint_colsr.bench.gpu_check import CROP_OVERRIDES, paper_recipe_run, random_crop_run, render_markdown
+
+    tiny = ["model.net.width_mult=0.0625", "trainer.accelerator=cpu", "data.num_workers=0", "data.input_size=24",
+            "data.output_size=64"]
+    cache = write_synthetic_cache(tmp_path / "cache", train_images=12, val_images=2, size=64, train_size=80)  # crops of 80 -> 64
+    run = paper_recipe_run(cache, batch_size=2, fast=False, warmup=1, steps=4, block=2, extra=[*tiny, *CROP_OVERRIDES])
+    assert run["images_per_s"] > 0
+    env = {"device": "CPU stand-in", "memory_gib": 0, "multiprocessors": 0, "torch": torch.__version__, "cuda": None,
+           "cudnn": None, "cpu_cores": 2}
+    report = render_markdown({"date": "now", "environment": env, "seconds": 1.0,
+                              "paper_recipe_random_crops": {**run, "cache_side": 80, "cache_images": 12}})
+    assert f"from a synthetic 80-pixel cache, batch 2, eager: {run['images_per_s']:,.0f} img/s" in report
+    args = argparse.Namespace(work_dir=tmp_path / "work", warmup=1, steps=1, block=1)
+    assert random_crop_run(args, seconds_left=10)["skipped"].startswith("skipped: 10 s")

@@ -14,6 +14,8 @@ Writes ``benchmarks/gpu-check.json`` and the "GPU check" section of ``benchmarks
   measured matrix peak, the memory-traffic roof (measured copy bandwidth over the bytes an
   unfused step moves per image), peak memory, and host syncs per step between logging
   steps (CUDA's sync debug mode, counted);
+* the same recipe with random crops (``data.train_crop=random_resized``, cropped and resized
+  on the device) from a 320-pixel synthetic cache, batch 160, eager;
 * the EMA average's device against the model's, a 2-epoch smoke run's metrics (the default
   recipe on the embedded photos, ``trainer=gpu``), and determinism: two seeded
   ``trainer.deterministic=true`` runs give equal weights.
@@ -48,6 +50,10 @@ END = "<!-- END gpu check -->"
 NO_GPU_EXIT = 2
 #: Paper recipe runs: (batch size, channels_last + compile).
 RUNS = ((160, False), (256, False), (160, True), (256, True))
+#: The random-crop run: batch 160, eager, from a cache of this side (``preprocess train_size=320``,
+#: the documented route to crops), ``data.train_crop=random_resized`` cropped and resized on the device.
+CROP_CACHE_SIZE = 320
+CROP_OVERRIDES = ("data.train_crop=random_resized",)
 SYNC_WARNING = "synchronizing CUDA operation"
 
 
@@ -82,12 +88,13 @@ def check_free_space(folder: Path, needed: int) -> None:
 
 
 def write_synthetic_cache(root: Path, train_images: int, val_images: int, size: int = 256, shard_size: int = 1024,
-                          seed: int = 0) -> Path:
+                          seed: int = 0, train_size: int | None = None) -> Path:
     """A decoded-image cache (:mod:`joint_colsr.data.cache` layout) of random-texture images.
 
-    The bytes are what COCO's cache holds per image (``(3, size, size)`` uint8); only the
-    content is synthetic (colour gradients plus noise, each image of a shard with its own
-    colour offset; every shard holds the same images).
+    The bytes are what COCO's cache holds per image (``(3, size, size)`` uint8; training
+    images ``train_size`` a side when given, as ``preprocess train_size=...`` writes them for
+    random crops); only the content is synthetic (colour gradients plus noise, each image of
+    a shard with its own colour offset; every shard holds the same images).
     Written directly, without decoding photos: gigabytes take seconds.
     """
     from joint_colsr.data.cache.build import write_index
@@ -96,18 +103,13 @@ def write_synthetic_cache(root: Path, train_images: int, val_images: int, size: 
 
     root.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    # A pool of textures made once; each image is one of them plus its own colour offset
-    # (uint8 arithmetic: gigabytes in seconds).
-    ramp = np.linspace(0, 1, size, dtype=np.float32)
-    base = rng.integers(0, 256, (32, 3, 1, 1)).astype(np.float32)
-    tilt = rng.uniform(-120, 120, (32, 3, 2)).astype(np.float32)
-    pool = base + tilt[..., :1, None] * ramp[None, None, :, None] + tilt[..., 1:, None] * ramp[None, None, None, :]
-    pool = np.clip(pool + rng.integers(-24, 25, (32, 3, size, size)), 0, 255).astype(np.uint8)
+    train_size = train_size or size
+    sides = {"train": train_size, "val": size}
     index: dict[str, Any] = {
         "version": CACHE_VERSION,
         "source": {"type": "synthetic", "seed": seed},
         "output_size": size,
-        "sizes": {"train": size, "val": size},
+        "sizes": dict(sides),
         "val_views": [list(WHOLE)],
         "layout": "NCHW uint8 sRGB, synthetic",
         "colour": COLOUR_HANDLING,
@@ -116,25 +118,37 @@ def write_synthetic_cache(root: Path, train_images: int, val_images: int, size: 
         "splits": {},
         "categories": {},
     }
-    # One shard's images, written under every shard's name: the files (and so the reads and
-    # the page cache) are as large as a real cache's, at the cost of writing them.
-    full = pool[rng.integers(0, len(pool), shard_size)] + rng.integers(0, 256, (shard_size, 3, 1, 1), dtype=np.uint8)
-    digests: dict[int, str] = {}
+    # One shard's images per side, written under every shard's name: the files (and so the
+    # reads and the page cache) are as large as a real cache's, at the cost of writing them.
+    full = {side: _synthetic_shard(rng, side, shard_size) for side in set(sides.values())}
+    digests: dict[tuple[int, int], str] = {}
     shards = []
     for name, count in (("train", train_images), ("val", val_images)):
+        side = sides[name]
         for first in range(0, count, shard_size):
             n = min(shard_size, count - first)
             file_name = f"{name}-{first // shard_size:05d}.npy"
-            np.save(root / file_name, full[:n])
-            if n not in digests:
-                digests[n] = sha256_of(root / file_name)
+            np.save(root / file_name, full[side][:n])
+            if (side, n) not in digests:
+                digests[side, n] = sha256_of(root / file_name)
             keys = [f"{name}{i}" for i in range(first, first + n)]
             shards.append({"split": name, "file": file_name, "first_item": first, "num_items": n, "items_sha1": "synthetic", "count": n,
-                           "bytes": (root / file_name).stat().st_size, "sha256": digests[n],
+                           "bytes": (root / file_name).stat().st_size, "sha256": digests[side, n],
                            "keys": keys, "labels": [[] for _ in keys], "excluded": {}})
         index["splits"][name] = {"num_items": count}
     write_index(root, index, shards)
     return root
+
+
+def _synthetic_shard(rng: np.random.Generator, side: int, count: int) -> np.ndarray:
+    """``count`` synthetic ``(3, side, side)`` uint8 images: a pool of 32 textures (colour
+    gradients plus noise), each image one of them plus its own colour offset (uint8 arithmetic)."""
+    ramp = np.linspace(0, 1, side, dtype=np.float32)
+    base = rng.integers(0, 256, (32, 3, 1, 1)).astype(np.float32)
+    tilt = rng.uniform(-120, 120, (32, 3, 2)).astype(np.float32)
+    pool = base + tilt[..., :1, None] * ramp[None, None, :, None] + tilt[..., 1:, None] * ramp[None, None, None, :]
+    pool = np.clip(pool + rng.integers(-24, 25, (32, 3, side, side)), 0, 255).astype(np.uint8)
+    return pool[rng.integers(0, len(pool), count)] + rng.integers(0, 256, (count, 3, 1, 1), dtype=np.uint8)
 
 
 # -- ceilings and per-image work -------------------------------------------------------------------------
@@ -433,6 +447,16 @@ def render_markdown(r: dict[str, Any]) -> str:
             lines.append(f"| {run['batch_size']} | {run['channels_last_compile']} | {run['images_per_s']:,.0f} | {tflops:.0f}{share} | "
                          f"{memory} | {syncs} | {hours:.2f} h |")
         lines.append("")
+    crops = r.get("paper_recipe_random_crops")
+    if crops:
+        if "skipped" in crops or "error" in crops:
+            lines += [f"Random crops: {crops.get('skipped') or crops.get('error')}", ""]
+        else:
+            syncs = "n/a" if crops["syncs_per_step"] is None else f"{crops['syncs_per_step']:.2f} ({crops['sync_checked_steps']} steps)"
+            memory = "n/a" if crops["peak_memory_gib"] is None else f"{crops['peak_memory_gib']:.1f} GiB"
+            lines += [f"Random crops (`{' '.join(CROP_OVERRIDES)}`, cropped and resized on the device) from a synthetic "
+                      f"{crops['cache_side']}-pixel cache, batch {crops['batch_size']}, eager: {crops['images_per_s']:,.0f} img/s, "
+                      f"syncs/step between logging steps {syncs}, peak memory {memory}.", ""]
     for key, title in (("smoke", "2-epoch smoke run"), ("determinism", "Determinism")):
         part = r.get(key)
         if not part:
@@ -509,6 +533,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             result["paper_recipe"].append(entry)
             print(json.dumps(entry))
             torch.cuda.empty_cache()
+    result["paper_recipe_random_crops"] = random_crop_run(args, left())
+    print(json.dumps(result["paper_recipe_random_crops"]))
     for key, fn in (("smoke", lambda: _without_weights(small_run(["trainer=gpu", "trainer.max_epochs=2"]))),
                     ("determinism", lambda: determinism(["trainer=gpu", "trainer.max_epochs=1"]))):
         if left() < 30:
@@ -529,6 +555,25 @@ def main(argv: Sequence[str] | None = None) -> int:
     print(render_markdown(result))
     print(f"gpu-check: wrote {args.out / 'gpu-check.json'} and {report}")
     return 0
+
+
+def random_crop_run(args: argparse.Namespace, seconds_left: float, batch_size: int = 160) -> dict[str, Any]:
+    """The paper recipe with random crops from a :data:`CROP_CACHE_SIZE`-pixel synthetic cache
+    (written under ``args.work_dir``, removed after), eager, at ``batch_size``."""
+    if seconds_left < 90:
+        return {"skipped": f"skipped: {seconds_left:.0f} s of the budget left"}
+    images = batch_size * (args.warmup + args.steps)
+    check_free_space(args.work_dir, synthetic_cache_bytes(images, VAL_IMAGES, CROP_CACHE_SIZE))
+    try:
+        with tempfile.TemporaryDirectory(prefix="gpu_check_crops_", dir=args.work_dir) as tmp:
+            cache = write_synthetic_cache(Path(tmp) / "cache", images, VAL_IMAGES, train_size=CROP_CACHE_SIZE)
+            entry = paper_recipe_run(cache, batch_size, False, args.warmup, args.steps, args.block, extra=CROP_OVERRIDES)
+    except Exception as err:  # noqa: BLE001 - the other parts' numbers stay
+        return {"batch_size": batch_size, "error": f"failed: {type(err).__name__}: {str(err)[:300]}"}
+    finally:
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    return {**entry, "cache_side": CROP_CACHE_SIZE, "cache_images": images}
 
 
 def _without_weights(run: dict[str, Any]) -> dict[str, Any]:
