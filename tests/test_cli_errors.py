@@ -220,3 +220,19 @@ def test_read_only_and_full_disks_are_one_line(tmp_path, small_mounts, tiny_ckpt
     proc = _command("train", *TINY, f"hydra.run.dir={full / 'run'}", cwd=tmp_path)
     _one_line_error(proc, "no space left on the device")
     assert not list((full / "run" / "checkpoints").glob(".write_test.*"))
+
+
+def test_after_a_dead_worker_the_process_ends_without_teardown_but_never_a_caller_in_process(monkeypatch):
+    import sys
+
+    from joint_colsr.run import in_process
+    from joint_colsr.run.config_checks import _exit_now
+
+    code = ("import atexit, logging; from joint_colsr.run.config_checks import _exit_now; "
+            "atexit.register(lambda: print('teardown ran')); print('before', flush=True); _exit_now(3)")
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 3 and proc.stdout == "before\n", proc.stdout + proc.stderr
+    monkeypatch.setattr(in_process, "_DEPTH", 1)  # inside run_command: compare's process must go on
+    with pytest.raises(SystemExit) as stop:
+        _exit_now(1)
+    assert stop.value.code == 1

@@ -241,11 +241,30 @@ def hydra_command(config_name: str) -> Callable[[Callable[[DictConfig], Any]], C
                     message = (f"a sweep job failed ({type(err).__name__}: {message}); every failed job is listed in "
                                f"{sweep / hydra_callbacks.SUMMARY_MD}, its traceback in the job's error.txt")
                 print(f"Error: {message}\n(the full traceback: HYDRA_FULL_ERROR=1)", file=sys.stderr)
+                if any(_loader_worker_death(cause) for cause in _causes(err)):
+                    _exit_now(1)
                 raise SystemExit(1) from None
 
         return main
 
     return decorate
+
+
+def _exit_now(code: int) -> None:
+    """End the process after a data-loading worker died, without the interpreter's teardown:
+    the dead worker's shared memory, freed during that teardown, can make torch warn after
+    ``sys.stderr`` is closed, which aborts the process ("terminate called after throwing
+    ... write to closed file", seen once in CI) after the one-line error. Logs are flushed
+    first; checkpoints were written whole before. Inside a command run in-process
+    (``run/in_process.py``) the caller's process goes on: a normal ``SystemExit``."""
+    from joint_colsr.run.in_process import running_in_process
+
+    if running_in_process():
+        raise SystemExit(code) from None
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(code)
 
 
 def _stop_loader_worker_watch() -> None:

@@ -22,6 +22,16 @@ import threading
 from typing import Any, Callable
 
 
+#: How many commands are running in this process through :func:`run_command` right now.
+_DEPTH = 0
+
+
+def running_in_process() -> bool:
+    """Whether a command is running inside another program's process (:func:`run_command`):
+    it must then end with an exception, never by ending the process."""
+    return _DEPTH > 0
+
+
 class CommandFailed(RuntimeError):
     """A command ended with a non-zero exit status; its one-line error was already printed."""
 
@@ -49,12 +59,15 @@ def run_command(main: Callable[[], Any], args: list[str]) -> None:
     Singleton._instances = {cls: obj for cls, obj in saved_instances.items()
                             if cls not in (GlobalHydra, HydraConfig, JobRuntime)}
     sys.argv = [module, *args]
+    global _DEPTH
+    _DEPTH += 1
     try:
         main()
     except SystemExit as stop:
         if stop.code not in (None, 0):
             raise CommandFailed(f"python -m {module} {' '.join(args)} failed (exit {stop.code}); its error is above") from None
     finally:
+        _DEPTH -= 1
         sys.argv, Singleton._instances = saved_argv, saved_instances
         if dict(os.environ) != saved_environ:  # HYDRA_FULL_ERROR, Lightning's PL_GLOBAL_SEED ...
             os.environ.clear()
