@@ -762,9 +762,9 @@ def _launch(pending: list[tuple], total: int, plan: dict[str, Any], eval_overrid
     from joint_colsr import compare_run
     from joint_colsr.run.in_process import CommandFailed, run_command
 
-    train = _compose_train(list(plan["contenders"][pending[0][1]]["train"])) if pending else None
-    if train is None:
+    if not pending:
         return
+    train = _compose_train(list(plan["contenders"][pending[0][1]]["train"]))
     devices = str(train.trainer.devices)
     if devices != "1" or int(train.trainer.get("num_nodes") or 1) != 1:
         raise SystemExit(f"compare --launcher {launcher}: each run is one job on one device; the training config has "
@@ -793,6 +793,7 @@ def _train_and_evaluate(pending: list[tuple], total: int, plan: dict[str, Any], 
     on CUDA device ``k`` (``CUDA_VISIBLE_DEVICES``) where there are devices. Each run's
     ``compare_run.json`` is written only once its evaluation is there. Every run is tried;
     the failed ones are named together at the end."""
+    import contextlib
     import queue
     from concurrent.futures import ThreadPoolExecutor
 
@@ -801,7 +802,6 @@ def _train_and_evaluate(pending: list[tuple], total: int, plan: dict[str, Any], 
         _launch(pending, total, plan, eval_overrides, launcher, list(launcher_args or []), out)
         failures = [f"{name} seed {seed}: no {RUN_RECORD} (its job's log and error: {out / 'sweeps'})"
                     for _, name, seed, run_dir, _ in pending if not (run_dir / RUN_RECORD).is_file()]
-        pending_count = len(pending)
     else:
         slots: queue.Queue[int] = queue.Queue()
         for slot in range(jobs):
@@ -816,21 +816,16 @@ def _train_and_evaluate(pending: list[tuple], total: int, plan: dict[str, Any], 
             finally:
                 slots.put(slot)
 
-        if jobs == 1:  # in the main thread: Hydra commands run in this process need it
-            outcomes = [(item, functools.partial(one, item)) for item in pending]
-        else:
-            pool = ThreadPoolExecutor(max_workers=jobs)
-            outcomes = [(item, pool.submit(one, item).result) for item in pending]
-        for item, outcome in outcomes:
-            try:
-                outcome()
-            except Exception as err:  # noqa: BLE001 - every run is tried; all failures are reported together
-                failures.append(f"{item[1]} seed {item[2]}: {err}")
-        if jobs > 1:
-            pool.shutdown()
-        pending_count = len(pending)
+        # One job at a time runs in the main thread: Hydra commands run in this process need it.
+        with ThreadPoolExecutor(max_workers=jobs) if jobs > 1 else contextlib.nullcontext() as pool:
+            outcomes = [(item, pool.submit(one, item).result if pool else functools.partial(one, item)) for item in pending]
+            for item, outcome in outcomes:
+                try:
+                    outcome()
+                except Exception as err:  # noqa: BLE001 - every run is tried; all failures are reported together
+                    failures.append(f"{item[1]} seed {item[2]}: {err}")
     if failures:
-        raise RuntimeError(f"compare: {len(failures)} of {pending_count} runs failed (the others are kept and reused "
+        raise RuntimeError(f"compare: {len(failures)} of {len(pending)} runs failed (the others are kept and reused "
                            "by the next compare):\n" + "\n".join(failures))
 
 

@@ -71,9 +71,10 @@ def no_gpu_message() -> str | None:
 VAL_IMAGES = 256
 
 
-def synthetic_cache_bytes(train_images: int, val_images: int, size: int = 256) -> int:
-    """The disk a synthetic cache of that many ``(3, size, size)`` uint8 images takes, plus 5 % (index, shard headers)."""
-    return int((train_images + val_images) * 3 * size * size * 1.05)
+def synthetic_cache_bytes(train_images: int, val_images: int, size: int = 256, train_size: int | None = None) -> int:
+    """The disk :func:`write_synthetic_cache` takes for these arguments: the uint8 images, plus
+    5 % (index, shard headers)."""
+    return int((train_images * (train_size or size) ** 2 + val_images * size**2) * 3 * 1.05)
 
 
 def check_free_space(folder: Path, needed: int) -> None:
@@ -563,7 +564,7 @@ def random_crop_run(args: argparse.Namespace, seconds_left: float, batch_size: i
     if seconds_left < 90:
         return {"skipped": f"skipped: {seconds_left:.0f} s of the budget left"}
     images = batch_size * (args.warmup + args.steps)
-    check_free_space(args.work_dir, synthetic_cache_bytes(images, VAL_IMAGES, CROP_CACHE_SIZE))
+    check_free_space(args.work_dir, synthetic_cache_bytes(images, VAL_IMAGES, train_size=CROP_CACHE_SIZE))
     try:
         with tempfile.TemporaryDirectory(prefix="gpu_check_crops_", dir=args.work_dir) as tmp:
             cache = write_synthetic_cache(Path(tmp) / "cache", images, VAL_IMAGES, train_size=CROP_CACHE_SIZE)

@@ -126,11 +126,13 @@ def _loader_worker_death(err: BaseException) -> str | None:
     text = str(err).splitlines()[0].rstrip(". ") if str(err) else ""
     if isinstance(err, RuntimeError) and "DataLoader worker" in text and "killed by signal" in text:
         return text
-    handover = isinstance(err, (ConnectionError, EOFError)) and _loader_iterator(err) is not None
-    if not handover and not (isinstance(err, RuntimeError) and "DataLoader worker" in text
-                             and "exited unexpectedly" in text):
+    exited = isinstance(err, RuntimeError) and "DataLoader worker" in text and "exited unexpectedly" in text
+    if not (exited or isinstance(err, (ConnectionError, EOFError))):
         return None
     iterator = _loader_iterator(err)
+    handover = not exited and iterator is not None
+    if not (exited or handover):
+        return None
     ended = []
     for worker in getattr(iterator, "_workers", ()):
         worker.join(timeout=5)

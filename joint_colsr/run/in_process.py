@@ -6,9 +6,8 @@ another. The command runs through its own Hydra entry point (``hydra_command``),
 directory, ``.hydra/``, log file, callbacks and one-line errors are exactly those of the
 console command. A command changes process-wide state (Hydra's singletons, OmegaConf's
 resolvers, the root logger's handlers, environment variables, the SIGCHLD handler); each is
-set aside before the command and put back after it, so a
-command may itself be running inside a Hydra job (``two_stage`` inside ``compare``'s process,
-or a multirun job).
+set aside before the command and put back after it, so a command may itself be running
+inside a Hydra job (``two_stage`` inside ``compare``'s process, or a multirun job).
 """
 
 from __future__ import annotations

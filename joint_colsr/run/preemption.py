@@ -51,6 +51,8 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
+from joint_colsr.run.syncs import logs_after
+
 log = logging.getLogger(__name__)
 
 #: Signals that ask a training run to stop and save (schedulers send SIGTERM before a kill;
@@ -65,21 +67,22 @@ def broadcast_sigterm_at_logging_steps(trainer: pl.Trainer) -> bool:
     loop = trainer.fit_loop.epoch_loop
     if getattr(type(loop), "_broadcast_sigterm_tensor", None) is None or trainer.world_size <= 1:
         return False
-    loop._broadcast_sigterm_tensor = _BroadcastAfterLoggingSteps(loop, max(1, int(trainer.log_every_n_steps or 1)))
+    loop._broadcast_sigterm_tensor = _BroadcastAfterLoggingSteps(trainer)
     return True
 
 
 class _BroadcastAfterLoggingSteps:
-    """The loop's ``_broadcast_sigterm_tensor`` where ``_batches_that_stepped`` is a multiple of
-    ``every`` (called before a batch: the batch before it was a logging one). A class, not a
-    closure: ``ddp_spawn`` pickles the trainer."""
+    """The loop's ``_broadcast_sigterm_tensor``, run only when the batch before was a logging
+    one (it is called before a batch; before the first one too). A class, not a closure:
+    ``ddp_spawn`` pickles the trainer."""
 
-    def __init__(self, loop: Any, every: int) -> None:
-        self.loop, self.every = loop, every
+    def __init__(self, trainer: pl.Trainer) -> None:
+        self.trainer = trainer
 
     def __call__(self) -> None:
-        if self.loop._batches_that_stepped % self.every == 0:
-            type(self.loop)._broadcast_sigterm_tensor(self.loop)
+        loop = self.trainer.fit_loop.epoch_loop
+        if logs_after(self.trainer, loop._batches_that_stepped):
+            type(loop)._broadcast_sigterm_tensor(loop)
 
 
 class TrainingInterrupted(Exception):

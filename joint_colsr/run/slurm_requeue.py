@@ -41,6 +41,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.callbacks import ModelCheckpoint
 
 from joint_colsr.run.checkpointing import resume_checkpoint_path
+from joint_colsr.run.syncs import logs_after
 
 log = logging.getLogger(__name__)
 
@@ -130,8 +131,7 @@ class RequeueOnSlurmSignal(pl.Callback):
         """Whether the ranks decide together after the current training batch (called in
         ``on_train_batch_end``, before Lightning counts the batch as stepped). The same on
         every rank: it depends on the batch count alone, never on ``should_stop``."""
-        every = self.sync_every_n_steps or max(1, int(trainer.log_every_n_steps or 1))
-        return (trainer.fit_loop.epoch_loop._batches_that_stepped + 1) % every == 0
+        return logs_after(trainer, trainer.fit_loop.epoch_loop._batches_that_stepped + 1, self.sync_every_n_steps)
 
     def _requeue_and_exit(self, sig: signal.Signals, trainer: pl.Trainer) -> None:
         # The requeue ends this job with SIGTERM to each of its processes. A data-loading

@@ -113,6 +113,14 @@ def is_logging_batch(trainer: Any) -> bool:
     return bool(trainer._logger_connector.should_update_logs)
 
 
+def logs_after(trainer: Any, batches_stepped: int, every: int | None = None) -> bool:
+    """Whether Lightning logs (and so reads values back) after the training batch that brings
+    the loop's count of stepped batches to ``batches_stepped``: every ``every`` batches,
+    ``trainer.log_every_n_steps`` unless given. A count alone, the same on every DDP rank."""
+    every = every or max(1, int(trainer.log_every_n_steps or 1))
+    return batches_stepped % every == 0
+
+
 class SyncDebug(Callback):
     """``speed.sync_debug=warn|error``: CUDA's sync debug mode over the training batches that
     should make no host sync (all but the first and the logging batches), from the batch's
