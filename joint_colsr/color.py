@@ -52,6 +52,7 @@ __all__ = [
     "normalize_l",
     "quantize_uint8",
     "resize_bicubic",
+    "resize_uint8",
     "rgb_to_lab",
     "rgb_uint8_to_lab_batch",
     "upscale_l",
@@ -316,6 +317,23 @@ def resize_bicubic(x: Tensor, size: tuple[int, int]) -> Tensor:
         # not implemented for 'BFloat16'"): a bf16-mixed step resizes in float32 and goes on in its dtype.
         return F.interpolate(x.float(), size=tuple(size), mode="bicubic", align_corners=False, antialias=True).to(x.dtype)
     return F.interpolate(x, size=tuple(size), mode="bicubic", align_corners=False, antialias=True)
+
+
+def resize_uint8(images: Tensor, size: tuple[int, int]) -> Tensor:
+    """:func:`resize_bicubic` of uint8 images (0..255), rounded and clamped back to uint8.
+
+    Args:
+        images: ``(B, C, H, W)`` uint8 tensor.
+        size: output ``(H', W')``.
+
+    Returns:
+        ``(B, C, H', W')`` uint8; ``images`` itself when it already has that size.
+    """
+    if images.dtype != torch.uint8:
+        raise ValueError(f"images must be uint8 (0..255), got {images.dtype}")
+    if tuple(images.shape[-2:]) == tuple(size):
+        return images
+    return resize_bicubic(images.float(), size).round_().clamp_(0, 255).to(torch.uint8)
 
 
 def upscale_l(l_lowres: Tensor, size: tuple[int, int]) -> Tensor:

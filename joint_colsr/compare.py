@@ -34,7 +34,15 @@ one test set, and writes ``comparison.md``, ``comparison.json`` and ``comparison
   above bicubic learned nothing detectable;
 * a finished contender/seed (same contender, seed, overrides, budget and code:
   ``compare_run.json``) is reused, not trained again;
-* a model fed the ground-truth L* would be marked "GT-L* guided" (none of the contenders is).
+* a model fed the ground-truth L* would be marked "GT-L* guided" (none of the contenders is);
+* ``--scale S``: every contender is trained for and evaluated at magnification ``S``
+  (``data.output_size = round(input_size * S)``, ``eval scales=[S]``), and the default
+  contenders gain ``joint_paper_any_scale``: the paper's net with the implicit upsampler,
+  trained on scales drawn from :data:`ANY_SCALE_RANGE` per batch (targets from
+  ``ceil(input_size * max)``-pixel references) on the same FLOP budget, its checkpoint chosen
+  at ``S`` like every other contender's (``data.val_scales=[S]``). Its training FLOPs per
+  sample are counted at the range's mean pixel count (FLOPs grow with the output's pixels);
+  its inference FLOPs at ``S``. ``S`` outside the range is extrapolation for it (said in the table).
 
 Every stage is the suite's own command (``train``, ``two_stage``, ``eval``) with ``--train``
 overrides (data, trainer, debug) and ``--eval`` overrides (the test set), run in this process
@@ -75,10 +83,33 @@ CONTENDERS: dict[str, tuple[str, Any]] = {
     "two_stage_upscale_first": ("two_stage", "upscale_first"),
     "ic_only": ("train", ["model=ic_only"]),
     "srgan": ("train", ["model=srgan"]),
+    "joint_paper_any_scale": ("train", ["model=joint_paper", "model.net.upsampler=implicit"]),
 }
+#: Contenders trained over a range of scales (their data overrides: :func:`any_scale_overrides`).
+ANY_SCALE_CONTENDERS = ("joint_paper_any_scale",)
+#: The scales any-scale contenders train on (drawn per batch).
+ANY_SCALE_RANGE = (1.5, 4.0)
 #: Contenders ``--models`` trains when not told: all but the optional ``srgan`` (the
 #: residual_joint generator trained adversarially, a question of its own: ``--models ... srgan``).
-DEFAULT_MODELS = [name for name in CONTENDERS if name != "srgan"]
+DEFAULT_MODELS = [name for name in CONTENDERS if name != "srgan" and name not in ANY_SCALE_CONTENDERS]
+
+
+def default_models(scale: float | None) -> list[str]:
+    """``--models`` when not given: :data:`DEFAULT_MODELS`, and the any-scale contenders with ``--scale``."""
+    return [*DEFAULT_MODELS, *(ANY_SCALE_CONTENDERS if scale is not None else ())]
+
+
+def any_scale_overrides(name: str, train: list[str]) -> list[str]:
+    """The data overrides of an any-scale contender (none for the others): the training range
+    :data:`ANY_SCALE_RANGE`, reference images large enough for its top, and validation (the
+    checkpoint choice) at the scale every other contender trains for (``data.output_size / data.input_size``)."""
+    if name not in ANY_SCALE_CONTENDERS:
+        return []
+    data = _compose_train([*CONTENDERS[name][1], *train]).data
+    r, side = int(data.input_size), int(data.output_size)
+    low, high = ANY_SCALE_RANGE
+    return [f"data.scale_range=[{low:g},{high:g}]", f"data.output_size={max(side, math.ceil(r * high))}",
+            f"data.val_scales=[{side / r:.6g}]"]
 #: Metrics compared (per image in ``per_image.csv``).
 METRICS = ("psnr", "psnr_joint", "ssim", "ssim_joint", "psnr_y")
 
@@ -218,12 +249,23 @@ def net_costs(overrides: list[str], width_mult: float | None = None, only: str |
     if only == "params":
         return {"params": int(params)}
     r, s = int(cfg.data.input_size), int(cfg.data.output_size)
-    inference = int(forward_flops(net, r, s))
+    eval_side = train_side = s
+    if cfg.data.get("scale_range") is not None:
+        # Any-scale training: FLOPs grow with the output's pixels, so a sample costs what one
+        # at the mean pixel count of the range costs (s uniform in [lo, hi]: E[s^2]); the net
+        # is evaluated (and chosen) at data.val_scales' first scale.
+        low, high = (float(v) for v in cfg.data.scale_range)
+        train_side = int(round(r * math.sqrt((low * low + low * high + high * high) / 3)))
+        eval_side = int(round(r * float((cfg.data.get("val_scales") or [high])[0])))
+    inference = int(forward_flops(net, r, eval_side))
     if only == "inference_flops":
         return {"inference_flops": inference}
     net = net.to("meta").train()
+    s = train_side
     if getattr(net, "needs_l_highres", False):
         net = functools.partial(net, l_highres=torch.zeros(1, 1, s, s, device="meta"))
+    if getattr(net, "any_scale", False):
+        net = functools.partial(net, out_hw=(s, s))
     train = _pass_flops(net, torch.zeros(1, 1, r, r, device="meta"), backward=True)
     discriminator = getattr(system, "discriminator", None)
     if discriminator is not None:
@@ -328,13 +370,13 @@ def plan_budget(models: list[str], reference: str, train: list[str], budget_step
     step_flops = float(batch_size * ref_costs["stages"]["model"]["train_flops_per_sample"])
     contenders: dict[str, Any] = {}
     for name in models:
-        overrides, width = list(train), None
+        overrides, width = [*train, *any_scale_overrides(name, train)], None
         if name == reference or match == "train_flops":
             costs = ref_costs if name == reference else contender_costs(name, overrides)
         else:
             target = float(ref_costs[match])
-            base = float(_compose_train(contender_stages(name, train)[0][1]).model.net.width_mult)
-            width, costs = solve_width(name, train, match, target, base)
+            base = float(_compose_train(contender_stages(name, overrides)[0][1]).model.net.width_mult)
+            width, costs = solve_width(name, overrides, match, target, base)
             if abs(costs[match] / target - 1) > MATCH_TOLERANCE:
                 raise SystemExit(f"--match {match}: no model.net.width_mult makes {name}'s {match} ({costs[match]:,} at width "
                                  f"{width:g}, the closest) come within {MATCH_TOLERANCE:.0%} of {reference}'s ({target:,.0f}); "
@@ -571,6 +613,21 @@ def _fmt_ci(stats: dict[str, Any] | None) -> str:
     return f"{stats['mean']:.3f}" + (f" +- {ci:.3f}" if ci is not None else "")
 
 
+def _scale_lines(args: argparse.Namespace, summary: dict[str, Any]) -> list[str]:
+    """The setup's sentence on magnification: what each row was trained for and tested at."""
+    scale = getattr(args, "scale_used", None)
+    if scale is None:
+        return []
+    low, high = ANY_SCALE_RANGE
+    any_scale = [f"`{n}`" for n in summary if n in ANY_SCALE_CONTENDERS]
+    text = f"Every model is tested at x{scale:.3g}; the fixed-scale ones were trained for x{scale:.3g}."
+    if any_scale:
+        where = "inside" if low <= scale <= high else "**outside** (extrapolation)"
+        text += (f" {', '.join(any_scale)} trained once over x{low:g} to x{high:g} (one scale drawn per batch), on the same "
+                 f"budget, checkpoint chosen at x{scale:.3g} like the others; x{scale:.3g} is {where} its range.")
+    return ["", text]
+
+
 def markdown(summary: dict[str, Any], baselines: dict[str, Any], reference: str, args: argparse.Namespace,
              budget: float, test_set: dict[str, Any]) -> str:
     verdicts = [f"- `{name}` vs `{reference}`, {metric} (dB): {e['verdict'][metric]['text']}; smallest detectable "
@@ -594,6 +651,7 @@ def markdown(summary: dict[str, Any], baselines: dict[str, Any], reference: str,
            if args.match == "train_flops" else
            f"Each contender's `model.net.width_mult` was solved so that its {args.match.replace('_', ' ')} matches "
            f"`{reference}`'s within {MATCH_TOLERANCE:.0%} (column `width`)."),
+        *_scale_lines(args, summary),
         "", f"Train overrides `{' '.join(args.train) or '(none)'}`; eval overrides `{' '.join(args.eval) or '(none)'}`.", "",
         f"Test set: {test_set['name']} ({test_set['photos']} photos); "
         + ("checked disjoint from every photo the trainings read (training and validation sides)."
@@ -856,7 +914,31 @@ def _device_of(slot: int) -> str | None:
     return str(slot % count) if count else None
 
 
+def apply_scale(args: argparse.Namespace) -> None:
+    """``--scale S`` (or any-scale contenders at the default scale): train the fixed-scale
+    contenders for ``S`` and evaluate everyone at ``S`` (``eval scales=[S]``), in place."""
+    if args.scale is None and not set(args.models) & set(ANY_SCALE_CONTENDERS):
+        return
+    from joint_colsr.data.scales import check_scales, target_side
+
+    data = _compose_train([*CONTENDERS[args.reference][1], *args.train]).data
+    r = int(data.input_size)
+    if args.scale is None:  # the suite's default scale (data.output_size / data.input_size)
+        scale = int(data.output_size) / r
+    else:
+        try:
+            (scale,) = check_scales([args.scale], "--scale", r, 2**31)
+        except ValueError as err:
+            raise SystemExit(str(err)) from None
+        args.train = [*args.train, f"data.output_size={target_side(r, scale)}"]
+    args.eval = [*args.eval, f"scales=[{scale:.6g}]"]
+    args.scale_used = scale
+
+
 def compare(args: argparse.Namespace) -> dict[str, Any]:
+    if args.models is None:
+        args.models = default_models(args.scale)
+    apply_scale(args)
     unknown = [m for m in args.models if m not in CONTENDERS]
     if unknown or args.reference not in args.models:
         raise SystemExit(f"--models must be among {list(CONTENDERS)} and include --reference ({args.reference}); got {args.models}")
@@ -909,6 +991,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         floor = paired_interval({seed: s["per_image"] for seed, s in seeds.items()}, bicubic, "psnr_joint")
         summary[name]["vs_bicubic"] = {**verdict(name, "bicubic", floor), "paired": floor}
     report = {"reference": args.reference, "seeds": list(args.seeds), "budget_flops": budget, "budget_steps": args.budget_steps,
+              "scale": getattr(args, "scale_used", None), "any_scale_range": list(ANY_SCALE_RANGE),
               "match": args.match, "budget_tolerance": BUDGET_TOLERANCE,
               "train_overrides": list(args.train), "eval_overrides": list(args.eval), "reused_runs": reused, "test_set": test_set,
               "contenders": summary,
@@ -923,8 +1006,13 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--models", nargs="+", default=list(DEFAULT_MODELS),
-                        help=f"contenders among {list(CONTENDERS)} (default: all but srgan)")
+    parser.add_argument("--models", nargs="+", default=None,
+                        help=f"contenders among {list(CONTENDERS)} (default: all but srgan and the any-scale ones; "
+                             "with --scale the any-scale ones too)")
+    parser.add_argument("--scale", type=float, default=None,
+                        help="train the fixed-scale contenders for this magnification and evaluate everyone at it; "
+                             f"the any-scale contenders train once over {list(ANY_SCALE_RANGE)} (default: the data's "
+                             "output_size / input_size, 256 / 96)")
     parser.add_argument("--reference", default="joint_paper", help="the joint net every model is paired against")
     parser.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     parser.add_argument("--budget-steps", type=int, default=60, help="training steps of the reference model that set the FLOP budget")

@@ -24,6 +24,19 @@ The run directory receives:
 * ``per_image.csv``: one row per image;
 * ``best_worst.png``: the ``num_examples`` best and worst images by ``psnr`` (the paper's Fig. 1);
 * ``category.png``: the first ``num_examples`` images showing ``grid_category`` (COCO; the paper's Fig. 2).
+
+Per-scale evaluation (``scales=[1.5,2,2.67,3,4]``; any model that serves those scales: an
+implicit-upsampler checkpoint, ``baseline=bicubic|gray``, or a fixed-scale model at its own
+scale): each photo is squash-resized once to the largest target (or ``data.output_size``,
+whichever is larger), each scale's target is that image resized down by the suite's bicubic
+and its input L* made from that target, as in training. ``metrics.json`` then holds
+``scales`` and ``by_scale.<scale>.<metric>`` (scale as written: ``"2.67"``; with the bicubic
+baseline's ``bicubic_psnr_joint`` / ``bicubic_psnr_y`` on the same images, and
+``extrapolation: true`` for a scale outside the model's training range); the top-level
+metrics are the means over every (image, scale); Y-PSNR crops ``ceil(scale)`` pixels.
+``per_image.csv`` gains a ``scale`` column, ``metrics.md`` a per-scale table, and
+``by_scale.png`` plots PSNR (both protocols) and Y-PSNR against scale, with the bicubic
+baseline and the checkpoints of ``fixed_ckpts=[CKPT, ...]`` (each scored at its own scale).
 """
 
 from __future__ import annotations
@@ -46,9 +59,10 @@ from torch import Tensor
 
 from joint_colsr.assembly import build_datamodule, build_eval_system, build_trainer, start_run
 from joint_colsr.color import upscale_l
+from joint_colsr.data.scales import check_scales, scale_label, target_side
 from joint_colsr.run.config_checks import ConfigError, check_config, hydra_command
 from joint_colsr.data.decode import count_reasons
-from joint_colsr.metrics import PER_IMAGE_METRICS, colorization_psnr, image_metrics, summarize
+from joint_colsr.metrics import PER_IMAGE_METRICS, colorization_psnr, image_metrics, psnr_y, rgb_from_prediction, summarize
 from joint_colsr.run.outputs import print_run_summary, write_json
 from joint_colsr.systems import run_system
 from joint_colsr.systems.colsr import uses_ground_truth_l
@@ -69,6 +83,9 @@ TABLE_COLUMNS: dict[str, str] = {
     "colorfulness_gap": "dCF",
     "psnr_gray": "gray PSNR",
 }
+
+#: Per-image metrics of the bicubic baseline kept beside a model's in per-scale evaluation.
+BICUBIC_METRICS = ("bicubic_psnr_joint", "bicubic_psnr_y")
 
 #: Images whose metrics are computed together (bounds the metrics' working memory).
 METRICS_CHUNK = 16
@@ -123,10 +140,14 @@ class Evaluator(pl.LightningModule):
         grid_category: category name (COCO) whose images fill the category grid.
     """
 
-    def __init__(self, system: pl.LightningModule, crop_border: int, num_examples: int = 6, grid_category: str | None = "person") -> None:
+    def __init__(self, system: pl.LightningModule, crop_border: int, num_examples: int = 6, grid_category: str | None = "person",
+                 crop_borders: Mapping[str, int] | None = None, example_scale: str | None = None) -> None:
         super().__init__()
         self.system = system
         self.crop_border = crop_border
+        #: Per-scale evaluation: Y-PSNR border of each scale label, and the scale whose images fill the grids.
+        self.crop_borders = dict(crop_borders or {})
+        self.example_scale = example_scale
         self.num_examples = num_examples
         self.grid_category = grid_category
         self.rows: list[dict[str, Any]] = []
@@ -152,7 +173,15 @@ class Evaluator(pl.LightningModule):
         supers = sorted({self.categories[c]["supercategory"] for c in labels if c in self.categories})
         return {"key": key, "categories": names, "supercategories": supers}
 
-    def test_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+    def test_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        if "by_scale" not in batch:
+            self._score(batch, batch, None)
+            return
+        for label, sub in batch["by_scale"].items():
+            self._score(sub, batch, label)
+
+    def _score(self, batch: Mapping[str, Tensor], outer: Mapping[str, Tensor], scale: str | None) -> None:
+        """Per-image rows of one batch (at one scale: ``scale``, its label; ``outer`` holds the indices)."""
         out = run_system(self.system, batch)
         ab = out["ab"]
         size = tuple(batch["l_highres"].shape[-2:])
@@ -162,16 +191,24 @@ class Evaluator(pl.LightningModule):
             l_own = batch["l_highres"]  # given, not produced: the protocol-2 keys are nulled below
         else:
             l_own = out["l"] if out.get("l") is not None else upscale_l(batch["l_lowres"], size)
-        skipped = batch.get("skipped", torch.zeros_like(batch["index"])).tolist()
-        indices = batch["index"].tolist()
+        skipped = outer.get("skipped", torch.zeros_like(outer["index"])).tolist()
+        indices = outer["index"].tolist()
+        crop = self.crop_border if scale is None else self.crop_borders[scale]
         # Per-image metrics, a few images at a time: their temporaries (~20 float copies of
         # the images) stay bounded whatever data.batch_size is; the values are per image.
         for start in range(0, len(indices), METRICS_CHUNK):
             part = slice(start, start + METRICS_CHUNK)
             m = image_metrics(batch["l_highres"][part], l_own[part], ab[part], batch["ab_target"][part],
-                              batch["rgb_target"][part], self.crop_border)
+                              batch["rgb_target"][part], crop)
             m["psnr_gray"] = colorization_psnr(batch["l_highres"][part], torch.zeros_like(ab[part]), batch["rgb_target"][part])
-            values = {k: m[k].tolist() for k in (*PER_IMAGE_METRICS, "psnr_gray")}  # one transfer per metric
+            names = (*PER_IMAGE_METRICS, "psnr_gray")
+            if scale is not None:  # the bicubic baseline on the same images, for the per-scale plot
+                l_bicubic = upscale_l(batch["l_lowres"][part], size)
+                m["bicubic_psnr_joint"] = colorization_psnr(l_bicubic, torch.zeros_like(ab[part]), batch["rgb_target"][part])
+                m["bicubic_psnr_y"] = psnr_y(rgb_from_prediction(l_bicubic, batch["ab_target"][part].float()),
+                                             batch["rgb_target"][part].float(), crop)
+                names = (*names, *BICUBIC_METRICS)
+            values = {k: m[k].tolist() for k in names}  # one transfer per metric
             for j, index in enumerate(indices[part]):
                 i = start + j
                 if skipped[i]:
@@ -180,11 +217,14 @@ class Evaluator(pl.LightningModule):
                     self.skipped_keys.append(self._describe(index)["key"])
                     continue
                 row = {"index": index, **self._describe(index)}
+                if scale is not None:
+                    row["scale"] = scale
                 row.update({k: float(v[j]) for k, v in values.items()})
                 if self.guided:
                     row.update(dict.fromkeys(PROTOCOL2_METRICS))
                 self.rows.append(row)
-                self._keep_examples(row, batch["l_lowres"][i], m["rgb"][j], m["rgb_joint"][j], batch["rgb_target"][i])
+                if scale == self.example_scale:
+                    self._keep_examples(row, batch["l_lowres"][i], m["rgb"][j], m["rgb_joint"][j], batch["rgb_target"][i])
 
     def _keep_examples(self, row: dict, l_lowres: Tensor, rgb: Tensor, rgb_joint: Tensor, target: Tensor) -> None:
         n = self.num_examples
@@ -323,25 +363,163 @@ def prepare_test_data(cfg: DictConfig) -> None:
             cfg.data.source.validation = "val2017"
 
 
+def evaluation_scales(cfg: DictConfig, system: pl.LightningModule) -> tuple[float, ...] | None:
+    """``scales`` of the eval config, checked: numbers > 1 that the model can serve (a
+    fixed-scale model only its own); None when not set (the model's own scale, as always)."""
+    raw = cfg.get("scales")
+    if raw is None:
+        return None
+    values = [raw] if isinstance(raw, (int, float)) else list(raw)
+    input_size, output_size = int(cfg.data.input_size), int(cfg.data.output_size)
+    try:
+        scales = check_scales(values, "scales", input_size, 2**31)
+    except ValueError as err:
+        raise ConfigError(str(err)) from None
+    if not getattr(getattr(system, "net", system), "any_scale", False):
+        others = [f"{s:g}" for s in scales if target_side(input_size, s) != output_size]
+        if others:
+            raise ConfigError(
+                f"scales={[f'{s:g}' for s in scales]}: {describe_model(cfg, system)} is fixed-scale "
+                f"(x{output_size / input_size:.4g}: {input_size} -> {output_size} pixels) and cannot be scored at x{', x'.join(others)}: "
+                "train an any-scale model (model.net.upsampler=implicit, data.scale_range=[min,max]), or evaluate "
+                f"this one at scales=[{output_size / input_size:.4g}]")
+    return scales
+
+
+def trained_scale_range(system: pl.LightningModule) -> tuple[float, float] | None:
+    """``(min, max)`` scales a checkpoint was trained on (its data task); None for a baseline."""
+    task = getattr(system, "data_task", None)
+    if not task:
+        return None
+    if task.get("scale_range"):
+        low, high = task["scale_range"]
+        return float(low), float(high)
+    native = int(task["output_size"]) / int(task["input_size"])
+    return native, native
+
+
+def scale_summaries(rows: list[dict[str, Any]], scales: tuple[float, ...], guided: bool,
+                    trained: tuple[float, float] | None, crops: Mapping[str, int]) -> dict[str, dict[str, Any]]:
+    """``by_scale``: per scale label, the summary of its rows, the bicubic baseline's means on
+    the same images, the Y-PSNR border and whether the scale lies outside the training range."""
+    out = {}
+    for scale in scales:
+        label = scale_label(scale)
+        members = [r for r in rows if r["scale"] == label]
+        summary = summarize_rows(members, guided)
+        for key in BICUBIC_METRICS:
+            summary[key] = float(sum(r[key] for r in members) / len(members))
+        summary["y_crop_border"] = crops[label]
+        # 0.01: a scale written rounded (2.67 for 256/96) is not outside the range it ends.
+        summary["extrapolation"] = trained is not None and not trained[0] - 1e-2 <= scale <= trained[1] + 1e-2
+        out[label] = summary
+    return out
+
+
+def score_fixed_checkpoint(cfg: DictConfig, path: str, datamodule: Any, trainer_factory: Callable[[], pl.Trainer]) -> dict[str, Any]:
+    """A fixed-scale checkpoint scored at its own scale on the same photos and protocol (for the per-scale plot)."""
+    from joint_colsr.systems import ColSRSystem
+
+    file = Path(str(path)).expanduser()
+    if not file.is_file():
+        raise ConfigError(f"fixed_ckpts: {path} is not a file")
+    try:
+        system = ColSRSystem.from_checkpoint(file, map_location="cpu", inference=True)
+    except ValueError as err:
+        raise ConfigError(f"fixed_ckpts: {path}: {err}") from None
+    task = system.data_task or {}
+    input_size = int(cfg.data.input_size)
+    if int(task.get("input_size", -1)) != input_size:
+        raise ConfigError(f"fixed_ckpts: {path} takes {task.get('input_size')}-pixel inputs, the evaluated model {input_size}")
+    scale = int(task["output_size"]) / input_size
+    if target_side(input_size, scale) > int(cfg.data.output_size):
+        raise ConfigError(f"fixed_ckpts: {path} is x{scale:.4g}, beyond the largest of scales=[...]: add it to scales")
+    label = scale_label(round(scale, 2))
+    datamodule.val_scales = (scale,)
+    evaluator = Evaluator(system, 0, 0, None, {scale_label(scale): resolve_crop_border("auto", input_size, int(task["output_size"]))},
+                          None)
+    trainer_factory().test(evaluator, datamodule=datamodule, verbose=False)
+    summary = summarize_rows(evaluator.rows, evaluator.guided)
+    return {"ckpt_path": str(path), "model": f"{type(system.net).__name__} ({file.name})", "scale": label,
+            **{k: summary.get(k) for k in ("psnr", "psnr_joint", "psnr_y")}}
+
+
+def plot_by_scale(metrics: Mapping[str, Any], path: Path) -> Path:
+    """``by_scale.png``: PSNR (GT L*, own L*) and Y-PSNR against scale, the model beside the
+    bicubic baseline and any fixed-scale checkpoints; extrapolated scales are shaded."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    by_scale = metrics["by_scale"]
+    xs = [float(label) for label in by_scale]
+    panels = [("psnr", "PSNR, GT L* (dB)", None), ("psnr_joint", "PSNR, own L* (dB)", "bicubic_psnr_joint"),
+              ("psnr_y", "Y-PSNR (dB)", "bicubic_psnr_y")]
+    fig, axes = plt.subplots(1, 3, figsize=(12, 3.6), dpi=110)
+    for ax, (key, title, bicubic) in zip(axes, panels):
+        ys = [by_scale[label].get(key) for label in by_scale]
+        if all(y is not None for y in ys):
+            ax.plot(xs, ys, marker="o", color="C0", label=metrics["model"][:40])
+        if bicubic:
+            ax.plot(xs, [by_scale[label][bicubic] for label in by_scale], marker="s", linestyle="--", color="C1",
+                    label="bicubic (a*=b*=0)")
+        for i, run in enumerate(metrics.get("fixed_ckpts") or []):
+            if run.get(key) is not None:
+                ax.plot([float(run["scale"])], [run[key]], marker="^", linestyle="none", markersize=9, color=f"C{2 + i}",
+                        label=run["model"][:40])
+        for label, entry in by_scale.items():
+            if entry.get("extrapolation"):
+                ax.axvspan(float(label) - 0.1, float(label) + 0.1, color="0.85", zorder=0)
+        ax.set_title(title, fontsize=10)
+        ax.set_xlabel("scale (output / input side)")
+        ax.set_xticks(xs, list(by_scale), rotation=20)
+        ax.grid(alpha=0.3)
+    axes[1].legend(fontsize=7)
+    fig.suptitle(f"{metrics['num_images']} images of '{metrics['data']}' (grey band: outside the training range)", fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` (or ``cfg.baseline``) on ``cfg.data``; write the run's files; return the metrics."""
     system = build_eval_system(cfg)
     prepare_test_data(cfg)
     check_config(cfg, groups=("data", "trainer"))
+    scales = evaluation_scales(cfg, system)
+    if cfg.get("fixed_ckpts") and not scales:
+        raise ConfigError("fixed_ckpts=[...] are drawn in the per-scale plot: set scales=[...] too")
     output_dir = start_run(cfg)
-    crop = resolve_crop_border(cfg.get("crop_border"), cfg.data.input_size, cfg.data.output_size)
+    input_size = int(cfg.data.input_size)
+    crop = resolve_crop_border(cfg.get("crop_border"), input_size, cfg.data.output_size)
     num_examples = int(cfg.get("num_examples", 6))
+    crops, example_scale = None, None
+    if scales:
+        with open_dict(cfg):  # one reference image per photo, as large as the largest target
+            cfg.data.output_size = max(int(cfg.data.output_size), max(target_side(input_size, s) for s in scales))
+        crops = {scale_label(s): resolve_crop_border(cfg.get("crop_border"), input_size, target_side(input_size, s)) for s in scales}
+        example_scale = scale_label(scales[-1])
     datamodule = build_datamodule(cfg)
-    evaluator = Evaluator(system, crop, num_examples, cfg.get("grid_category"))
+    if scales:
+        datamodule.val_scales = scales
+    evaluator = Evaluator(system, crop, num_examples, cfg.get("grid_category"), crops, example_scale)
     trainer = build_trainer(cfg)
     trainer.test(evaluator, datamodule=datamodule, verbose=False)
     if not trainer.is_global_zero:
         return {}
+    fixed_runs = [score_fixed_checkpoint(cfg, path, datamodule, lambda: build_trainer(cfg)) for path in (cfg.get("fixed_ckpts") or [])]
 
     rows = evaluator.rows
     if not rows:
         raise RuntimeError(f"no usable image to evaluate: every photo was skipped ({evaluator.skipped_keys[:10]})")
     metrics = summarize_rows(rows, evaluator.guided)
+    if scales:
+        metrics["num_images"] = len({r["index"] for r in rows})
+        metrics["scales"] = [scale_label(s) for s in scales]
+        metrics["by_scale"] = scale_summaries(rows, scales, evaluator.guided, trained_scale_range(system), crops)
+        metrics["fixed_ckpts"] = fixed_runs
     metrics["uses_ground_truth_l"] = evaluator.guided
     metrics["skipped"] = len(evaluator.skipped_keys)
     metrics["skipped_photos"] = evaluator.skipped_keys
@@ -354,7 +532,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         data_root=str(cfg.data.get("root")) if cfg.data.get("root") else None,
         input_size=int(cfg.data.input_size),
         output_size=int(cfg.data.output_size),
-        y_crop_border=crop,
+        y_crop_border=crop if not scales else None,
     )
     if any(r["supercategories"] for r in rows):
         metrics["by_supercategory"] = _group_rows(rows, "supercategories", evaluator.guided)
@@ -368,11 +546,27 @@ def write_outputs(output_dir: Path, metrics: dict[str, Any], rows: list[dict[str
 
     header = ["model", "images", *TABLE_COLUMNS.values()]
     md = ["# Evaluation", "", f"data: `{metrics['data']}`" + (f" (`{metrics['data_root']}`)" if metrics.get("data_root") else "")
-          + f", {metrics['input_size']} -> {metrics['output_size']}", ""]
+          + (f", {metrics['input_size']} -> {metrics['output_size']}" if "by_scale" not in metrics
+             else f", {metrics['input_size']}-pixel inputs at x{', x'.join(metrics['scales'])}"), ""]
     name = f"{metrics['model']} ({GUIDED_MARK})" if metrics.get("uses_ground_truth_l") else metrics["model"]
     cells = ["" if metrics.get(k) is None else metrics[k] for k in TABLE_COLUMNS]
     md.append(markdown_table(header, [[name, metrics["num_images"], *cells]]))
-    md += [PROTOCOL_NOTE.format(crop=crop), ""]
+    if "by_scale" in metrics:
+        md += ["The row above: means over every (image, scale) of the scales below.", "", "## By scale", ""]
+        cols = ["psnr", "psnr_joint", "psnr_y", "bicubic_psnr_joint", "bicubic_psnr_y", "ssim", "colorfulness_gap"]
+        md.append(markdown_table(["scale", "output side", "Y border", *cols],
+                                 [[label + (" (extrapolation)" if e["extrapolation"] else ""), int(round(float(label) * metrics["input_size"])),
+                                   e["y_crop_border"], *("" if e.get(c) is None else e[c] for c in cols)]
+                                  for label, e in metrics["by_scale"].items()]))
+        if metrics.get("fixed_ckpts"):
+            md += ["Fixed-scale checkpoints, each at its own scale (same photos, same protocol):", ""]
+            md.append(markdown_table(["checkpoint", "scale", "psnr", "psnr_joint", "psnr_y"],
+                                     [[r["model"], r["scale"], *("" if r.get(c) is None else r[c] for c in ("psnr", "psnr_joint", "psnr_y"))]
+                                      for r in metrics["fixed_ckpts"]]))
+        md += ["Every target of a photo is its one reference image (squash-resized to the largest target) resized down by "
+               "the suite's bicubic, its input L* made from that target; bicubic_*: a*=b*=0 with the input L* upscaled, "
+               "on the same images. Y-PSNR crops ceil(scale) pixels. Plot: by_scale.png.", ""]
+    md += [PROTOCOL_NOTE.format(crop=crop if "by_scale" not in metrics else "ceil(scale)"), ""]
     md += not_scored_lines(metrics)
     if "by_supercategory" in metrics:
         md += ["## By COCO supercategory (worst first; an image counts in every supercategory it shows)", ""]
@@ -383,10 +577,12 @@ def write_outputs(output_dir: Path, metrics: dict[str, Any], rows: list[dict[str
     (output_dir / "metrics.md").write_text("\n".join(md))
 
     fields = ["index", "key", "categories", "supercategories", *PER_IMAGE_METRICS, "psnr_gray"]
+    if "by_scale" in metrics:
+        fields = ["index", "scale", *fields[1:], *BICUBIC_METRICS]
     with open(output_dir / "per_image.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
-        for row in sorted(rows, key=lambda r: r["index"]):
+        for row in sorted(rows, key=lambda r: (r["index"], float(r.get("scale") or 0))):
             writer.writerow({**{k: ("" if v is None else v) for k, v in row.items()}, "categories": ";".join(row["categories"]), "supercategories": ";".join(row["supercategories"])})
 
     pairs = evaluator.best_worst_pairs()
@@ -397,6 +593,8 @@ def write_outputs(output_dir: Path, metrics: dict[str, Any], rows: list[dict[str
         save_png(make_grid(grid_rows, column_titles=titles), output_dir / "best_worst.png")
     if evaluator.category_examples:
         save_png(make_grid(evaluator.category_examples, column_titles=EVALUATION_COLUMNS), output_dir / "category.png")
+    if "by_scale" in metrics:
+        plot_by_scale(metrics, output_dir / "by_scale.png")
 
 
 def _print_summary(metrics: dict[str, Any], output_dir: Path) -> None:

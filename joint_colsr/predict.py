@@ -15,6 +15,14 @@ Modes:
   ground-truth photo: squash-resized to the output size, its L* downscaled to the model's
   input size, and the prediction merged with the *ground-truth* L*. The PNGs are the
   images ``eval`` scores.
+
+Any size (models with an implicit upsampler, ``model.net.upsampler=implicit``, and
+``baseline=bicubic``): ``scale=3.2`` (or ``[sy, sx]``) multiplies each side of every input;
+``output_size=[W, H]`` makes every output exactly ``W x H`` (anisotropic when the input's aspect
+differs). Tiles then snap to the denominator of each side's scale in lowest terms, so every tile
+maps to whole output pixels; the tiles overlap in the input (= latent) grid and are blended as
+above. A fixed-scale model asked for another scale is an error at start-up naming the option.
+``max_output_side`` bounds any output side.
 """
 
 from __future__ import annotations
@@ -26,7 +34,7 @@ answer_help_early(__name__, 'predict')  # before torch/Lightning are imported (r
 import logging
 from fractions import Fraction
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import torch
@@ -42,22 +50,19 @@ from joint_colsr.run.config_checks import ConfigError, hydra_command
 from joint_colsr.data.views import resize_box
 from joint_colsr.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, decode_image
 from joint_colsr.run.outputs import atomic_write, refuse_foreign_run_dir
-from joint_colsr.systems import eval_network, model_size
+from joint_colsr.systems import call_net, eval_network, model_size
 
 log = logging.getLogger(__name__)
 
 MODES = ("photo", "reference")
 
 
-def _net_outputs(net: torch.nn.Module, l_lowres: Tensor, l_highres: Tensor | None = None) -> dict[str, Tensor]:
-    """The network contract of :meth:`ColSRSystem.infer`, on a plain net."""
-    kwargs = {}
-    if getattr(net, "needs_l_highres", False):
-        if l_highres is None:
-            raise ValueError(f"{type(net).__name__} needs ground-truth L* at the output size: use mode=reference")
-        kwargs["l_highres"] = l_highres
-    out = net(l_lowres, **kwargs)
-    return dict(out) if isinstance(out, dict) else {"ab": out}
+def _net_outputs(net: torch.nn.Module, l_lowres: Tensor, l_highres: Tensor | None = None,
+                 out_hw: tuple[int, int] | None = None) -> dict[str, Tensor]:
+    """The network contract (:func:`joint_colsr.systems.call_net`), on a plain net."""
+    if getattr(net, "needs_l_highres", False) and l_highres is None:
+        raise ValueError(f"{type(net).__name__} needs ground-truth L* at the output size: use mode=reference")
+    return call_net(net, l_lowres, l_highres, out_hw)
 
 
 def _ramp(length: int, ramp_before: int, ramp_after: int) -> Tensor:
@@ -83,32 +88,34 @@ class TiledColorizer:
 
     Args:
         net: a network of the suite in eval mode (``(B, 1, h, w)`` L* -> a*b*, maybe L*).
-        scale: output / input size of the network, as a fraction (``Fraction(256, 96)``).
-        tile_size: tile side in input pixels (rounded up to the scale's denominator).
+        scale: output / input size, as a fraction (``Fraction(256, 96)``), or one per side
+            ``(rows, columns)``; a scale other than the net's own needs an any-scale net.
+        tile_size: tile side in input pixels (rounded up to each side's scale denominator).
         tile_overlap: overlap of neighbouring tiles in input pixels (same rounding).
         device: where the network runs.
     """
 
-    def __init__(self, net: torch.nn.Module, scale: Fraction, tile_size: int = 192, tile_overlap: int = 48,
-                 device: torch.device | str = "cpu") -> None:
-        if scale < 1:
-            raise ValueError(f"the model's scale must be >= 1, got {scale}")
+    def __init__(self, net: torch.nn.Module, scale: Fraction | tuple[Fraction, Fraction], tile_size: int = 192,
+                 tile_overlap: int = 48, device: torch.device | str = "cpu") -> None:
+        scales = tuple(Fraction(s) for s in (scale if isinstance(scale, tuple) else (scale, scale)))
+        if min(scales) < 1:
+            raise ValueError(f"the scale must be >= 1, got {' x '.join(str(s) for s in scales)}")
         if tile_size < 16:
             raise ConfigError(f"tile_size must be at least 16 input pixels, got {tile_size}")
         if not 0 <= tile_overlap < tile_size // 2 + 1:
             raise ConfigError(f"tile_overlap must be in [0, tile_size / 2], got {tile_overlap} for tile_size={tile_size}")
-        self.net, self.scale, self.device = net, Fraction(scale), torch.device(device)
-        q = self.scale.denominator  # tile positions on multiples of q map to whole output pixels
-        self.q = q
-        self.tile = -(-tile_size // q) * q
-        self.overlap = -(-tile_overlap // q) * q if tile_overlap else 0
-        if self.overlap >= self.tile:
-            raise ConfigError(f"tile_overlap ({tile_overlap}) rounds to {self.overlap}, not below tile_size ({self.tile})")
+        self.net, self.scales, self.device = net, scales, torch.device(device)
+        # Per side (rows, columns): tile positions on multiples of q map to whole output pixels.
+        self.qs = tuple(s.denominator for s in scales)
+        self.overlaps = tuple(-(-tile_overlap // q) * q if tile_overlap else 0 for q in self.qs)
+        # A denominator near the tile size (an output_size whose scale is H'/H in lowest terms)
+        # rounds the overlap up to the tile: such a side gets larger tiles, one step of q apart.
+        self.tiles = tuple(max(-(-tile_size // q) * q, overlap + q) for q, overlap in zip(self.qs, self.overlaps))
 
-    def _out(self, n: int) -> int:
-        value = n * self.scale
+    def _out(self, n: int, axis: int) -> int:
+        value = n * self.scales[axis]
         if value.denominator != 1:
-            raise AssertionError(f"{n} input pixels do not map to whole output pixels at scale {self.scale}")
+            raise AssertionError(f"{n} input pixels do not map to whole output pixels at scale {self.scales[axis]}")
         return int(value)
 
     @torch.no_grad()
@@ -117,62 +124,63 @@ class TiledColorizer:
         if l_star.dim() != 2:
             raise ValueError(f"l_star must be (H, W), got {tuple(l_star.shape)}")
         height, width = l_star.shape
-        out_h, out_w = int(round(height * self.scale)), int(round(width * self.scale))
+        out_h, out_w = int(round(height * self.scales[0])), int(round(width * self.scales[1]))
         # Pad to whole multiples of q (tile corners on whole output pixels), at least 16 (the
         # encoders divide by 16); the padded margin is cropped from the output.
-        pad_h, pad_w = self._padded(height) - height, self._padded(width) - width
+        pad_h, pad_w = self._padded(height, 0) - height, self._padded(width, 1) - width
         l_norm = normalize_l(l_star.float())[None, None]
         if pad_h or pad_w:
             mode = "reflect" if pad_h < height and pad_w < width else "replicate"
             l_norm = F.pad(l_norm, (0, pad_w, 0, pad_h), mode=mode)
         full_h, full_w = l_norm.shape[-2:]
-        tile_h, tile_w = min(self.tile, full_h), min(self.tile, full_w)
-        stride = self.tile - self.overlap
-        ys, xs = _tile_starts(full_h, tile_h, stride), _tile_starts(full_w, tile_w, stride)
+        tile_h, tile_w = min(self.tiles[0], full_h), min(self.tiles[1], full_w)
+        ys = _tile_starts(full_h, tile_h, self.tiles[0] - self.overlaps[0])
+        xs = _tile_starts(full_w, tile_w, self.tiles[1] - self.overlaps[1])
         # Separable blending: every tile's weight is wy(y) * wx(x), so their sum is Wy(y) * Wx(x).
-        wx = [self._weights(xs, j, tile_w) for j in range(len(xs))]
-        wy = [self._weights(ys, i, tile_h) for i in range(len(ys))]
-        norm_x = torch.zeros(self._out(full_w), dtype=torch.float64)
+        wx = [self._weights(xs, j, tile_w, 1) for j in range(len(xs))]
+        wy = [self._weights(ys, i, tile_h, 0) for i in range(len(ys))]
+        norm_x = torch.zeros(self._out(full_w, 1), dtype=torch.float64)
         for j, x0 in enumerate(xs):
-            norm_x[self._out(x0): self._out(x0) + len(wx[j])] += wx[j]
+            norm_x[self._out(x0, 1): self._out(x0, 1) + len(wx[j])] += wx[j]
         result = np.zeros((out_h, out_w, 3), dtype=np.uint8)
         band: Tensor | None = None  # (3, rows, W) weighted sums of L*, a*, b* for rows band_y0.. on
-        band_y0, norm_y = 0, torch.zeros(self._out(full_h), dtype=torch.float64)
+        band_y0, norm_y = 0, torch.zeros(self._out(full_h, 0), dtype=torch.float64)
         for i, y0 in enumerate(ys):
-            oy0, th = self._out(y0), len(wy[i])
+            oy0, th = self._out(y0, 0), len(wy[i])
             norm_y[oy0: oy0 + th] += wy[i]
             needed = oy0 + th - band_y0
-            grown = torch.zeros(3, needed, self._out(full_w), dtype=torch.float64)
+            grown = torch.zeros(3, needed, self._out(full_w, 1), dtype=torch.float64)
             if band is not None:
                 grown[:, : band.shape[1]] = band
             band = grown
             for j, x0 in enumerate(xs):
                 lab = self._tile(l_norm[..., y0: y0 + tile_h, x0: x0 + tile_w])
                 weight = wy[i][:, None] * wx[j][None, :]
-                ox0 = self._out(x0)
+                ox0 = self._out(x0, 1)
                 band[:, oy0 - band_y0: oy0 - band_y0 + th, ox0: ox0 + len(wx[j])] += lab * weight
-            done = self._out(ys[i + 1]) if i + 1 < len(ys) else oy0 + th  # rows no later tile touches
+            done = self._out(ys[i + 1], 0) if i + 1 < len(ys) else oy0 + th  # rows no later tile touches
             rows = done - band_y0
             finished = band[:, :rows] / (norm_y[band_y0:done, None] * norm_x[None, :])
             self._write(result, finished, band_y0, out_h, out_w)
             band, band_y0 = band[:, rows:], done
         return result
 
-    def _padded(self, n: int) -> int:
-        return -(-max(n, 16) // self.q) * self.q
+    def _padded(self, n: int, axis: int) -> int:
+        q = self.qs[axis]
+        return -(-max(n, 16) // q) * q
 
-    def _weights(self, starts: list[int], k: int, tile: int) -> Tensor:
-        ramp_before = self._out(starts[k - 1] + tile - starts[k]) if k > 0 else 0
-        ramp_after = self._out(starts[k] + tile - starts[k + 1]) if k + 1 < len(starts) else 0
-        return _ramp(self._out(tile), ramp_before, ramp_after)
+    def _weights(self, starts: list[int], k: int, tile: int, axis: int) -> Tensor:
+        ramp_before = self._out(starts[k - 1] + tile - starts[k], axis) if k > 0 else 0
+        ramp_after = self._out(starts[k] + tile - starts[k + 1], axis) if k + 1 < len(starts) else 0
+        return _ramp(self._out(tile, axis), ramp_before, ramp_after)
 
     def _tile(self, l_tile: Tensor) -> Tensor:
-        out = _net_outputs(self.net, l_tile.to(self.device))
-        size = (self._out(l_tile.shape[-2]), self._out(l_tile.shape[-1]))
+        size = (self._out(l_tile.shape[-2], 0), self._out(l_tile.shape[-1], 1))
+        out = _net_outputs(self.net, l_tile.to(self.device), out_hw=size)
         ab = out["ab"].float()
         if tuple(ab.shape[-2:]) != size:
             raise ValueError(f"the network maps a {tuple(l_tile.shape[-2:])} tile to {tuple(ab.shape[-2:])}, expected {size} "
-                             f"(scale {self.scale}): is it fully convolutional?")
+                             f"(scale {self.scales[0]} x {self.scales[1]}): is it fully convolutional?")
         l_own = out["l"].float() if out.get("l") is not None else upscale_l(l_tile.to(self.device), size)
         return torch.cat([l_own, ab], dim=1)[0].double().cpu()
 
@@ -242,6 +250,65 @@ def _device(name: str) -> torch.device:
     return torch.device(name)
 
 
+def _fraction(value: Any, key: str) -> Fraction:
+    try:
+        fraction = Fraction(str(value))  # str: 3.2 -> 16/5, not the binary float's 3602879701896397/1125899906842624
+    except (TypeError, ValueError, ZeroDivisionError):
+        raise ConfigError(f"{key} must be a number or [rows, columns] numbers, got {value!r}") from None
+    if fraction <= 1:
+        raise ConfigError(f"{key} must be > 1 (an output larger than the input), got {value}")
+    return fraction
+
+
+def requested_size(cfg: DictConfig, net: torch.nn.Module, native: Fraction,
+                   files: list[Path]) -> Callable[[int, int], tuple[Fraction, Fraction]]:
+    """Photo mode: ``(height, width)`` of an input -> ``(row, column)`` scales of its output, from
+    ``scale`` / ``output_size`` (default: the model's own scale). Checked at start-up: a scale
+    <= 1, an output smaller than an input or with a side over ``max_output_side`` (input sizes
+    read from the file headers), and a fixed-scale model asked for another scale."""
+    scale, size = cfg.get("scale"), cfg.get("output_size")
+    if scale is not None and size is not None:
+        raise ConfigError(f"set scale=S or output_size=[W,H], not both (got scale={scale}, output_size={list(size)})")
+    if (scale is not None or size is not None) and cfg.get("mode", "photo") != "photo":
+        raise ConfigError("scale / output_size apply to mode=photo (mode=reference scores the model's own data task)")
+    max_side = int(cfg.get("max_output_side") or 16384)
+    if scale is not None:
+        parts = list(scale) if isinstance(scale, (list, tuple)) or hasattr(scale, "__len__") and not isinstance(scale, str) else [scale, scale]
+        if len(parts) != 2:
+            raise ConfigError(f"scale must be a number or [rows, columns], got {list(parts)}")
+        factors = (_fraction(parts[0], "scale"), _fraction(parts[1], "scale"))
+        rule = lambda h, w: factors  # noqa: E731
+    elif size is not None:
+        try:
+            out_w, out_h = (int(v) for v in size)
+        except (TypeError, ValueError):
+            raise ConfigError(f"output_size must be [W, H] in pixels, got {size!r}") from None
+        if not 1 <= out_w <= max_side or not 1 <= out_h <= max_side:
+            raise ConfigError(f"output_size=[{out_w}, {out_h}]: each side must be in [1, max_output_side={max_side}]")
+        rule = lambda h, w: (Fraction(out_h, h), Fraction(out_w, w))  # noqa: E731
+    else:
+        return lambda h, w: (native, native)
+    if not getattr(net, "any_scale", False):
+        what = f"scale={scale}" if scale is not None else f"output_size={list(size)}"
+        if scale is None or factors != (native, native):
+            raise ConfigError(f"{what}: {type(net).__name__} is fixed-scale (x{float(native):.4g}); only an any-scale model "
+                              "serves other sizes: train one with model.net.upsampler=implicit (docs/models.md, "
+                              "'Continuous magnification'), or leave scale/output_size unset")
+    for path in files:
+        try:
+            with Image.open(path) as image:
+                width, height = image.size
+        except (OSError, ValueError):
+            continue  # unreadable: reported (and skipped) when decoded
+        sy, sx = rule(height, width)
+        if sy < 1 or sx < 1:
+            raise ConfigError(f"output_size=[{size[0]}, {size[1]}] is smaller than the input {path} ({width}x{height})")
+        if round(height * sy) > max_side or round(width * sx) > max_side:
+            raise ConfigError(f"{path} ({width}x{height}) at x{float(sy):.4g} x {float(sx):.4g} would be "
+                              f"{round(width * sx)}x{round(height * sy)}: over max_output_side={max_side}")
+    return rule
+
+
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Write one PNG per image of ``cfg.input_dir`` to ``cfg.output_dir``; return counts."""
     mode = cfg.get("mode", "photo")
@@ -267,7 +334,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     input_size, output_size = model_size(system, "input_size"), model_size(system, "output_size")
     if input_size is None or output_size is None:
         raise ConfigError("the model does not say its input_size/output_size (model.net.*)")
-    tiler = TiledColorizer(net, Fraction(output_size, input_size), int(cfg.tile_size), int(cfg.tile_overlap), device)
+    native = Fraction(output_size, input_size)
+    scales_of = requested_size(cfg, net, native, files)
+    tilers: dict[tuple[Fraction, Fraction], TiledColorizer] = {}
     # Reference mode degrades as the run did: the checkpoint's L* downscaling unless set here.
     interpolation = str(cfg.get("lowres_interpolation") or (system.data_task or {}).get("lowres_interpolation") or "bicubic")
     written, failed = 0, []
@@ -281,7 +350,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         if mode == "reference":
             out = reference_prediction(net, rgb, input_size, output_size, interpolation, device)
         else:
-            out = tiler(photo_l_star(rgb))
+            scales = scales_of(*rgb.shape[:2])
+            if scales not in tilers:
+                tilers[scales] = TiledColorizer(net, scales, int(cfg.tile_size), int(cfg.tile_overlap), device)
+            out = tilers[scales](photo_l_star(rgb))
         target = targets[path]
         try:
             with atomic_write(target, "wb", fsync=False) as handle:  # a full disk leaves no truncated PNG behind

@@ -11,12 +11,13 @@ import lightning.pytorch as pl
 import torch
 from torch.utils.data import DataLoader
 
-from joint_colsr.color import rgb_uint8_to_lab_batch
+from joint_colsr.color import resize_uint8, rgb_uint8_to_lab_batch
 from joint_colsr.data.cache import ImageCache
 from joint_colsr.data.datasets import CachedImages, ReferenceImages, collate_samples
 from joint_colsr.data.geometry import augment
 from joint_colsr.data.loaders import CachedBatchLoader, ResumableDataLoader
 from joint_colsr.data.sampler import EpochSeededSampler
+from joint_colsr.data.scales import check_scale_range, check_scales, scale_from_uniform, scale_label, target_side
 from joint_colsr.data.sources import ImageSource
 from joint_colsr.data.views import TRAIN_CROPS, VALIDATION_VIEWS
 from joint_colsr.run.preemption import ignore_preemption_signals_in_worker
@@ -67,6 +68,14 @@ class ColSRDataModule(pl.LightningDataModule):
             :class:`CachedBatchLoader`). Default 2: on the project's 2-core VM one thread
             reached 0.21 to 0.43 of the memcpy roof, two 0.56 to 0.80
             (``python -m joint_colsr.bench.loader``, docs/data.md). They copy only while the ring has room.
+        scale_range: ``[min, max]`` magnifications of any-scale training (null: the one scale
+            ``output_size / input_size``). Each training batch draws one scale ``s`` (see
+            :mod:`joint_colsr.data.scales`) and its targets are the reference images resized
+            down to ``round(input_size * s)`` by the suite's bicubic, so ``output_size`` must
+            reach ``input_size * max`` (checked here): no target is ever enlarged.
+        val_scales: the scales validation scores (each a full pass over the validation
+            images); default with ``scale_range``: its two ends. Validation batches then carry
+            ``by_scale``: ``{label: LAB batch}`` (:func:`~joint_colsr.data.scales.scale_label`).
     """
 
     def __init__(
@@ -94,6 +103,8 @@ class ColSRDataModule(pl.LightningDataModule):
         min_side: int = 16,
         max_aspect: float = 10.0,
         cache_gather_threads: int = 2,
+        scale_range: Sequence[float] | None = None,
+        val_scales: Sequence[float] | None = None,
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -140,6 +151,14 @@ class ColSRDataModule(pl.LightningDataModule):
         if isinstance(cache_gather_threads, bool) or not isinstance(cache_gather_threads, int) or cache_gather_threads < 1:
             raise ValueError(f"data.cache_gather_threads must be a positive integer, got {cache_gather_threads!r}")
         self.cache_gather_threads = cache_gather_threads
+        #: ``(min, max)`` scales of any-scale training, or None (one scale).
+        self.scale_range = None if scale_range is None else check_scale_range(scale_range, input_size, output_size)
+        if val_scales is not None and self.scale_range is None:
+            raise ValueError("data.val_scales needs data.scale_range (any-scale training); eval takes scales=[...] for any model")
+        if self.scale_range is not None and val_scales is None:
+            val_scales = sorted(set(self.scale_range))
+        #: Scales validation scores (any-scale training), or None.
+        self.val_scales = None if val_scales is None else check_scales(val_scales, "data.val_scales", input_size, output_size)
         if min_side < 1 or max_aspect < 1:
             raise ValueError(f"data.min_side ({min_side}) and data.max_aspect ({max_aspect}) must be >= 1")
         self.root = root
@@ -199,6 +218,7 @@ class ColSRDataModule(pl.LightningDataModule):
                 train_items, self.output_size, train=True, length=self.train_samples_per_epoch,
                 crop_scale=self.crop_scale, hflip=self.hflip, label_columns=columns, train_crop=self.train_crop, **self.filters,
             )
+            self.train_set.draw_scale = self.scale_range is not None
         self.val_set = ReferenceImages(val_items, self.output_size, train=False, views=VALIDATION_VIEWS[: self.val_views],
                                        label_columns=columns, **self.filters)
         log.info(
@@ -223,6 +243,7 @@ class ColSRDataModule(pl.LightningDataModule):
             self.train_set = CachedImages(train, self.output_size, train=True, length=self.train_samples_per_epoch,
                                           crop_scale=self.crop_scale, hflip=self.hflip, label_columns=columns,
                                           train_crop=self.train_crop)
+            self.train_set.draw_scale = self.scale_range is not None
             log.info("training from cache %s: %dx%d images; augmentation: %s%s", cache.root, train.size, train.size,
                      "random resized crop" if self.train_set.crop else "whole photo", " + flip" if self.hflip else "")
         self.val_set = CachedImages(cache.splits["val"], self.output_size, train=False,
@@ -307,15 +328,26 @@ class ColSRDataModule(pl.LightningDataModule):
                 batch["slot"].check(batch["generation"])
                 if rgb.is_cuda:
                     batch["slot"].transferred()  # the buffer may be refilled once this copy is done
+            side = self.output_size
+            if self.scale_range is not None and batch.get("scale_u") is not None:  # any-scale training: this batch's scale
+                side = target_side(self.input_size, scale_from_uniform(batch["scale_u"], self.scale_range))
             if "flip" in batch or "boxes" in batch:  # a cache batch: crop and flip here, on the device
-                rgb = augment(rgb, self.output_size, batch.get("flip"), batch.get("boxes"))
-            lab = rgb_uint8_to_lab_batch(rgb, self.input_size, self.lowres_interpolation, compiled=self.compile_lab_conversion)
+                rgb = augment(rgb, side if batch.get("boxes") is not None else self.output_size, batch.get("flip"), batch.get("boxes"))
+            if batch.get("scale_u") is None and self.val_scales is not None:  # validation of any-scale training
+                lab = {"by_scale": {scale_label(s): self.lab_batch(resize_uint8(rgb, (target_side(self.input_size, s),) * 2))
+                                    for s in self.val_scales}}
+            else:
+                lab = self.lab_batch(resize_uint8(rgb, (side, side)))
             lab["index"] = batch["index"]
             lab["skipped"] = batch["skipped"]
             if "labels" in batch:
                 lab["labels"] = batch["labels"].float()  # moved as uint8, used as float
             return lab
         return batch
+
+    def lab_batch(self, rgb: torch.Tensor) -> Any:
+        """``(B, 3, S, S)`` uint8 reference images -> the LAB batch at their size (input at ``input_size``)."""
+        return rgb_uint8_to_lab_batch(rgb, self.input_size, self.lowres_interpolation, compiled=self.compile_lab_conversion)
 
 
 def _single_thread_worker(worker_id: int) -> None:

@@ -22,6 +22,7 @@ from torch.utils.data import Dataset, default_collate
 from joint_colsr.data.decode import ImageDecodeError, unusable_reason
 from joint_colsr.data.geometry import augment
 from joint_colsr.data.sampler import sample_keys, sample_seed, sample_uniforms
+from joint_colsr.data.scales import scale_uniform
 from joint_colsr.data.sources import USABLE_HELP, ImageItem
 from joint_colsr.data.views import (
     BOX_DRAWS,
@@ -92,9 +93,16 @@ class ReferenceSamples(Dataset):
         self.label_columns = label_columns
         default_length = self.num_photos if train else self.num_photos * len(self.views)
         self.length = int(length) if length else default_length
+        #: Training samples carry ``scale_u``, their batch's scale draw (any-scale training;
+        #: set by the data module). :func:`collate_samples` keeps the first sample's.
+        self.draw_scale = False
 
     def __len__(self) -> int:
         return self.length
+
+    def sample_key(self, key: int | tuple[int, int]) -> int:
+        """The sample key (seed) of ``index`` or ``(index, key)``."""
+        return key[1] if isinstance(key, tuple) else sample_seed(0, 0, key)
 
     def locate(self, key: int | tuple[int, int]) -> tuple[int, int, Box | None, np.random.Generator]:
         """``(index, photo, view or None (training), rng)`` of one sample key."""
@@ -189,6 +197,8 @@ class ReferenceImages(ReferenceSamples):
         if self.flip(rng):
             out = out[:, ::-1]
         sample = {"rgb": torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))), "index": index, "skipped": skipped}
+        if self.train and self.draw_scale:
+            sample["scale_u"] = scale_uniform(self.sample_key(key))
         if self.label_columns is not None:
             sample["labels"] = self.labels(item.labels)
         return sample
@@ -343,7 +353,11 @@ def collate_samples(data: list[dict] | dict) -> dict:
     """``default_collate``, except for a batch a dataset's ``__getitems__`` already collated."""
     if isinstance(data, dict):
         return data
-    return default_collate(data)
+    draws = [sample.pop("scale_u") for sample in data if isinstance(sample, dict) and "scale_u" in sample]
+    batch = default_collate(data)
+    if draws:  # one scale per batch: the first sample's draw, a Python float (no tensor to move or read back)
+        batch["scale_u"] = float(draws[0])
+    return batch
 
 
 __all__ = ["VALIDATION_VIEWS", "CachedImages", "ReferenceImages", "ReferenceSamples", "collate_samples", "multi_hot"]

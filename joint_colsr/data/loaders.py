@@ -25,6 +25,7 @@ from torch.utils.data import DataLoader
 
 from joint_colsr.data.datasets import CachedImages
 from joint_colsr.data.geometry import augment
+from joint_colsr.data.scales import scale_uniform
 from joint_colsr.data.sampler import EpochSeededSampler, sample_keys
 
 log = logging.getLogger(__name__)
@@ -225,6 +226,8 @@ class CachedBatchLoader(_ResumableState):
             batch["flip"] = slot.flip[:n]
         if boxes is not None:
             batch["boxes"] = boxes
+        if self.dataset.draw_scale and n:
+            batch["scale_u"] = scale_uniform(int(keys[0]))
         if slot.labels is not None:
             np.take(self.dataset.label_matrix(), photos, axis=0, out=slot.labels.numpy()[:n])
             batch["labels"] = slot.labels[:n]

@@ -20,6 +20,9 @@ BASELINES = ("gray", "bicubic")
 
 
 class _NeutralColour(nn.Module):
+    #: Any output size (``out_hw``): a baseline has no weights tied to a scale.
+    any_scale = True
+
     def __init__(self, input_size: int = 96, output_size: int = 256) -> None:
         super().__init__()
         if not 1 <= input_size <= output_size:
@@ -36,15 +39,17 @@ class GrayBaseline(_NeutralColour):
 
     needs_l_highres = True
 
-    def forward(self, l_lowres: Tensor, l_highres: Tensor) -> dict[str, Tensor]:
+    def forward(self, l_lowres: Tensor, l_highres: Tensor, out_hw: tuple[int, int] | None = None) -> dict[str, Tensor]:
+        if out_hw is not None and tuple(out_hw) != tuple(l_highres.shape[-2:]):
+            raise ValueError(f"the gray baseline delivers l_highres's size {tuple(l_highres.shape[-2:])}, not {tuple(out_hw)}")
         return {"ab": torch.zeros_like(l_highres).repeat(1, 2, 1, 1), "l": l_highres}
 
 
 class BicubicBaseline(_NeutralColour):
     """a* = b* = 0 and the input L* upscaled bicubically (PIL's kernel): ``{"ab", "l"}``."""
 
-    def forward(self, l_lowres: Tensor) -> dict[str, Tensor]:
-        l_up = upscale_l(l_lowres, self.output_hw(tuple(l_lowres.shape[-2:])))
+    def forward(self, l_lowres: Tensor, out_hw: tuple[int, int] | None = None) -> dict[str, Tensor]:
+        l_up = upscale_l(l_lowres, tuple(out_hw) if out_hw is not None else self.output_hw(tuple(l_lowres.shape[-2:])))
         return {"ab": torch.zeros_like(l_up).repeat(1, 2, 1, 1), "l": l_up}
 
 

@@ -23,6 +23,10 @@ What the paper leaves open, and what we decided (docs/architecture.md has the re
 * **Initialization**: the output conv starts at zero, so an untrained network predicts
   gray (a* = b* = 0), the baseline every colorizer must beat.
 * **LeakyReLU slope**: 0.2 (pix2pix-style encoder-decoders); configurable.
+* **Any magnification** (``upsampler="implicit"``, not in the paper): decoder convs 1-5
+  bring the code back to the *input* resolution (6 -> 12 -> 24 -> 48 -> 96, 32 channels),
+  and a continuous upsampler (:class:`~joint_colsr.nets.implicit.ImplicitUpsampler`)
+  replaces convs 6-8, queried at whatever output size the call asks for.
 """
 
 from __future__ import annotations
@@ -31,6 +35,10 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from joint_colsr.nets.blocks import ConvBNAct, make_output_activation, scaled_width
+from joint_colsr.nets.implicit import ImplicitUpsampler, check_upsampler, output_hw_for
+
+#: Decoder convs (of Table II) that run before an implicit upsampler: they reach the input resolution.
+IMPLICIT_DECODER_CONVS = 5
 
 #: Table I: (filters, stride) of each encoder convolution; kernel 3, padding 1.
 ENCODER_TABLE: tuple[tuple[int, int], ...] = ((64, 2), (128, 2), (128, 1), (256, 2), (256, 1), (512, 2))
@@ -92,10 +100,16 @@ class JointPaperNet(nn.Module):
         upsample_mode: ``"nearest"`` (the paper) or ``"bilinear"``.
         in_channels: input channels (1: L*).
         out_channels: output channels (2: a*b*).
+        upsampler: ``"fixed"`` (Table II's decoder, one magnification) or ``"implicit"``
+            (any output size; see the module docs).
+        implicit_hidden: hidden width of the implicit upsampler's MLP (times ``width_mult``).
+        implicit_layers: hidden layers of that MLP.
 
     Shapes:
         ``(B, in_channels, r, r) -> (B, out_channels, round(r * s), round(r * s))`` with
-        ``s = output_size / input_size``; non-square inputs scale each side alike.
+        ``s = output_size / input_size``; non-square inputs scale each side alike. With
+        ``upsampler="implicit"``, ``forward(x, out_hw=(H, W))`` returns ``(B, out_channels, H, W)``
+        for any ``H, W >= 1`` (:attr:`any_scale`).
     """
 
     def __init__(
@@ -108,8 +122,14 @@ class JointPaperNet(nn.Module):
         upsample_mode: str = "nearest",
         in_channels: int = 1,
         out_channels: int = 2,
+        upsampler: str = "fixed",
+        implicit_hidden: int = 64,
+        implicit_layers: int = 2,
     ) -> None:
         super().__init__()
+        self.upsampler = check_upsampler(upsampler)
+        #: Whether ``forward`` takes ``out_hw`` (any output size).
+        self.any_scale = upsampler == "implicit"
         if input_size < 16:
             raise ValueError(f"input_size must be >= 16 (the encoder divides by 16), got {input_size}")
         if output_size < input_size:
@@ -127,31 +147,50 @@ class JointPaperNet(nn.Module):
         self.encoder = nn.Sequential(*layers)
 
         self.decoder = nn.ModuleList()
-        for width in dec_widths[:-1]:
+        for width in dec_widths[: IMPLICIT_DECODER_CONVS if self.any_scale else -1]:
             self.decoder.append(ConvBNAct(prev, width, negative_slope=negative_slope))
             prev = width
         self.upsample = _UpsampleTo(upsample_mode)
-        self.head = nn.Conv2d(prev, out_channels, kernel_size=3, stride=1, padding=1)
+        if self.any_scale:
+            self.implicit = ImplicitUpsampler(prev, out_channels, hidden=scaled_width(implicit_hidden, width_mult),
+                                              layers=implicit_layers, negative_slope=negative_slope)
+        else:
+            self.head = nn.Conv2d(prev, out_channels, kernel_size=3, stride=1, padding=1)
+            # Start from the gray prediction (a* = b* = 0): a random head paints random colours,
+            # far worse than gray, and wastes the first epochs undoing them.
+            nn.init.zeros_(self.head.weight)
+            nn.init.zeros_(self.head.bias)
         self.head_activation = make_output_activation(output_activation)
-        # Start from the gray prediction (a* = b* = 0): a random head paints random colours,
-        # far worse than gray, and wastes the first epochs undoing them.
-        nn.init.zeros_(self.head.weight)
-        nn.init.zeros_(self.head.bias)
 
     def output_hw(self, in_hw: tuple[int, int]) -> tuple[int, int]:
         """Output ``(H, W)`` for an input of ``in_hw``."""
         return tuple(int(round(s * self.scale)) for s in in_hw)  # type: ignore[return-value]
 
-    def forward(self, l_lowres: Tensor) -> Tensor:
-        """``(B, 1, r, r)`` normalized L* -> ``(B, 2, S, S)`` normalized a*b*."""
+    def forward(self, l_lowres: Tensor, out_hw: tuple[int, int] | None = None) -> Tensor:
+        """``(B, 1, r, r)`` normalized L* -> ``(B, 2, S, S)`` normalized a*b* (``out_hw``: implicit only)."""
         if l_lowres.dim() != 4:
             raise ValueError(f"expected (B, C, H, W) input, got shape {tuple(l_lowres.shape)}")
+        if self.any_scale:
+            return self._forward_implicit(l_lowres, out_hw)
+        if out_hw is not None and tuple(out_hw) != self.output_hw(tuple(l_lowres.shape[-2:])):
+            raise ValueError(f"this JointPaperNet is fixed-scale (x{self.scale:.4g}): it cannot produce {tuple(out_hw)} "
+                             f"from {tuple(l_lowres.shape[-2:])}; train one with model.net.upsampler=implicit for any size")
         out_h, out_w = self.output_hw(tuple(l_lowres.shape[-2:]))
         x = self.encoder(l_lowres)
         sizes = list(zip(decoder_upsample_sizes(x.shape[-2], out_h), decoder_upsample_sizes(x.shape[-1], out_w)))
         for layer, size in zip(self.decoder, sizes):
             x = self.upsample(layer(x), size)
         return self.head_activation(self.head(x))
+
+    def _forward_implicit(self, l_lowres: Tensor, out_hw: tuple[int, int] | None) -> Tensor:
+        in_h, in_w = l_lowres.shape[-2:]
+        out_hw = output_hw_for((in_h, in_w), None, out_hw, self.scale)
+        x = self.encoder(l_lowres)
+        steps = len(self.decoder)
+        sizes = list(zip(decoder_upsample_sizes(x.shape[-2], in_h, steps), decoder_upsample_sizes(x.shape[-1], in_w, steps)))
+        for layer, size in zip(self.decoder, sizes):
+            x = self.upsample(layer(x), size)
+        return self.head_activation(self.implicit(x, out_hw))
 
 
 def count_parameters(module: nn.Module, trainable_only: bool = True) -> int:

@@ -23,6 +23,12 @@ answer to "where does the high-resolution L* come from". This net is that list:
 * ``predicted``: the net also predicts L* (bicubic input + a learned residual from the
   upsampled features) and uses its own prediction as guidance; it returns ``l`` and the
   system adds an L* loss (``l_loss_weight``): a true joint SR + colorization model.
+
+``upsampler="implicit"`` (any magnification): the trunk's features at the input resolution go
+to a continuous upsampler (:class:`~joint_colsr.nets.implicit.ImplicitUpsampler`) queried at
+the requested output size, with the guide L* at each output pixel as an extra input; it
+replaces the sub-pixel upsampler, the guided decoder and the heads. With ``predicted`` its
+first output channel is the L* residual over the bicubic input.
 """
 
 from __future__ import annotations
@@ -32,6 +38,7 @@ from torch import Tensor, nn
 
 from joint_colsr.color import upscale_l
 
+from joint_colsr.nets.implicit import ImplicitUpsampler, check_upsampler, output_hw_for
 from joint_colsr.nets.blocks import (
     ConvBNAct,
     PixelShuffleUpsampler,
@@ -64,6 +71,9 @@ class ResidualJointNet(nn.Module):
         final_resize: interpolation of the final resize for non-power-of-two scales.
         negative_slope: LeakyReLU slope in the guided decoder.
         output_activation: ``tanh`` | ``none``.
+        upsampler: ``fixed`` (sub-pixel stages to one magnification) | ``implicit`` (any size).
+        implicit_hidden: hidden width of the implicit upsampler's MLP (times ``width_mult``).
+        implicit_layers: hidden layers of that MLP.
 
     Shapes:
         ``l_lowres (B, 1, h, w)`` [and ``l_highres (B, 1, h*s, w*s)`` for ``gt``] ->
@@ -84,9 +94,15 @@ class ResidualJointNet(nn.Module):
         final_resize: str = "bicubic",
         negative_slope: float = 0.2,
         output_activation: str = "tanh",
+        upsampler: str = "fixed",
+        implicit_hidden: int = 64,
+        implicit_layers: int = 2,
     ) -> None:
         super().__init__()
         check_sizes(input_size, output_size)
+        self.upsampler = check_upsampler(upsampler)
+        #: Whether ``forward`` takes ``out_hw`` (any output size).
+        self.any_scale = upsampler == "implicit"
         if l_source not in L_SOURCES:
             raise ValueError(f"l_source must be one of {', '.join(L_SOURCES)}, got {l_source!r}")
         if blocks < 0:
@@ -102,6 +118,11 @@ class ResidualJointNet(nn.Module):
         self.head = nn.Sequential(nn.Conv2d(1, c, 3, padding=1), nn.PReLU(c))
         self.trunk = nn.Sequential(*[ResidualBlock(c, batch_norm) for _ in range(blocks)])
         self.trunk_tail = nn.Sequential(nn.Conv2d(c, c, 3, padding=1, bias=False), nn.BatchNorm2d(c))
+        self.head_activation = make_output_activation(output_activation)
+        if self.any_scale:
+            self.implicit = ImplicitUpsampler(c, 3 if l_source == "predicted" else 2, hidden=scaled_width(implicit_hidden, width_mult),
+                                              layers=implicit_layers, guide_channels=1, negative_slope=negative_slope)
+            return
         self.upsample = PixelShuffleUpsampler(c, d, factors) if factors else nn.Conv2d(c, d, 3, padding=1)
         if l_source == "predicted":
             self.l_head = nn.Conv2d(d, 1, 3, padding=1)
@@ -113,14 +134,26 @@ class ResidualJointNet(nn.Module):
             ConvBNAct(d, d, negative_slope=negative_slope),
         )
         self.head_ab = nn.Conv2d(d, 2, 3, padding=1)
-        self.head_activation = make_output_activation(output_activation)
         nn.init.zeros_(self.head_ab.weight)
         nn.init.zeros_(self.head_ab.bias)
 
-    def forward(self, l_lowres: Tensor, l_highres: Tensor | None = None) -> Tensor | dict[str, Tensor]:
-        """``(B, 1, h, w)`` normalized L* -> a*b* ``(B, 2, h*s, w*s)`` (a dict with ``l`` unless ``gt``)."""
+    def forward(self, l_lowres: Tensor, l_highres: Tensor | None = None,
+                out_hw: tuple[int, int] | None = None) -> Tensor | dict[str, Tensor]:
+        """``(B, 1, h, w)`` normalized L* -> a*b* ``(B, 2, h*s, w*s)`` (a dict with ``l`` unless ``gt``).
+
+        ``out_hw``: the output size, for an implicit upsampler only (default: the input times
+        the built scale; with ``gt``, ``l_highres``'s size)."""
         check_image(l_lowres, 1, "l_lowres")
-        out_hw = scaled_hw(tuple(l_lowres.shape[-2:]), self.scale)
+        if self.any_scale:
+            if out_hw is None and l_highres is not None:
+                out_hw = tuple(l_highres.shape[-2:])
+            out_hw = output_hw_for(tuple(l_lowres.shape[-2:]), None, out_hw, self.scale)
+        else:
+            fixed = scaled_hw(tuple(l_lowres.shape[-2:]), self.scale)
+            if out_hw is not None and tuple(out_hw) != fixed:
+                raise ValueError(f"this ResidualJointNet is fixed-scale (x{self.scale:.4g}): it cannot produce {tuple(out_hw)} "
+                                 f"from {tuple(l_lowres.shape[-2:])}; train one with model.net.upsampler=implicit for any size")
+            out_hw = fixed
         if self.needs_l_highres:
             if l_highres is None:
                 raise ValueError("l_source='gt' needs the ground-truth L* guide: call net(l_lowres, l_highres=...)")
@@ -129,6 +162,8 @@ class ResidualJointNet(nn.Module):
                 raise ValueError(f"l_highres must be {out_hw} for an input of {tuple(l_lowres.shape[-2:])}, got {tuple(l_highres.shape[-2:])}")
         feat = self.head(l_lowres)
         feat = feat + self.trunk_tail(self.trunk(feat))
+        if self.any_scale:
+            return self._implicit_outputs(feat, l_lowres, l_highres, out_hw)
         feat = resize(self.upsample(feat), out_hw, self.final_resize)
         if self.l_source == "gt":
             guide = l_highres
@@ -141,3 +176,12 @@ class ResidualJointNet(nn.Module):
             return ab
         return {"ab": ab, "l": guide}
 
+    def _implicit_outputs(self, feat: Tensor, l_lowres: Tensor, l_highres: Tensor | None,
+                          out_hw: tuple[int, int]) -> Tensor | dict[str, Tensor]:
+        guide = l_highres if self.l_source == "gt" else upscale_l(l_lowres, out_hw)
+        out = self.implicit(feat, out_hw, guide=guide.to(feat.dtype))
+        if self.l_source == "gt":
+            return self.head_activation(out)
+        ab = self.head_activation(out[:, -2:])
+        l_own = guide + out[:, :1] if self.l_source == "predicted" else guide
+        return {"ab": ab, "l": l_own}

@@ -523,6 +523,11 @@ def check_model_output(system: pl.LightningModule, cfg: DictConfig) -> None:
     any data is read; costs one forward pass of one image.
     """
     r, s = int(cfg.data.input_size), int(cfg.data.output_size)
+    if select(cfg, "data.scale_range") is not None and not getattr(getattr(system, "net", None), "any_scale", False):
+        raise ConfigError(
+            f"data.scale_range={list(select(cfg, 'data.scale_range'))} trains at a new scale every batch, and model "
+            f"'{cfg.model.get('net', {}).get('_target_', cfg.model._target_)}' has one fixed scale: use "
+            "model.net.upsampler=implicit (model=joint_paper or residual_joint), or data.scale_range=null")
     batch = {"l_lowres": torch.zeros(1, 1, r, r), "l_highres": torch.zeros(1, 1, s, s)}
     was_training = system.training
     system.eval()

@@ -23,7 +23,7 @@ from joint_colsr.metrics import colorization_psnr
 SYSTEM_CLASS_KEY = "system_class"
 DATA_TASK_KEY = "data_task"
 #: The data module attributes that define the task (what eval / predict must reproduce).
-DATA_TASK_FIELDS = ("input_size", "output_size", "lowres_interpolation", "with_labels", "filters")
+DATA_TASK_FIELDS = ("input_size", "output_size", "lowres_interpolation", "with_labels", "filters", "scale_range")
 
 
 def uses_ground_truth_l(net: nn.Module) -> bool:
@@ -184,7 +184,11 @@ class ColSRSystem(pl.LightningModule):
         The network contract (every net in :mod:`joint_colsr.nets`):
 
         * input: ``net(l_lowres)``; a net whose attribute ``needs_l_highres`` is true is
-          called as ``net(l_lowres, l_highres=...)`` (ground-truth L* as guidance);
+          called as ``net(l_lowres, l_highres=...)`` (ground-truth L* as guidance); a net
+          whose attribute ``any_scale`` is true also gets ``out_hw=(H, W)``: the batch's
+          ``out_hw`` when it has one (prediction at a chosen size), else the size of its
+          ``ab_target`` (training and evaluation at the batch's scale), else None (the net's
+          built scale);
         * output: a tensor of a*b*, or a dict with ``"ab"`` and optionally ``"l"``
           (its own high-resolution L*, normalized) and ``"logits"`` (class scores).
 
@@ -198,13 +202,7 @@ class ColSRSystem(pl.LightningModule):
         """
         if net is None:
             net = self.net if self.training else self.eval_net
-        kwargs = {}
-        if getattr(net, "needs_l_highres", False):
-            if batch.get("l_highres") is None:
-                raise ValueError(f"{type(net).__name__} needs ground-truth L* (l_highres) as guidance")
-            kwargs["l_highres"] = batch["l_highres"]
-        out = net(batch["l_lowres"], **kwargs)
-        return dict(out) if isinstance(out, Mapping) else {"ab": out}
+        return call_net(net, batch["l_lowres"], batch.get("l_highres"), requested_output_hw(batch))
 
     def supervised_losses(self, out: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The weighted pixel (and label) losses of the net's outputs.
@@ -241,7 +239,8 @@ class ColSRSystem(pl.LightningModule):
         if pred.shape != target.shape:
             raise ValueError(
                 f"network {what} output {tuple(pred.shape)} does not match target {tuple(target.shape)}: "
-                "model.net.output_size must equal data.output_size"
+                "model.net.output_size must equal data.output_size (and data.scale_range, which varies the "
+                "target size, needs an any-scale net: model.net.upsampler=implicit)"
             )
 
     def _log_train_losses(self, losses: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> None:
@@ -272,14 +271,30 @@ class ColSRSystem(pl.LightningModule):
         self._log_train_losses(losses, batch)
         return losses["loss"]
 
-    def validation_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> None:
+    def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
+        scaled = batch.get("by_scale")
+        if scaled is None:
+            self._validate(batch, keep_examples=batch_idx == 0)
+            return
+        # Any-scale training (data.val_scales): the same photos at every scale. val/* are the
+        # means over scales (what selects the best checkpoint); val_scale/*_x<S> each scale.
+        for i, (label, sub) in enumerate(scaled.items()):
+            psnr, psnr_joint = self._validate(sub, keep_examples=batch_idx == 0 and i == len(scaled) - 1)
+            n = psnr.shape[0]
+            self.log(f"val_scale/psnr_x{label}", psnr.mean(), batch_size=n)
+            if psnr_joint is not None:
+                self.log(f"val_scale/psnr_joint_x{label}", psnr_joint.mean(), batch_size=n)
+
+    def _validate(self, batch: Mapping[str, Tensor], keep_examples: bool) -> tuple[Tensor, Tensor | None]:
+        """Score one validation batch into the epoch's metrics: per-image protocol 1 and 2 PSNR (None: GT-L* guided)."""
         out = self.infer(batch)
         ab_pred = out["ab"]
         losses = self.supervised_losses(out, batch)  # the training objective, every term
         n = ab_pred.shape[0]
+        psnr, psnr_joint = colorization_psnr(batch["l_highres"], ab_pred, batch["rgb_target"]), None
         self.val_loss.update(losses["loss"], weight=n)
         self.val_loss_ab.update(losses["loss_ab"], weight=n)
-        self.val_psnr.update(colorization_psnr(batch["l_highres"], ab_pred, batch["rgb_target"]))
+        self.val_psnr.update(psnr)
         self.val_psnr_gray.update(colorization_psnr(batch["l_highres"], torch.zeros_like(ab_pred), batch["rgb_target"]))
         self.log("val/loss", self.val_loss, prog_bar=True, batch_size=n)
         self.log("val/loss_ab", self.val_loss_ab, batch_size=n)
@@ -290,12 +305,14 @@ class ColSRSystem(pl.LightningModule):
             self.log("val/loss_l", self.val_loss_l, batch_size=n)
         if not self.uses_ground_truth_l:
             l_own = out["l"].float() if "l" in out else upscale_l(batch["l_lowres"], tuple(ab_pred.shape[-2:]))
-            self.val_psnr_joint.update(colorization_psnr(l_own, ab_pred, batch["rgb_target"]))
+            psnr_joint = colorization_psnr(l_own, ab_pred, batch["rgb_target"])
+            self.val_psnr_joint.update(psnr_joint)
             self.log("val/psnr_joint", self.val_psnr_joint, prog_bar=True, batch_size=n)
-        if batch_idx == 0:
+        if keep_examples:
             keep = ("l_lowres", "l_highres", "rgb_target")
             self.val_examples = {k: batch[k][:16].detach().cpu() for k in keep}
             self.val_examples["ab_pred"] = ab_pred[:16].detach().float().cpu()
+        return psnr, psnr_joint
 
     def configure_optimizers(self) -> Any:
         hp = self.hparams
@@ -307,6 +324,34 @@ class ColSRSystem(pl.LightningModule):
             "optimizer": optimizer,
             "lr_scheduler": {"scheduler": scheduler, "monitor": hp.scheduler_monitor, "interval": hp.scheduler_interval},
         }
+
+
+def call_net(net: nn.Module, l_lowres: Tensor, l_highres: Tensor | None = None,
+             out_hw: tuple[int, int] | None = None) -> dict[str, Tensor]:
+    """Call any network of the suite by its contract (see :meth:`ColSRSystem.infer`): ``l_highres``
+    only to nets that declare ``needs_l_highres``, ``out_hw`` only to nets that declare
+    ``any_scale`` (a fixed-scale net produces its own size); the outputs as a dict.
+
+    Raises:
+        ValueError: a guided net without ``l_highres``.
+    """
+    kwargs: dict[str, Any] = {}
+    if getattr(net, "needs_l_highres", False):
+        if l_highres is None:
+            raise ValueError(f"{type(net).__name__} needs ground-truth L* (l_highres) at the output size as guidance")
+        kwargs["l_highres"] = l_highres
+    if getattr(net, "any_scale", False):
+        kwargs["out_hw"] = out_hw
+    out = net(l_lowres, **kwargs)
+    return dict(out) if isinstance(out, Mapping) else {"ab": out}
+
+
+def requested_output_hw(batch: Mapping[str, Any]) -> tuple[int, int] | None:
+    """The output ``(H, W)`` a batch asks of an any-scale net: ``out_hw``, else ``ab_target``'s size, else None."""
+    if batch.get("out_hw") is not None:
+        return tuple(int(v) for v in batch["out_hw"])  # type: ignore[return-value]
+    target = batch.get("ab_target")
+    return tuple(target.shape[-2:]) if target is not None else None
 
 
 def saved_system_class(path: str | os.PathLike) -> str:
