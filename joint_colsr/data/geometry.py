@@ -19,15 +19,19 @@ that ``resize_bicubic`` gives a signal of the crop's height resized to ``size``;
 the same for columns, with its rows reversed when the sample is flipped (the flip costs
 nothing). The weights are the kernel's own: ``resize_bicubic`` of an identity matrix, once
 per side length ``1..H`` and output size, kept per device as bands of a few taps
-(:func:`_weight_bank`). A batch then costs about 30 kernel launches and no host read,
-whatever its size and however many crop sizes it holds: no loop per sample or per crop
-size, and the boxes are never read back on the host (nothing waits for the device).
+(:func:`_weight_bank`). A batch then costs 45 aten calls on the host (a test counts them
+at batch 16 and 256) and no host read, whatever its size and however many crop sizes it
+holds: no loop per sample or per crop size, and the boxes are never read back on the host
+(nothing waits for the device).
 
-Cost: ``B * C * size * W * (H + size) * 2`` float32 multiply-adds (97 GFLOP at batch 256,
-384-pixel images, 256 output; a few ms on a current GPU), and at peak about
+Cost: ``B * C * size * W * (H + size)`` float32 multiply-adds (97 GFLOP at batch 256,
+384-pixel images, 256 output: a few ms at a current GPU's tens of float32 TFLOP/s, not yet
+timed on one; on a CPU about 3x the time of resizing each crop alone: 2.0 vs 0.6 ms per
+image on the 2-core VM), and at peak about
 ``B * 4 * (C*H*W + C*size*W + 2*size*(H + taps))`` bytes (~1.0 GB at that batch: the
 float32 copy of the images dominates). The products run in full float32 whatever
-``torch.set_float32_matmul_precision`` says (TF32 would move uint8 results by a level).
+``torch.set_float32_matmul_precision`` says (TF32's 10-bit mantissa would move many uint8
+results by a level).
 Against ``resize_bicubic`` of each crop the results differ only by float32 rounding
 (summation order); the file path resizes PIL's fractional boxes instead (docs/data.md says
 how far apart the two are).
