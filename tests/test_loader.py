@@ -160,6 +160,14 @@ def test_crop_resize_ignores_tf32_and_restores_the_setting():
         assert torch.get_float32_matmul_precision() == "medium"
     finally:
         torch.set_float32_matmul_precision(before)
+    backend = getattr(torch.backends.mkldnn, "matmul", None)
+    if backend is not None and hasattr(backend, "fp32_precision"):  # torch >= 2.9's per-backend setting
+        old = backend.fp32_precision
+        backend.fp32_precision = "tf32"  # now the global getter refuses to answer
+        try:
+            assert torch.equal(crop_resize(images, boxes, 32), exact) and backend.fp32_precision == "tf32"
+        finally:
+            backend.fp32_precision = old
 
 
 class _AtenCalls(TorchDispatchMode):

@@ -145,17 +145,22 @@ def _resize_matrices(band: Tensor, start: Tensor, lengths: Tensor, offsets: Tens
 
 @contextlib.contextmanager
 def _float32_products(device: torch.device) -> Iterator[None]:
-    """Full float32 matrix products: no TF32 (``set_float32_matmul_precision``) and no autocast."""
-    before = torch.get_float32_matmul_precision()
-    if before != "highest":
-        torch.set_float32_matmul_precision("highest")
-    autocast = torch.autocast(device.type, enabled=False) if device.type in ("cuda", "cpu") else contextlib.nullcontext()
+    """Full float32 matrix products: no TF32 (``set_float32_matmul_precision``, or torch >= 2.9's
+    per-backend ``fp32_precision``) and no autocast; the settings are restored after."""
+    restore = contextlib.ExitStack()
     try:
-        with autocast:
-            yield
-    finally:
+        before = torch.get_float32_matmul_precision()
         if before != "highest":
-            torch.set_float32_matmul_precision(before)
+            torch.set_float32_matmul_precision("highest")
+            restore.callback(torch.set_float32_matmul_precision, before)
+    except RuntimeError:  # torch >= 2.9 refuses the global setting once a backend's own was set: use that
+        backend = torch.backends.cuda.matmul if device.type == "cuda" else torch.backends.mkldnn.matmul
+        restore.callback(setattr, backend, "fp32_precision", backend.fp32_precision)
+        backend.fp32_precision = "ieee"
+    with restore:
+        if device.type in ("cuda", "cpu"):
+            restore.enter_context(torch.autocast(device.type, enabled=False))
+        yield
 
 
 def _device_boxes(boxes: Tensor | np.ndarray, images: Tensor) -> Tensor:
