@@ -9,7 +9,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from joint_colsr.color import resize_bicubic
 from joint_colsr.data import (
     ColSRDataModule,
     EpochSeededSampler,
@@ -27,6 +29,7 @@ from joint_colsr.data.views import (
     resize_box,
     whole_pixel_boxes,
 )
+from joint_colsr.run.syncs import HostReadRecorder
 from joint_colsr.train import train
 
 from .conftest import assert_bitwise_equal, checkpoint_weights, random_photo
@@ -115,7 +118,101 @@ def test_hflip_and_augment():
     assert torch.equal(out[0], images[0].flip(-1)) and torch.equal(out[1], images[1])
     flipped = augment(images, 2, torch.tensor([False, True]), np.array([[0, 0, 4, 4], [0, 0, 4, 4]]))
     assert torch.equal(flipped[1], crop_resize(images[1:], np.array([[0, 0, 4, 4]]), 2)[0].flip(-1))
+    assert torch.equal(flipped[0], crop_resize(images[:1], torch.tensor([[0, 0, 4, 4]]), 2)[0])  # a tensor: the same
     assert augment(images, 4) is images
+
+
+def _random_boxes(rng: np.random.Generator, count: int, side: int) -> np.ndarray:
+    """Whole-pixel boxes of any size (1 pixel to the whole image) and place."""
+    left, top = rng.integers(0, side, count), rng.integers(0, side, count)
+    return np.stack([left, top, rng.integers(left + 1, side + 1), rng.integers(top + 1, side + 1)], 1)
+
+
+def test_batched_crop_resize_is_resize_bicubic_of_each_crop():
+    """The batch at once (two products with the kernel's weights) = resize_bicubic of each
+    crop alone (what the per-crop-size loop did), up to float32 rounding; flips included."""
+    rng = np.random.default_rng(1)
+    for side, size in ((96, 32), (40, 64)):  # down (crops of 1 to 96 pixels a side) and up
+        boxes = _random_boxes(rng, 48, side)
+        images = torch.from_numpy(rng.integers(0, 256, (48, 3, side, side), dtype=np.uint8))
+        flip = torch.from_numpy(rng.random(48) < 0.5)
+        floats = crop_resize(images.float(), torch.from_numpy(boxes), size, flip)
+        ours = crop_resize(images, boxes, size, flip)
+        levels = []
+        for i, (left, top, right, bottom) in enumerate(boxes.tolist()):
+            alone = resize_bicubic(images[i:i + 1, :, top:bottom, left:right].float(), (size, size))[0]
+            alone = alone.flip(-1) if flip[i] else alone
+            assert (floats[i] - alone).abs().max() < 2e-4  # 0..255 scale: float32 rounding
+            levels.append((ours[i].int() - alone.round().clamp(0, 255).int()).abs())
+        # uint8: measured 0 or 1 level apart, on ~5e-6 of the values (a sum landing on .5).
+        levels = torch.stack(levels)
+        assert levels.max() <= 1 and (levels > 0).float().mean() < 1e-4, (levels.max(), (levels > 0).float().mean())
+
+
+def test_crop_resize_ignores_tf32_and_restores_the_setting():
+    rng = np.random.default_rng(2)
+    images, boxes = torch.from_numpy(rng.integers(0, 256, (4, 3, 48, 48), dtype=np.uint8)), _random_boxes(rng, 4, 48)
+    exact = crop_resize(images, boxes, 32)
+    before = torch.get_float32_matmul_precision()
+    torch.set_float32_matmul_precision("medium")
+    try:
+        assert torch.equal(crop_resize(images, boxes, 32), exact)
+        assert torch.get_float32_matmul_precision() == "medium"
+    finally:
+        torch.set_float32_matmul_precision(before)
+    backend = getattr(torch.backends.mkldnn, "matmul", None)
+    if backend is not None and hasattr(backend, "fp32_precision"):  # torch >= 2.9's per-backend setting
+        old = backend.fp32_precision
+        backend.fp32_precision = "tf32"  # now the global getter refuses to answer
+        try:
+            assert torch.equal(crop_resize(images, boxes, 32), exact) and backend.fp32_precision == "tf32"
+        finally:
+            backend.fp32_precision = old
+
+
+class _AtenCalls(TorchDispatchMode):
+    """Counts the aten calls the host makes (each one a kernel launch, or more, on a GPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += 1
+        return func(*args, **(kwargs or {}))
+
+
+def test_batch_geometry_costs_the_same_host_calls_at_any_batch_size(cache_dir):
+    """Issue 23: crops and flips of a batch in a bounded number of kernels: aten calls per batch
+    grow by at most 20% from batch 16 to 256, however many crop sizes the batch holds (the
+    per-crop-size loop made 197 at 16 and 2,923 at 256 here; now 45 at both)."""
+    side, size = 96, 32
+    counts, distinct = {}, {}
+    for batch in (16, 256):
+        u = sample_uniforms(sample_keys(0, 0, np.arange(batch)), 1 + BOX_DRAWS)
+        boxes = whole_pixel_boxes(random_resized_boxes(u[:, 1:], side, side, (0.1, 1.0), (3 / 4, 4 / 3), min_side=size),
+                                  side, side)
+        distinct[batch] = len(np.unique(boxes[:, 2:] - boxes[:, :2], axis=0))
+        images = torch.zeros(batch, 3, side, side, dtype=torch.uint8)
+        flip, boxes = torch.from_numpy(u[:, 0] < 0.5), torch.from_numpy(boxes)
+        augment(images, size, flip, boxes)  # the first call builds the weights for every crop side
+        with _AtenCalls() as calls:
+            augment(images, size, flip, boxes)
+        counts[batch] = calls.count
+    assert distinct[16] == 16 and distinct[256] > 200
+    assert counts[256] <= 1.2 * counts[16], counts
+    # The same through the loader and on_after_batch_transfer (LAB conversion included), which
+    # reads nothing back: the boxes came as a tensor with the batch.
+    for batch in (16, 256):
+        dm = _datamodule(cache_dir, batch_size=batch, train_samples_per_epoch=256)
+        loaded = next(iter(dm.train_dataloader()))
+        assert loaded["boxes"].dtype == torch.int64 and loaded["boxes"].shape == (batch, 4)
+        dm.on_after_batch_transfer(loaded, 0)
+        with _AtenCalls() as calls, HostReadRecorder() as reads:
+            dm.on_after_batch_transfer(loaded, 0)
+        counts[f"loader {batch}"] = calls.count
+        assert reads.reads == []
+    assert counts["loader 256"] <= 1.2 * counts["loader 16"], counts
 
 
 @pytest.mark.parametrize("call,match", [
@@ -124,6 +221,9 @@ def test_hflip_and_augment():
     (lambda x: crop_resize(x, np.array([[0, 0, 5, 4], [0, 0, 4, 4]]), 2), "inside the 4x4"),
     (lambda x: crop_resize(x, np.array([[2, 0, 2, 4], [0, 0, 4, 4]]), 2), "positive sides"),
     (lambda x: crop_resize(x, np.zeros((2, 4)), 2), "integers"),
+    (lambda x: crop_resize(x, torch.zeros(2, 4, dtype=torch.int32), 2), "int64 tensor"),
+    (lambda x: crop_resize(x, np.array([[0, 0, 4, 4], [0, 0, 4, 4]]), 2, torch.tensor([True])), "bool tensor"),
+    (lambda x: crop_resize(x, np.array([[0, 0, 4, 4], [0, 0, 4, 4]]), 0), "size"),
     (lambda x: augment(x, 2), "without boxes"),
 ])
 def test_geometry_rejects_bad_input(call, match):

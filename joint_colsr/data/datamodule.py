@@ -332,7 +332,9 @@ class ColSRDataModule(pl.LightningDataModule):
             if self.scale_range is not None and batch.get("scale_u") is not None:  # any-scale training: this batch's scale
                 side = target_side(self.input_size, scale_from_uniform(batch["scale_u"], self.scale_range))
             if "flip" in batch or "boxes" in batch:  # a cache batch: crop and flip here, on the device
-                rgb = augment(rgb, side if batch.get("boxes") is not None else self.output_size, batch.get("flip"), batch.get("boxes"))
+                # At output_size, then (any-scale) resized to the batch's side as on the file path:
+                # one crop size per run keeps geometry's weight bank to one entry.
+                rgb = augment(rgb, self.output_size, batch.get("flip"), batch.get("boxes"))
             if batch.get("scale_u") is None and self.val_scales is not None:  # validation of any-scale training
                 lab = {"by_scale": {scale_label(s): self.lab_batch(resize_uint8(rgb, (target_side(self.input_size, s),) * 2))
                                     for s in self.val_scales}}

@@ -24,7 +24,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from joint_colsr.data.datasets import CachedImages
-from joint_colsr.data.geometry import augment
+from joint_colsr.data.geometry import augment, check_boxes
 from joint_colsr.data.scales import scale_uniform
 from joint_colsr.data.sampler import EpochSeededSampler, sample_keys
 
@@ -73,7 +73,8 @@ class ResumableDataLoader(_ResumableState, DataLoader):
 
 
 class RingSlot:
-    """One reused batch buffer: ``(B, 3, T, T)`` uint8 images plus the batch's small tensors.
+    """One reused batch buffer: ``(B, 3, T, T)`` uint8 images plus the batch's small tensors
+    (indices, flips, crop boxes: they travel to the device with the images).
 
     ``transferred()`` (called once the batch was copied to a GPU, from
     ``on_after_batch_transfer``) records a CUDA event; the gathering thread waits for it
@@ -89,6 +90,7 @@ class RingSlot:
         self.index = empty(batch_size, dtype=torch.int64)
         self.skipped = torch.zeros(batch_size, dtype=torch.int64, pin_memory=pin)
         self.flip = empty(batch_size, dtype=torch.bool)
+        self.boxes = empty(batch_size, 4, dtype=torch.int64)
         self.labels = empty(batch_size, num_classes) if num_classes is not None else None
         #: How many times the slot was filled: a batch remembers the value it was handed out with.
         self.generation = 0
@@ -116,8 +118,8 @@ class CachedBatchLoader(_ResumableState):
 
     Each batch is a dict: ``rgb`` ``(B, 3, T, T)`` uint8 cached images (before crop and
     flip); ``index`` ``(B,)`` int64; ``skipped`` ``(B,)`` zeros; ``flip`` ``(B,)`` bool
-    (when ``hflip``); ``boxes`` ``(B, 4)`` int64 numpy array of whole-pixel crop boxes (when
-    the images are cropped or resized; numpy, so it stays on the host); ``labels``
+    (when ``hflip``); ``boxes`` ``(B, 4)`` int64 whole-pixel crop boxes (when the images are
+    cropped or resized; checked here, on the host, and applied on the device); ``labels``
     ``(B, C)`` uint8 (with labels); ``slot``: the :class:`RingSlot` the tensors live in, and
     ``generation``: its fill count when handed out (``slot.check(generation)``).
 
@@ -225,7 +227,8 @@ class CachedBatchLoader(_ResumableState):
             slot.flip.numpy()[:n] = flips
             batch["flip"] = slot.flip[:n]
         if boxes is not None:
-            batch["boxes"] = boxes
+            slot.boxes.numpy()[:n] = check_boxes(boxes, n, slot.rgb.shape[-1], slot.rgb.shape[-2])
+            batch["boxes"] = slot.boxes[:n]
         if self.dataset.draw_scale and n:
             batch["scale_u"] = scale_uniform(int(keys[0]))
         if slot.labels is not None:
