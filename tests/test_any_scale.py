@@ -133,6 +133,27 @@ def test_each_batch_draws_one_scale_from_its_first_sample_key(compose_cfg):
     assert 0 <= scale_uniform(12345) < 1 and scale_uniform(12345) == scale_uniform(12345) != scale_uniform(12346)
 
 
+def test_any_scale_batches_from_a_cache_and_a_cache_too_small_for_the_range(tmp_path):
+    from joint_colsr.data import ColSRDataModule, SamplePhotos
+    from joint_colsr.data.cache import CacheError, build_cache
+
+    root = tmp_path / "cache"
+    build_cache(SamplePhotos(), root, output_size=32, train_size=48, shard_size=4, progress=False)
+    settings = {"batch_size": 2, "num_workers": 0, "input_size": 16, "train_samples_per_epoch": 12, "seed": 3}
+
+    def sizes() -> list[int]:
+        dm = ColSRDataModule(None, cache=str(root), output_size=32, scale_range=[1.5, 2], **settings)
+        dm.setup("fit")
+        return [int(dm.on_after_batch_transfer(b, 0)["ab_target"].shape[-1]) for b in dm.train_dataloader()]
+
+    first = sizes()
+    assert first == sizes() and len(set(first)) > 1 and all(24 <= s <= 32 for s in first)
+    with pytest.raises(ValueError, match="set data.output_size>=48"):  # x3 of 16 needs 48-pixel references
+        ColSRDataModule(None, cache=str(root), output_size=32, scale_range=[1.5, 3], **settings)
+    with pytest.raises(CacheError, match="data.output_size=48"):  # the cache holds 32-pixel references
+        ColSRDataModule(None, cache=str(root), output_size=48, scale_range=[1.5, 3], **settings).setup("fit")
+
+
 def test_validation_scores_every_scale_of_val_scales(compose_cfg):
     datamodule = build_datamodule(compose_cfg([*ANY_SCALE, "data.num_workers=0"]))
     datamodule.setup("validate")

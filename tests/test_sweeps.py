@@ -38,6 +38,19 @@ def _sweep_models(name: str) -> set[str]:
     return models
 
 
+def _axis_values(text: str) -> list[str]:
+    """A sweep axis' values: split at the commas outside brackets (``[1.5,4.0],[2.0,4.0]``: two lists)."""
+    values, depth, current = [], 0, ""
+    for char in text:
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        if char == "," and depth == 0:
+            values.append(current.strip())
+            current = ""
+        else:
+            current += char
+    return [*values, current.strip()]
+
+
 def _summary(sweep_dir) -> dict:
     return json.loads((sweep_dir / "sweep_summary.json").read_text())
 
@@ -58,7 +71,7 @@ def test_sweep_composes_and_every_grid_value_composes(name, compose_cfg):
         assert set(params) == {"model.optimizer.lr", "model.net.width_mult"}
         return
     # Each value of each axis (the others at their first value) composes and passes start-up checks.
-    axes = {key: [v.strip() for v in str(values).split(",")] for key, values in params.items()}
+    axes = {key: _axis_values(str(values)) for key, values in params.items()}
     firsts = {key: values[0] for key, values in axes.items()}
     for key, values in axes.items():
         for value in values:

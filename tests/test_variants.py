@@ -301,7 +301,7 @@ def test_srgan_tiny_run_with_ema_perceptual_schedulers_and_resume(compose_cfg, t
     loaded = ColSRSystem.from_checkpoint(shared, inference=True)
     assert type(loaded) is GANSystem and loaded.perceptual is None
     assert loaded.data_task == {"input_size": 96, "output_size": 256, "lowres_interpolation": "bicubic", "with_labels": False,
-                               "filters": {"exclude_grayscale": True, "min_side": 16, "max_aspect": 10.0}}
+                               "filters": {"exclude_grayscale": True, "min_side": 16, "max_aspect": 10.0}, "scale_range": None}
     eval_cfg = compose_config("eval", [f"ckpt_path={shared}", "data.input_size=64"])
     assert type(build_eval_system(eval_cfg)) is GANSystem and eval_cfg.data.input_size == 96
     # A checkpoint written before checkpoints named their class: told apart by its hyper-parameters.
@@ -413,3 +413,14 @@ def test_the_one_bicubic_runs_under_bf16_autocast_as_the_gpu_recipe_does():
     with torch.autocast("cpu", dtype=torch.bfloat16):
         out = net(torch.rand(2, 1, 48, 48) * 2 - 1)
     assert out["ab"].shape == (2, 2, 128, 128) and torch.isfinite(out["ab"].float()).all()
+
+
+def test_model_table_any_scale_rows_match_docs_and_grow_with_the_output():
+    from joint_colsr.model_table import ANY_SCALE_MODELS, any_scale_markdown, describe_any_scale
+
+    name, overrides = ANY_SCALE_MODELS[0]
+    row = describe_any_scale(name, overrides)
+    flops = list(row["gflops"].values())
+    assert flops == sorted(flops) and flops[0] < flops[-1]  # more output pixels, more FLOPs
+    line = any_scale_markdown([row]).splitlines()[-1]
+    assert line in (REPO / "docs" / "models.md").read_text(), f"docs/models.md is stale: python -m joint_colsr.model_table ({line})"
