@@ -27,8 +27,8 @@ The run directory receives:
 
 Per-scale evaluation (``scales=[1.5,2,2.67,3,4]``; any model that serves those scales: an
 implicit-upsampler checkpoint, ``baseline=bicubic|gray``, or a fixed-scale model at its own
-scale): each photo is squash-resized once to the largest target (or ``data.output_size``,
-whichever is larger), each scale's target is that image resized down by the suite's bicubic
+scale): each photo is squash-resized once to the largest target (whatever the model was
+trained on, so every model is scored on the same targets), each scale's target is that image resized down by the suite's bicubic
 and its input L* made from that target, as in training. ``metrics.json`` then holds
 ``scales`` and ``by_scale.<scale>.<metric>`` (scale as written: ``"2.67"``; with the bicubic
 baseline's ``bicubic_psnr_joint`` / ``bicubic_psnr_y`` on the same images, and
@@ -497,8 +497,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     num_examples = int(cfg.get("num_examples", 6))
     crops, example_scale = None, None
     if scales:
-        with open_dict(cfg):  # one reference image per photo, as large as the largest target
-            cfg.data.output_size = max(int(cfg.data.output_size), max(target_side(input_size, s) for s in scales))
+        with open_dict(cfg):  # one reference image per photo, the largest target: the same targets for every model
+            cfg.data.output_size = max(target_side(input_size, s) for s in scales)
         crops = {scale_label(s): resolve_crop_border(cfg.get("crop_border"), input_size, target_side(input_size, s)) for s in scales}
         example_scale = scale_label(scales[-1])
     datamodule = build_datamodule(cfg)

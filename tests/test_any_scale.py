@@ -293,3 +293,22 @@ def test_compare_at_a_scale_trains_fixed_contenders_for_it_and_counts_any_scale_
     assert fixed[64]["train_flops_per_sample"] < costs["train_flops_per_sample"]
     with pytest.raises(SystemExit, match="--scale: every scale must be > 1"):
         apply_scale(parse_args(["--scale", "0.5"]))
+
+
+@pytest.mark.slow
+def test_compare_at_a_scale_end_to_end(tmp_path):
+    from joint_colsr.compare import compare, parse_args
+
+    out = tmp_path / "cmp"
+    report = compare(parse_args(["--models", "joint_paper", "joint_paper_any_scale", "--seeds", "0", "--budget-steps", "11",
+                                 "--scale", "2", "--jobs", "1", "--train", "debug=tiny", "logger=none",
+                                 "--eval", "data.val_views=1", "--out", str(out)]))
+    assert report["scale"] == 2 and report["any_scale_range"] == [1.5, 4.0]
+    for name, entry in report["contenders"].items():
+        assert abs(entry["train_flops"] / report["budget_flops"] - 1) <= 0.02, name
+        metrics = json.loads((out / name / "seed0" / "eval" / "metrics.json").read_text())
+        assert list(metrics["by_scale"]) == ["2"] and metrics["by_scale"]["2"]["extrapolation"] is False
+        assert metrics["output_size"] == 192  # 96 x 2: the same targets for every contender
+    trained = json.loads((out / "joint_paper_any_scale" / "seed0" / "compare_run.json").read_text())["record"]["train"]
+    assert "data.scale_range=[1.5,4]" in trained and "data.val_scales=[2]" in trained
+    assert "tested at x2" in (out / "comparison.md").read_text()
