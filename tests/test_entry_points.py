@@ -71,6 +71,7 @@ class BuggyNet(torch.nn.Module):
 def test_unexpected_error_in_a_constructor_keeps_its_stack(tmp_path):
     proc = _command("train", "model.net._target_=tests.test_entry_points.BuggyNet", "~model.net.width_mult",
                     "~model.net.negative_slope", "~model.net.output_activation", "~model.net.upsample_mode",
+                    "~model.net.upsampler", "~model.net.implicit_hidden", "~model.net.implicit_layers",
                     f"hydra.run.dir={tmp_path / 'run'}", cwd=tmp_path)
     assert proc.returncode == 1
     assert "Traceback" in proc.stderr and "in __init__" in proc.stderr and "test_entry_points.py" in proc.stderr
