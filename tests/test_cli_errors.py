@@ -236,3 +236,15 @@ def test_after_a_dead_worker_the_process_ends_without_teardown_but_never_a_calle
     with pytest.raises(SystemExit) as stop:
         _exit_now(1)
     assert stop.value.code == 1
+
+
+def test_an_experiment_renaming_its_task_reruns_in_its_own_run_directory(tmp_path):
+    # experiment=... renames task_name, but it is still a `train` run: rerunning it (a resume, or
+    # a DDP rank re-running the command) writes into its own folder again.
+    run = tmp_path / "renamed"
+    args = [*TINY, "experiment=any_scale", "data.input_size=32", "data.output_size=64", "data.scale_range=[1.5,2]",
+            "data.val_scales=[2]", f"hydra.run.dir={run}"]
+    for attempt in range(2):
+        proc = _command("train", *args, cwd=tmp_path)
+        assert proc.returncode == 0, (attempt, proc.stderr[-2000:])
+    assert (run / "checkpoints" / "last.ckpt").is_file()

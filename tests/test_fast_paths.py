@@ -158,6 +158,31 @@ def test_deterministic_probe_names_the_op_and_the_fix():
     probe_deterministic(torch.nn.Conv2d(1, 2, 1), batch, "cpu")  # a deterministic net passes
 
 
+def test_deterministic_probe_covers_the_discriminator_and_its_pool_is_deterministic(compose_cfg):
+    # srgan's training step also runs the discriminator backward: the probe names it and the fix.
+    from joint_colsr.nets.discriminator import BinAveragePool
+    from joint_colsr.run.config_checks import probe_training_modules
+
+    system = build_system(compose_cfg(["model=srgan", "debug=tiny", "model.discriminator.width_mult=0.0625"]))
+    seen = []
+    system.discriminator.register_forward_hook(lambda module, args, out: seen.append(tuple(args[0].shape)))
+    probe_training_modules(system, compose_cfg(["model=srgan", "debug=tiny"]), "cpu")
+    assert seen == [(2, 3, 256, 256)]
+
+    class AlertingPool(torch.nn.Module):  # what CUDA's adaptive pooling backward raises
+        def forward(self, x):
+            torch._prims_common.alert_not_deterministic("adaptive_avg_pool2d_backward_cuda")
+            return x
+
+    system.discriminator.classifier[0] = torch.nn.Sequential(AlertingPool(), system.discriminator.classifier[0])
+    with pytest.raises(ConfigError, match=r"adaptive_avg_pool2d_backward_cuda \(in model.discriminator\).*multiple of 64"):
+        probe_training_modules(system, compose_cfg(["model=srgan", "debug=tiny"]), "cpu")
+    # The pool it uses: equal bins -> plain average pooling (deterministic backward), the same means.
+    x = torch.randn(2, 3, 16, 12)
+    assert torch.allclose(BinAveragePool(4)(x), torch.nn.functional.adaptive_avg_pool2d(x, 4), atol=1e-6)
+    assert torch.allclose(BinAveragePool(4)(x[..., :10]), torch.nn.functional.adaptive_avg_pool2d(x[..., :10], 4), atol=1e-6)
+
+
 def test_deterministic_turns_off_cudnn_autotuning(compose_cfg):
     from joint_colsr.assembly import build_trainer
 

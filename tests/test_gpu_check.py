@@ -130,3 +130,27 @@ def test_the_random_crop_run_trains_from_a_larger_cache_and_is_reported(tmp_path
     assert f"from a synthetic 80-pixel cache, batch 2, eager: {run['images_per_s']:,.0f} img/s" in report
     args = argparse.Namespace(work_dir=tmp_path / "work", warmup=1, steps=1, block=1)
     assert random_crop_run(args, seconds_left=10)["skipped"].startswith("skipped: 10 s")
+
+
+@pytest.mark.slow
+def test_the_ddp_run_launches_the_training_command_and_every_rank_reports(tmp_path):
+    # On a node with 2 or more GPUs gpu-check runs the paper recipe under DDP; here the same code
+    # path on 2 CPU ranks (gloo): the command as users run it, a timing file per rank, the report.
+    from joint_colsr.bench.gpu_check import ddp_run, render_markdown
+
+    tiny = ["model.net.width_mult=0.0625", "trainer.accelerator=cpu", "data.num_workers=0", "data.input_size=24",
+            "data.output_size=64"]
+    cache = write_synthetic_cache(tmp_path / "cache", train_images=24, val_images=2, size=64)
+    run = ddp_run(cache, devices=2, warmup=1, steps=4, block=2, batch_size=2, extra=tiny, timeout_s=600)
+    assert "error" not in run, run
+    assert run["devices"] == 2 and len(run["rank_images_per_s"]) == 2 and run["images_per_s"] == sum(run["rank_images_per_s"]) > 0
+    assert run["syncs_per_step"] == [None, None]  # CUDA's sync debug mode: GPUs only
+    env = {"device": "CPU stand-in", "memory_gib": 0, "multiprocessors": 0, "torch": torch.__version__, "cuda": None,
+           "cudnn": None, "cpu_cores": 2}
+    report = render_markdown({"date": "now", "environment": env, "seconds": 1.0, "paper_recipe_ddp": run, "cache_images": 24,
+                              "paper_recipe": [{"batch_size": 2, "channels_last_compile": False, "images_per_s": 10.0,
+                                                "peak_memory_gib": None, "syncs_per_step": None, "sync_checked_steps": 0}]})
+    assert f"over 2 GPUs, batch 2 per GPU, eager: {run['images_per_s']:,.0f} img/s for the node" in report
+    assert "x one GPU's 10 img/s" in report and "per rank: n/a, n/a" in report
+    failed = ddp_run(cache, devices=2, warmup=1, steps=4, block=2, batch_size=2, extra=[*tiny, "model.net.nonsense=1"])
+    assert failed["error"].startswith("failed (exit 1)")

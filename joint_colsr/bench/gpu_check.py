@@ -16,6 +16,11 @@ Writes ``benchmarks/gpu-check.json`` and the "GPU check" section of ``benchmarks
   steps (CUDA's sync debug mode, counted);
 * the same recipe with random crops (``data.train_crop=random_resized``, cropped and resized
   on the device) from a 320-pixel synthetic cache, batch 160, eager;
+* on a node with 2 or more GPUs, the paper recipe under DDP over all of them
+  (``trainer=ddp``, batch 160 per GPU, eager), launched as ``python -m joint_colsr.train`` as
+  users run it (Lightning starts one process per GPU); each rank times its blocks of steps
+  and counts its syncs (:class:`StepTimer`), and the report gives the node's images/s, the
+  scaling against one GPU, and syncs per step on every rank;
 * the EMA average's device against the model's, a 2-epoch smoke run's metrics (the default
   recipe on the embedded photos, ``trainer=gpu``), and determinism: two seeded
   ``trainer.deterministic=true`` runs give equal weights.
@@ -34,6 +39,8 @@ import json
 import logging
 import os
 import platform
+import subprocess
+import sys
 import tempfile
 import time
 import warnings
@@ -54,6 +61,8 @@ RUNS = ((160, False), (256, False), (160, True), (256, True))
 #: the documented route to crops), ``data.train_crop=random_resized`` cropped and resized on the device.
 CROP_CACHE_SIZE = 320
 CROP_OVERRIDES = ("data.train_crop=random_resized",)
+#: The DDP run's batch per GPU (the paper's batch on each device), eager.
+DDP_BATCH = 160
 SYNC_WARNING = "synchronizing CUDA operation"
 
 
@@ -349,6 +358,77 @@ def paper_recipe_run(cache_dir: Path, batch_size: int, fast: bool, warmup: int, 
     }
 
 
+class StepTimer:
+    """A Lightning callback for a run in another process (the DDP run): each rank times blocks
+    of steps (:class:`_EventBlocks`) and counts CUDA's sync warnings between logging steps
+    (:class:`_SyncCounter`), and writes ``{"rank", "world_size", "block_images_per_s",
+    "images_per_s", "syncs_per_step", "sync_checked_steps", "peak_memory_gib"}`` to
+    ``<path>.rank<N>.json`` when training ends (``images_per_s``: this rank's batches; the
+    node's rate is the sum over ranks). Built by Hydra from ``+callbacks.gpu_check_timer``."""
+
+    def __new__(cls, path: str, warmup: int, steps: int, block: int, batch_size: int):  # type: ignore[no-untyped-def]
+        import lightning.pytorch as pl
+
+        class Timer(pl.Callback):
+            def __init__(self) -> None:
+                self.blocks, self.syncs = _EventBlocks(warmup, steps, block), _SyncCounter()
+                self.caught: list[warnings.WarningMessage] = []
+
+            def setup(self, trainer, pl_module, stage):  # its two helpers run as callbacks of this trainer
+                trainer.callbacks.extend([self.blocks.callback, self.syncs.callback])
+
+            def on_train_start(self, trainer, pl_module):
+                self.recorder = warnings.catch_warnings(record=True)
+                self.caught = self.recorder.__enter__()
+                warnings.simplefilter("always")
+
+            def on_train_end(self, trainer, pl_module):
+                self.recorder.__exit__(None, None, None)
+                rates = self.blocks.block_rates(batch_size)
+                count = sum(SYNC_WARNING in str(w.message) for w in self.caught)
+                result = {
+                    "rank": trainer.global_rank, "world_size": trainer.world_size, "block_images_per_s": [round(r, 1) for r in rates],
+                    "images_per_s": batch_size * steps / sum(batch_size * block / r for r in rates) if rates else None,
+                    "syncs_per_step": count / self.syncs.batches if self.syncs.batches else None,
+                    "sync_checked_steps": self.syncs.batches,
+                    "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+                }
+                Path(f"{path}.rank{trainer.global_rank}.json").write_text(json.dumps(result) + "\n")
+
+        return Timer()
+
+
+def ddp_run(cache_dir: Path, devices: int, warmup: int, steps: int, block: int, batch_size: int = DDP_BATCH,
+            extra: Sequence[str] = (), timeout_s: float = 900) -> dict[str, Any]:
+    """The paper recipe under ``trainer=ddp`` on ``devices`` devices from ``cache_dir``, as a
+    ``python -m joint_colsr.train`` command; the node's images/s (the sum over ranks), each
+    rank's syncs per step between logging steps, and the command's exit."""
+    with tempfile.TemporaryDirectory(prefix="gpu_check_ddp_") as tmp:
+        stem = Path(tmp) / "timing"
+        command = [sys.executable, "-m", "joint_colsr.train", "experiment=paper", "trainer=ddp", f"trainer.devices={devices}",
+                   f"data.cache={cache_dir}", f"data.batch_size={batch_size}", "logger=csv",
+                   f"data.train_samples_per_epoch={batch_size * devices * (warmup + steps)}", "trainer.max_epochs=1",
+                   "+trainer.num_sanity_val_steps=0", "trainer.limit_val_batches=1",
+                   "+callbacks.gpu_check_timer._target_=joint_colsr.bench.gpu_check.StepTimer",
+                   f"+callbacks.gpu_check_timer.path={stem}", f"+callbacks.gpu_check_timer.warmup={warmup}",
+                   f"+callbacks.gpu_check_timer.steps={steps}", f"+callbacks.gpu_check_timer.block={block}",
+                   f"+callbacks.gpu_check_timer.batch_size={batch_size}", f"hydra.run.dir={Path(tmp) / 'run'}", *extra]
+        start = time.perf_counter()
+        proc = subprocess.run(command, capture_output=True, text=True, timeout=timeout_s)
+        seconds = time.perf_counter() - start
+        if proc.returncode != 0:
+            return {"devices": devices, "batch_size": batch_size,
+                    "error": f"failed (exit {proc.returncode}): {(proc.stderr or proc.stdout)[-300:]}"}
+        ranks = [json.loads(p.read_text()) for p in sorted(Path(tmp).glob("timing.rank*.json"))]
+    if len(ranks) != devices:
+        return {"devices": devices, "batch_size": batch_size, "error": f"failed: {len(ranks)} of {devices} ranks reported"}
+    rates = [r["images_per_s"] for r in ranks]
+    return {"devices": devices, "batch_size": batch_size, "warmup_steps": warmup, "timed_steps": steps,
+            "images_per_s": sum(rates) if all(rates) else None, "rank_images_per_s": rates,
+            "syncs_per_step": [r["syncs_per_step"] for r in ranks], "sync_checked_steps": [r["sync_checked_steps"] for r in ranks],
+            "peak_memory_gib": [r["peak_memory_gib"] for r in ranks], "seconds": seconds}
+
+
 # -- smoke run, EMA device, determinism -------------------------------------------------------------------
 
 
@@ -458,6 +538,18 @@ def render_markdown(r: dict[str, Any]) -> str:
             lines += [f"Random crops (`{' '.join(CROP_OVERRIDES)}`, cropped and resized on the device) from a synthetic "
                       f"{crops['cache_side']}-pixel cache, batch {crops['batch_size']}, eager: {crops['images_per_s']:,.0f} img/s, "
                       f"syncs/step between logging steps {syncs}, peak memory {memory}.", ""]
+    ddp = r.get("paper_recipe_ddp")
+    if ddp:
+        if "skipped" in ddp or "error" in ddp:
+            lines += [f"DDP over the node's GPUs: {ddp.get('skipped') or ddp.get('error')}", ""]
+        else:
+            single = next((run["images_per_s"] for run in runs if run.get("batch_size") == ddp["batch_size"]
+                           and not run.get("channels_last_compile") and run.get("images_per_s")), None)
+            scaling = f", {ddp['images_per_s'] / single:.2f}x one GPU's {single:,.0f} img/s" if single else ""
+            syncs = ", ".join("n/a" if v is None else f"{v:.2f}" for v in ddp["syncs_per_step"])
+            lines += [f"DDP (`trainer=ddp`) over {ddp['devices']} GPUs, batch {ddp['batch_size']} per GPU, eager: "
+                      f"{ddp['images_per_s']:,.0f} img/s for the node{scaling}; syncs/step between logging steps per rank: "
+                      f"{syncs}.", ""]
     for key, title in (("smoke", "2-epoch smoke run"), ("determinism", "Determinism")):
         part = r.get(key)
         if not part:
@@ -534,6 +626,14 @@ def main(argv: Sequence[str] | None = None) -> int:
             result["paper_recipe"].append(entry)
             print(json.dumps(entry))
             torch.cuda.empty_cache()
+        devices = torch.cuda.device_count()
+        if devices < 2:
+            result["paper_recipe_ddp"] = {"devices": devices, "skipped": f"skipped: {devices} GPU on this node (DDP needs 2 or more)"}
+        elif left() < 150:
+            result["paper_recipe_ddp"] = {"devices": devices, "skipped": f"skipped: {left():.0f} s of the budget left"}
+        else:
+            result["paper_recipe_ddp"] = ddp_run(cache, devices, args.warmup, args.steps, args.block, timeout_s=max(left(), 150))
+        print(json.dumps(result["paper_recipe_ddp"]))
     result["paper_recipe_random_crops"] = random_crop_run(args, left())
     print(json.dumps(result["paper_recipe_random_crops"]))
     for key, fn in (("smoke", lambda: _without_weights(small_run(["trainer=gpu", "trainer.max_epochs=2"]))),

@@ -553,10 +553,13 @@ def runs_on_cuda(cfg: DictConfig) -> bool:
     return bool(torch.cuda.is_available() and on_gpu(select(cfg, "trainer.accelerator") or "auto", True, False))
 
 
-def probe_deterministic(net: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device | str) -> None:
+def probe_deterministic(net: torch.nn.Module, batch: dict[str, torch.Tensor], device: torch.device | str,
+                        what: str = "model.net") -> None:
     """One forward and backward of a copy of ``net`` on ``device`` with
     ``torch.use_deterministic_algorithms(True)``; a ``ConfigError`` names the first op that has
-    no deterministic kernel there, and the fix. The process-wide setting is restored."""
+    no deterministic kernel there, the module it is in (``what``), and the fix. The
+    process-wide setting is restored. ``batch``: ``l_lowres`` (and ``l_highres``) for a
+    network of the suite, or ``image`` for a module that judges images (a discriminator)."""
     import copy
     import os
 
@@ -566,8 +569,11 @@ def probe_deterministic(net: torch.nn.Module, batch: dict[str, torch.Tensor], de
     torch.use_deterministic_algorithms(True)
     try:
         inputs = {k: v.to(device) for k, v in batch.items()}
-        kwargs = {"l_highres": inputs["l_highres"]} if getattr(probe, "needs_l_highres", False) else {}
-        out = probe(inputs["l_lowres"], **kwargs)
+        if "image" in inputs:
+            out = probe(inputs["image"])
+        else:
+            kwargs = {"l_highres": inputs["l_highres"]} if getattr(probe, "needs_l_highres", False) else {}
+            out = probe(inputs["l_lowres"], **kwargs)
         out = out["ab"] if isinstance(out, dict) else out
         out.float().square().mean().backward()
     except RuntimeError as err:
@@ -575,10 +581,12 @@ def probe_deterministic(net: torch.nn.Module, batch: dict[str, torch.Tensor], de
             raise
         op = str(err).split(" does not have a deterministic implementation")[0].strip()
         raise ConfigError(
-            f"trainer.deterministic=true cannot run this model on {torch.device(device).type}: {op} has no deterministic "
-            "kernel there (bilinear/bicubic upsampling and adaptive/area pooling on the gradient path have none on CUDA). "
-            "Fix: trainer.deterministic=warn (the same kernels, a warning; runs then differ in the last bits), or a "
-            "net that upsamples with nearest or pixel shuffle (e.g. model.net.upsample_mode=nearest)."
+            f"trainer.deterministic=true cannot run this model on {torch.device(device).type}: {op} (in {what}) has no "
+            "deterministic kernel there (bilinear/bicubic upsampling and adaptive/area pooling on the gradient path have "
+            "none on CUDA). Fix: trainer.deterministic=warn (the same kernels, a warning; runs then differ in the last "
+            "bits), or a net that upsamples with nearest or pixel shuffle (e.g. model.net.upsample_mode=nearest)"
+            + (", or an output size the discriminator's pool divides into equal bins (a multiple of 64 at the default "
+               "4x4 pool: plain average pooling, deterministic)" if "discriminator" in what else "") + "."
         ) from None
     finally:
         torch.use_deterministic_algorithms(was, warn_only=was_warn)
@@ -587,12 +595,23 @@ def probe_deterministic(net: torch.nn.Module, batch: dict[str, torch.Tensor], de
 
 def check_deterministic(system: pl.LightningModule, cfg: DictConfig) -> None:
     """With ``trainer.deterministic=true`` on CUDA, fail at start-up (not mid-epoch) when an op
-    of the net has no deterministic CUDA kernel (:func:`probe_deterministic`). Else nothing."""
+    of a module the training step runs has no deterministic CUDA kernel (:func:`probe_deterministic`):
+    the net, and a GAN's discriminator on images of the output size. Else nothing."""
     if select(cfg, "trainer.deterministic") is not True or not runs_on_cuda(cfg):
         return
+    probe_training_modules(system, cfg, "cuda")
+
+
+def probe_training_modules(system: pl.LightningModule, cfg: DictConfig, device: torch.device | str) -> None:
+    """:func:`probe_deterministic` on every module a training step of ``system`` runs backward
+    through: ``system.net`` and, when there is one, ``system.discriminator``."""
     r, s = int(cfg.data.input_size), int(cfg.data.output_size)
     batch = {"l_lowres": torch.rand(2, 1, r, r) * 2 - 1, "l_highres": torch.rand(2, 1, s, s) * 2 - 1}
-    probe_deterministic(system.net, batch, "cuda")
+    probe_deterministic(system.net, batch, device)
+    discriminator = getattr(system, "discriminator", None)
+    if discriminator is not None:
+        channels = int(getattr(discriminator, "in_channels", 3))
+        probe_deterministic(discriminator, {"image": torch.rand(2, channels, s, s) * 2 - 1}, device, "model.discriminator")
 
 
 def cache_only(cfg: DictConfig) -> bool:

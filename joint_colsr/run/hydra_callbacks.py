@@ -289,7 +289,11 @@ class RunDirGuard(Callback):
     def on_run_start(self, config: DictConfig, **kwargs: Any) -> None:
         from joint_colsr.run.outputs import refuse_foreign_run_dir
 
-        command = str(OmegaConf.select(config, "task_name", default="") or "")
+        # The command is the primary config's name (train, eval, ...), not task_name: an
+        # experiment renames the task (experiment=paper -> "paper") but it is still a `train`
+        # run, whose own folder a resume (or a DDP rank re-running the command) writes again.
+        command = str(OmegaConf.select(config, "hydra.job.config_name", default="")
+                      or OmegaConf.select(config, "task_name", default="") or "")
         try:
             if command:
                 refuse_foreign_run_dir(Path(str(config.hydra.run.dir)).expanduser(), command)
