@@ -37,6 +37,16 @@ metrics are the means over every (image, scale); Y-PSNR crops ``ceil(scale)`` pi
 ``per_image.csv`` gains a ``scale`` column, ``metrics.md`` a per-scale table, and
 ``by_scale.png`` plots PSNR (both protocols) and Y-PSNR against scale, with the bicubic
 baseline and the checkpoints of ``fixed_ckpts=[CKPT, ...]`` (each scored at its own scale).
+
+Exemplar protocols (``exemplar=none|warped_gt|same_category|random``; ``data.val_exemplar``):
+each photo is scored with the exemplar the protocol gives it (:mod:`joint_colsr.data.exemplars`;
+``random`` / ``same_category``: another photo of the test split, never its own). A model that
+takes exemplars uses it; the others ignore it. ``metrics.json`` records ``exemplar`` (the
+protocol) and ``uses_ground_truth_colour`` (true for ``warped_gt``: the exemplar carries the
+target's colours, an upper bound never ranked beside blind rows), and with an exemplar
+``exemplar_ab_intersection``: how close the output's a*b* distribution is to the exemplar's
+(histogram intersection, 1 = identical; beside colourfulness); ``per_image.csv`` names each
+image's ``exemplar``, and the figures gain an exemplar column.
 """
 
 from __future__ import annotations
@@ -62,11 +72,12 @@ from joint_colsr.color import upscale_l
 from joint_colsr.data.scales import check_scales, scale_label, target_side
 from joint_colsr.run.config_checks import ConfigError, check_config, hydra_command
 from joint_colsr.data.decode import count_reasons
+from joint_colsr.data.exemplars import EVAL_EXEMPLARS, exemplar_ab_histogram_intersection
 from joint_colsr.metrics import PER_IMAGE_METRICS, colorization_psnr, image_metrics, psnr_y, rgb_from_prediction, summarize
 from joint_colsr.run.outputs import print_run_summary, write_json
 from joint_colsr.systems import run_system
 from joint_colsr.systems.colsr import uses_ground_truth_l
-from joint_colsr.viz import EVALUATION_COLUMNS, evaluation_row, make_grid, save_png
+from joint_colsr.viz import EVALUATION_COLUMNS, evaluation_row, make_grid, own_uint8, save_png
 
 log = logging.getLogger(__name__)
 
@@ -194,6 +205,7 @@ class Evaluator(pl.LightningModule):
         skipped = outer.get("skipped", torch.zeros_like(outer["index"])).tolist()
         indices = outer["index"].tolist()
         crop = self.crop_border if scale is None else self.crop_borders[scale]
+        exemplars = self._exemplar_columns(batch, ab)
         # Per-image metrics, a few images at a time: their temporaries (~20 float copies of
         # the images) stay bounded whatever data.batch_size is; the values are per image.
         for start in range(0, len(indices), METRICS_CHUNK):
@@ -219,14 +231,39 @@ class Evaluator(pl.LightningModule):
                 row = {"index": index, **self._describe(index)}
                 if scale is not None:
                     row["scale"] = scale
+                if exemplars is not None:
+                    row["exemplar"], row["exemplar_ab_intersection"] = exemplars[0][i], exemplars[1][i]
+                    if row["exemplar"] == "warped:":
+                        row["exemplar"] = f"warped:{row['key']}"
                 row.update({k: float(v[j]) for k, v in values.items()})
                 if self.guided:
                     row.update(dict.fromkeys(PROTOCOL2_METRICS))
                 self.rows.append(row)
                 if scale == self.example_scale:
-                    self._keep_examples(row, batch["l_lowres"][i], m["rgb"][j], m["rgb_joint"][j], batch["rgb_target"][i])
+                    self._keep_examples(row, batch["l_lowres"][i], m["rgb"][j], m["rgb_joint"][j], batch["rgb_target"][i],
+                                        batch["exemplar_rgb"][i] if exemplars is not None else None)
 
-    def _keep_examples(self, row: dict, l_lowres: Tensor, rgb: Tensor, rgb_joint: Tensor, target: Tensor) -> None:
+    def _exemplar_columns(self, batch: Mapping[str, Tensor], ab: Tensor) -> tuple[list[str], list[float | None]] | None:
+        """Per image of a batch with exemplars: the exemplar's name (the other photo's key,
+        ``warped:<own key>``, or empty) and the a*b* histogram intersection with it (None without one)."""
+        if batch.get("exemplar") is None:
+            return None
+        views = len(getattr(self.trainer.datamodule.val_set, "views", (None,))) if self._trainer is not None else 1
+        mask = batch["exemplar_mask"].tolist()
+        others = batch["exemplar_index"].tolist()
+        closeness = exemplar_ab_histogram_intersection(ab, batch["exemplar"][:, 1:]).tolist()
+        names = []
+        for keep, other in zip(mask, others):
+            if not keep:
+                names.append("")
+            elif other >= 0:
+                names.append(self._lookup(other * views)[0] if self._lookup else f"#{other}")
+            else:
+                names.append("warped:")  # completed with the image's own key in _score's caller below
+        return names, [c if keep else None for c, keep in zip(closeness, mask)]
+
+    def _keep_examples(self, row: dict, l_lowres: Tensor, rgb: Tensor, rgb_joint: Tensor, target: Tensor,
+                       exemplar: Tensor | None = None) -> None:
         n = self.num_examples
         if n <= 0:
             return
@@ -241,6 +278,10 @@ class Evaluator(pl.LightningModule):
             # num_examples, not by the batch size or the number of batches).
             if not kept:
                 kept.extend(evaluation_row(l_lowres, rgb, rgb_joint, target, text))
+                if exemplar is not None:  # the exemplar column, at the images' size
+                    from joint_colsr.color import resize_uint8
+
+                    kept.append(own_uint8(resize_uint8(exemplar[None].to(torch.uint8), tuple(target.shape[-2:]))[0]))
             return kept
 
         psnr = row["psnr"]
@@ -487,6 +528,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path`` (or ``cfg.baseline``) on ``cfg.data``; write the run's files; return the metrics."""
     system = build_eval_system(cfg)
     prepare_test_data(cfg)
+    protocol = str(cfg.get("exemplar") or "none")
+    if protocol not in EVAL_EXEMPLARS:
+        raise ConfigError(f"exemplar must be one of {', '.join(EVAL_EXEMPLARS)}, got {protocol!r}")
+    with open_dict(cfg):
+        cfg.data.val_exemplar = protocol
     check_config(cfg, groups=("data", "trainer"))
     scales = evaluation_scales(cfg, system)
     if cfg.get("fixed_ckpts") and not scales:
@@ -521,6 +567,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         metrics["by_scale"] = scale_summaries(rows, scales, evaluator.guided, trained_scale_range(system), crops)
         metrics["fixed_ckpts"] = fixed_runs
     metrics["uses_ground_truth_l"] = evaluator.guided
+    metrics["exemplar"] = protocol
+    metrics["uses_ground_truth_colour"] = protocol == "warped_gt"
+    closeness = [r["exemplar_ab_intersection"] for r in rows if r.get("exemplar_ab_intersection") is not None]
+    metrics["exemplar_ab_intersection"] = sum(closeness) / len(closeness) if closeness else None
     metrics["skipped"] = len(evaluator.skipped_keys)
     metrics["skipped_photos"] = evaluator.skipped_keys
     metrics["excluded_at_cache_build"], metrics["excluded_at_start_up"] = photos_excluded_before_evaluation(datamodule)
@@ -549,6 +599,8 @@ def write_outputs(output_dir: Path, metrics: dict[str, Any], rows: list[dict[str
           + (f", {metrics['input_size']} -> {metrics['output_size']}" if "by_scale" not in metrics
              else f", {metrics['input_size']}-pixel inputs at x{', x'.join(metrics['scales'])}"), ""]
     name = f"{metrics['model']} ({GUIDED_MARK})" if metrics.get("uses_ground_truth_l") else metrics["model"]
+    if metrics.get("exemplar", "none") != "none":
+        name += f" [exemplar: {metrics['exemplar']}" + (", GT-colour guided: an upper bound]" if metrics["uses_ground_truth_colour"] else "]")
     cells = ["" if metrics.get(k) is None else metrics[k] for k in TABLE_COLUMNS]
     md.append(markdown_table(header, [[name, metrics["num_images"], *cells]]))
     if "by_scale" in metrics:
@@ -579,6 +631,8 @@ def write_outputs(output_dir: Path, metrics: dict[str, Any], rows: list[dict[str
     fields = ["index", "key", "categories", "supercategories", *PER_IMAGE_METRICS, "psnr_gray"]
     if "by_scale" in metrics:
         fields = ["index", "scale", *fields[1:], *BICUBIC_METRICS]
+    if metrics.get("exemplar", "none") != "none":
+        fields = [*fields[:2], "exemplar", *fields[2:], "exemplar_ab_intersection"]
     with open(output_dir / "per_image.csv", "w", newline="") as f:
         writer = csv.DictWriter(f, fieldnames=fields)
         writer.writeheader()
@@ -589,10 +643,12 @@ def write_outputs(output_dir: Path, metrics: dict[str, Any], rows: list[dict[str
     if pairs:
         # Best on the left, worst on the right; each row's first image names its PSNR (GT L* / own L*).
         grid_rows = [b[2] + w[2] for b, w in pairs]
-        titles = [f"best: {EVALUATION_COLUMNS[0]}", *EVALUATION_COLUMNS[1:], f"worst: {EVALUATION_COLUMNS[0]}", *EVALUATION_COLUMNS[1:]]
+        columns = [*EVALUATION_COLUMNS, *(["exemplar"] if len(grid_rows[0]) > 2 * len(EVALUATION_COLUMNS) else [])]
+        titles = [f"best: {columns[0]}", *columns[1:], f"worst: {columns[0]}", *columns[1:]]
         save_png(make_grid(grid_rows, column_titles=titles), output_dir / "best_worst.png")
     if evaluator.category_examples:
-        save_png(make_grid(evaluator.category_examples, column_titles=EVALUATION_COLUMNS), output_dir / "category.png")
+        columns = [*EVALUATION_COLUMNS, *(["exemplar"] if len(evaluator.category_examples[0]) > len(EVALUATION_COLUMNS) else [])]
+        save_png(make_grid(evaluator.category_examples, column_titles=columns), output_dir / "category.png")
     if "by_scale" in metrics:
         plot_by_scale(metrics, output_dir / "by_scale.png")
 

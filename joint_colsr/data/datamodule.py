@@ -14,6 +14,7 @@ from torch.utils.data import DataLoader
 from joint_colsr.color import resize_uint8, rgb_uint8_to_lab_batch
 from joint_colsr.data.cache import ImageCache
 from joint_colsr.data.datasets import CachedImages, ReferenceImages, collate_samples
+from joint_colsr.data.exemplars import EVAL_EXEMPLARS, TRAIN_EXEMPLARS, ExemplarPlan, exemplar_batch, side_of
 from joint_colsr.data.geometry import augment
 from joint_colsr.data.loaders import CachedBatchLoader, ResumableDataLoader
 from joint_colsr.data.sampler import EpochSeededSampler
@@ -76,6 +77,16 @@ class ColSRDataModule(pl.LightningDataModule):
         val_scales: the scales validation scores (each a full pass over the validation
             images); default with ``scale_range``: its two ends. Validation batches then carry
             ``by_scale``: ``{label: LAB batch}`` (:func:`~joint_colsr.data.scales.scale_label`).
+        exemplar: the exemplars of training samples (:mod:`joint_colsr.data.exemplars`):
+            ``none`` (default), ``warped_self``, ``same_category`` (sources with categories),
+            ``random`` or ``mix``. Batches then also carry ``exemplar`` ``(B, 3, E, E)``
+            normalized L*a*b*, ``exemplar_mask`` ``(B,)`` bool, ``exemplar_rgb`` (uint8) and
+            ``exemplar_index`` (the other photo, -1 if none).
+        exemplar_drop: probability that a training sample has no exemplar (both modes in one model).
+        exemplar_size: side ``E`` every exemplar is resized to (an exemplar of another size is resized).
+        val_exemplar: the exemplars of validation (and evaluation): ``none``, ``warped_gt``
+            (the target warped: its colours, an upper bound), ``same_category`` or ``random``
+            (another photo of the split, never the sample's own).
     """
 
     def __init__(
@@ -105,6 +116,10 @@ class ColSRDataModule(pl.LightningDataModule):
         cache_gather_threads: int = 2,
         scale_range: Sequence[float] | None = None,
         val_scales: Sequence[float] | None = None,
+        exemplar: str = "none",
+        exemplar_drop: float = 0.0,
+        exemplar_size: int | None = 256,
+        val_exemplar: str = "none",
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -157,6 +172,14 @@ class ColSRDataModule(pl.LightningDataModule):
             raise ValueError("data.val_scales needs data.scale_range (any-scale training); eval takes scales=[...] for any model")
         if self.scale_range is not None and val_scales is None:
             val_scales = sorted(set(self.scale_range))
+        if exemplar not in TRAIN_EXEMPLARS:
+            raise ValueError(f"data.exemplar must be one of {', '.join(TRAIN_EXEMPLARS)}, got {exemplar!r}")
+        if val_exemplar not in EVAL_EXEMPLARS:
+            raise ValueError(f"data.val_exemplar must be one of {', '.join(EVAL_EXEMPLARS)}, got {val_exemplar!r}")
+        if not 0.0 <= float(exemplar_drop) <= 1.0:
+            raise ValueError(f"data.exemplar_drop must be in [0, 1], got {exemplar_drop}")
+        self.exemplar, self.val_exemplar, self.exemplar_drop = exemplar, val_exemplar, float(exemplar_drop)
+        self.exemplar_size = side_of(exemplar_size, output_size)
         #: Scales validation scores (any-scale training), or None.
         self.val_scales = None if val_scales is None else check_scales(val_scales, "data.val_scales", input_size, output_size)
         if min_side < 1 or max_aspect < 1:
@@ -221,6 +244,7 @@ class ColSRDataModule(pl.LightningDataModule):
             self.train_set.draw_scale = self.scale_range is not None
         self.val_set = ReferenceImages(val_items, self.output_size, train=False, views=VALIDATION_VIEWS[: self.val_views],
                                        label_columns=columns, **self.filters)
+        self._attach_exemplars(lambda items: [item.labels for item in items], train_items, val_items)
         log.info(
             "data '%s': %d training photos (%d samples/epoch), %d validation photos (%d samples)",
             self.source.name, len(train_items), len(self.train_set) if self.train_set else 0, len(val_items), len(self.val_set),
@@ -248,6 +272,26 @@ class ColSRDataModule(pl.LightningDataModule):
                      "random resized crop" if self.train_set.crop else "whole photo", " + flip" if self.hflip else "")
         self.val_set = CachedImages(cache.splits["val"], self.output_size, train=False,
                                     views=VALIDATION_VIEWS[: self.val_views], label_columns=columns)
+        self._attach_exemplars(lambda split: list(split.labels), cache.splits.get("train"), cache.splits["val"])
+
+    def _attach_exemplars(self, labels_of, train_photos: Any, val_photos: Any) -> None:
+        """Give the datasets their :class:`ExemplarPlan` (``labels_of(photos)``: each photo's category ids)."""
+        def groups(photos: Any) -> list[list[str]] | None:
+            if not self.categories:
+                return None
+            return [sorted({self.categories[c]["supercategory"] for c in (labels or ()) if c in self.categories})
+                    for labels in labels_of(photos)]
+
+        for dataset, kind, photos, drop in ((self.train_set, self.exemplar, train_photos, self.exemplar_drop),
+                                            (self.val_set, self.val_exemplar, val_photos, 0.0)):
+            if dataset is None or kind == "none":
+                continue
+            try:
+                dataset.exemplars = ExemplarPlan(kind, dataset.num_photos, groups(photos), drop)
+            except ValueError as err:
+                key = "data.exemplar" if dataset is self.train_set else "data.val_exemplar"
+                raise ValueError(f"{key}={kind}: {err}") from None
+            dataset.exemplar_size = self.exemplar_size
 
     # -- loaders ----------------------------------------------------------------------------
 
@@ -335,11 +379,20 @@ class ColSRDataModule(pl.LightningDataModule):
                 # At output_size, then (any-scale) resized to the batch's side as on the file path:
                 # one crop size per run keeps geometry's weight bank to one entry.
                 rgb = augment(rgb, self.output_size, batch.get("flip"), batch.get("boxes"))
+            exemplar = {}
+            if "exemplar_kind" in batch:  # exemplars: the warp of this reference image, or another photo
+                exemplar = exemplar_batch(rgb, batch["exemplar_kind"], batch["exemplar_theta"], batch.get("exemplar_other"),
+                                          self.exemplar_size)
+                exemplar["exemplar_index"] = batch["exemplar_index"]
+                exemplar["exemplar_skipped"] = batch["exemplar_skipped"]
             if batch.get("scale_u") is None and self.val_scales is not None:  # validation of any-scale training
                 lab = {"by_scale": {scale_label(s): self.lab_batch(resize_uint8(rgb, (target_side(self.input_size, s),) * 2))
                                     for s in self.val_scales}}
+                for sub in lab["by_scale"].values():
+                    sub.update(exemplar)
             else:
                 lab = self.lab_batch(resize_uint8(rgb, (side, side)))
+            lab.update(exemplar)
             lab["index"] = batch["index"]
             lab["skipped"] = batch["skipped"]
             if "labels" in batch:

@@ -20,6 +20,7 @@ import torch
 from torch.utils.data import Dataset, default_collate
 
 from joint_colsr.data.decode import ImageDecodeError, unusable_reason
+from joint_colsr.data.exemplars import NONE, OTHER, ExemplarPlan
 from joint_colsr.data.geometry import augment
 from joint_colsr.data.sampler import sample_keys, sample_seed, sample_uniforms
 from joint_colsr.data.scales import scale_uniform
@@ -96,6 +97,9 @@ class ReferenceSamples(Dataset):
         #: Training samples carry ``scale_u``, their batch's scale draw (any-scale training;
         #: set by the data module). :func:`collate_samples` keeps the first sample's.
         self.draw_scale = False
+        #: Which exemplar each sample gets (set by the data module; None: no exemplars), and their side.
+        self.exemplars: ExemplarPlan | None = None
+        self.exemplar_size = 256
 
     def __len__(self) -> int:
         return self.length
@@ -103,6 +107,15 @@ class ReferenceSamples(Dataset):
     def sample_key(self, key: int | tuple[int, int]) -> int:
         """The sample key (seed) of ``index`` or ``(index, key)``."""
         return key[1] if isinstance(key, tuple) else sample_seed(0, 0, key)
+
+    def exemplar_key(self, key: int | tuple[int, int]) -> int:
+        """The key a sample's exemplar is drawn from: its sample key in training; in validation
+        its index alone (the same exemplar at every validation)."""
+        return self.sample_key(key) if self.train else sample_seed(0, 0, key[0] if isinstance(key, tuple) else key)
+
+    def plan_exemplars(self, photos: Sequence[int], keys: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+        """:meth:`ExemplarPlan.plan` of samples showing ``photos`` (``exemplar_key`` s ``keys``)."""
+        return self.exemplars.plan(np.asarray(photos, np.int64), np.asarray([int(k) % 2**64 for k in keys], np.uint64))
 
     def locate(self, key: int | tuple[int, int]) -> tuple[int, int, Box | None, np.random.Generator]:
         """``(index, photo, view or None (training), rng)`` of one sample key."""
@@ -199,9 +212,36 @@ class ReferenceImages(ReferenceSamples):
         sample = {"rgb": torch.from_numpy(np.ascontiguousarray(out.transpose(2, 0, 1))), "index": index, "skipped": skipped}
         if self.train and self.draw_scale:
             sample["scale_u"] = scale_uniform(self.sample_key(key))
+        if self.exemplars is not None and self.exemplars.active:
+            sample.update(self._exemplar_fields(photo, key))
         if self.label_columns is not None:
             sample["labels"] = self.labels(item.labels)
         return sample
+
+    def _exemplar_fields(self, photo: int, key: int | tuple[int, int]) -> dict:
+        """A sample's exemplar fields: ``exemplar_kind``, ``exemplar_theta``, ``exemplar_index``
+        (the other photo, -1 if none), ``exemplar_other`` ``(3, E, E)`` uint8 (that photo
+        squash-resized; zeros unless ``OTHER``) and ``exemplar_skipped`` (1: the other photo
+        could not be decoded or has no colour; the sample then has none)."""
+        kinds, others, thetas = self.plan_exemplars([photo], [self.exemplar_key(key)])
+        kind, other, skipped = int(kinds[0]), int(others[0]), 0
+        image = np.zeros((3, self.exemplar_size, self.exemplar_size), np.uint8)
+        if kind == OTHER:
+            item = self.items[other]
+            try:
+                rgb = item.load()
+                reason = unusable_reason(rgb, self.min_side, self.max_aspect, True)
+            except ImageDecodeError as err:
+                reason = err.reason
+            if reason is None:
+                image = resize_box(rgb, (0.0, 0.0, float(rgb.shape[1]), float(rgb.shape[0])), self.exemplar_size).transpose(2, 0, 1)
+            else:
+                if f"exemplar:{item.key}" not in self._logged:
+                    self._logged.add(f"exemplar:{item.key}")
+                    log.warning("exemplar %s not used: %s (its samples have no exemplar)", item.path or item.key, reason)
+                kind, other, skipped = NONE, -1, 1
+        return {"exemplar_kind": kind, "exemplar_theta": torch.from_numpy(thetas[0]), "exemplar_index": other,
+                "exemplar_other": torch.from_numpy(np.ascontiguousarray(image)), "exemplar_skipped": skipped}
 
 
 class CachedImages(ReferenceSamples):
@@ -301,7 +341,22 @@ class CachedImages(ReferenceSamples):
         batch = {"rgb": out, "index": torch.from_numpy(indices), "skipped": torch.zeros(len(indices), dtype=torch.long)}
         if self.label_columns is not None:
             batch["labels"] = torch.from_numpy(self.label_matrix()[photos])
+        if self.exemplars is not None and self.exemplars.active:
+            batch.update(self.exemplar_fields(photos, sample_key, lambda rows, out: self.split.gather(rows, out), self.split.size))
         return batch
+
+    def exemplar_fields(self, photos: np.ndarray, keys: Sequence[int], gather, side: int) -> dict[str, torch.Tensor]:
+        """The exemplar fields of cached samples with exemplar keys ``keys`` (:meth:`exemplar_key`;
+        see :meth:`ReferenceImages._exemplar_fields`):
+        ``exemplar_other`` ``(B, 3, side, side)`` holds the other photos (as cached; the
+        sample's own photo in rows without one), resized to ``exemplar_size`` on the device.
+        ``gather(rows, out)`` copies cached photos ``rows`` into ``out``."""
+        kinds, others, thetas = self.plan_exemplars(photos, keys)
+        images = np.empty((len(photos), 3, side, side), np.uint8)
+        gather(np.where(kinds == OTHER, others, photos).astype(np.int64), images)
+        return {"exemplar_kind": torch.from_numpy(kinds), "exemplar_theta": torch.from_numpy(thetas),
+                "exemplar_index": torch.from_numpy(others), "exemplar_other": torch.from_numpy(images),
+                "exemplar_skipped": torch.zeros(len(photos), dtype=torch.long)}
 
     # -- validation: fixed views --------------------------------------------------------------
 
@@ -334,10 +389,22 @@ class CachedImages(ReferenceSamples):
         for i, (_, photo, view) in enumerate(planned):
             out[i] = self.split.image(photo, view)
         labels = [self.labels(self.split.labels[photo]) for _, photo, _ in planned] if self.label_columns is not None else None
+        exemplar = None
+        if self.exemplars is not None and self.exemplars.active:
+            def gather(rows: np.ndarray, out: np.ndarray) -> None:  # each other photo's whole view (view 0)
+                for i, row in enumerate(rows):
+                    out[i] = self.split.image(int(row), 0)
+
+            exemplar = self.exemplar_fields(np.array([p[1] for p in planned], np.int64),
+                                            [self.exemplar_key(p[0]) for p in planned], gather, self.output_size)
         if not collated:
             sample = {"rgb": rgb[0], "index": planned[0][0], "skipped": 0}
+            if exemplar is not None:
+                sample.update({k: (v[0] if k in ("exemplar_theta", "exemplar_other") else int(v[0])) for k, v in exemplar.items()})
             return sample if labels is None else {**sample, "labels": labels[0]}
         batch = {"rgb": rgb, "index": torch.tensor([p[0] for p in planned]), "skipped": torch.zeros(len(planned), dtype=torch.long)}
+        if exemplar is not None:
+            batch.update(exemplar)
         return batch if labels is None else {**batch, "labels": torch.stack(labels)}
 
 

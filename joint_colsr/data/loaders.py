@@ -231,6 +231,9 @@ class CachedBatchLoader(_ResumableState):
             batch["boxes"] = slot.boxes[:n]
         if self.dataset.draw_scale and n:
             batch["scale_u"] = scale_uniform(int(keys[0]))
+        if self.dataset.exemplars is not None and self.dataset.exemplars.active:
+            # Fresh tensors, not ring views: the other photos double the batch's bytes only when asked for.
+            batch.update(self.dataset.exemplar_fields(photos, [int(k) for k in keys], self._gather, self.dataset.split.size))
         if slot.labels is not None:
             np.take(self.dataset.label_matrix(), photos, axis=0, out=slot.labels.numpy()[:n])
             batch["labels"] = slot.labels[:n]

@@ -5,7 +5,8 @@ uniformly from ``[lo, hi]`` (the input stays ``data.input_size``; the target sid
 ``round(input_size * s)``), so a batch stays one tensor and a net sees every scale of the
 range. The draw comes from the sample key of the batch's first sample (a counter-based hash,
 :func:`joint_colsr.data.sampler.sample_uniforms`): the same batches get the same scales on
-a resumed run, on the photo-file and the cache path alike, with no host read of a device value.
+a resumed run (each path, photo files or cache, from its own sample keys), with no host read
+of a device value.
 """
 
 from __future__ import annotations

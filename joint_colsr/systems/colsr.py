@@ -106,6 +106,7 @@ class ColSRSystem(pl.LightningModule):
         self.val_loss_l = MeanMetric(nan_strategy="disable")
         self.val_psnr_joint = MeanMetric(nan_strategy="disable")
         self._skipped_in_epoch: Tensor | None = None
+        self._skipped_exemplars: Tensor | None = None
         #: First validation batch of the epoch, kept on CPU for the image-grid callback.
         self.val_examples: dict[str, Tensor] | None = None
         #: The data the weights were trained on (``input_size``, ``output_size``,
@@ -260,11 +261,18 @@ class ColSRSystem(pl.LightningModule):
         if "skipped" in batch:
             count = batch["skipped"].sum()
             self._skipped_in_epoch = count if self._skipped_in_epoch is None else self._skipped_in_epoch + count
+        if "exemplar_skipped" in batch:  # exemplar photos that could not be used (the sample trained without one)
+            count = batch["exemplar_skipped"].sum()
+            self._skipped_exemplars = count if self._skipped_exemplars is None else self._skipped_exemplars + count
 
     def on_train_epoch_end(self) -> None:
         if self._skipped_in_epoch is not None:
             self.log("data/skipped", self._skipped_in_epoch.float(), on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True)
             self._skipped_in_epoch = None
+        if self._skipped_exemplars is not None:
+            self.log("data/skipped_exemplars", self._skipped_exemplars.float(), on_step=False, on_epoch=True, reduce_fx="sum",
+                     sync_dist=True)
+            self._skipped_exemplars = None
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         losses = self.supervised_losses(self.infer(batch), batch)
