@@ -23,6 +23,13 @@ differs). Tiles then snap to the denominator of each side's scale in lowest term
 maps to whole output pixels; the tiles overlap in the input (= latent) grid and are blended as
 above. A fixed-scale model asked for another scale is an error at start-up naming the option.
 ``max_output_side`` bounds any output side.
+
+Exemplars (models that take one, ``model=joint_exemplar``): ``exemplar=PHOTO`` steers every
+input, ``exemplar_map=CSV`` (rows ``input,exemplar``: paths relative to ``input_dir`` and to the
+CSV's folder; inputs not listed run in automatic mode). Every exemplar is decoded and checked
+at start-up (a missing, undecodable or grayscale one is an error naming it; nothing is
+written), squash-resized to the checkpoint's exemplar size, and each output gets a sidecar
+``<output>.json`` naming its input, exemplar and model. A model without exemplar input refuses them.
 """
 
 from __future__ import annotations
@@ -31,6 +38,7 @@ from joint_colsr.run.fast_help import answer_help_early
 
 answer_help_early(__name__, 'predict')  # before torch/Lightning are imported (run/fast_help.py)
 
+import json
 import logging
 from fractions import Fraction
 from pathlib import Path
@@ -58,11 +66,16 @@ MODES = ("photo", "reference")
 
 
 def _net_outputs(net: torch.nn.Module, l_lowres: Tensor, l_highres: Tensor | None = None,
-                 out_hw: tuple[int, int] | None = None) -> dict[str, Tensor]:
-    """The network contract (:func:`joint_colsr.systems.call_net`), on a plain net."""
+                 out_hw: tuple[int, int] | None = None, exemplar: Tensor | None = None) -> dict[str, Tensor]:
+    """The network contract (:func:`joint_colsr.systems.call_net`), on a plain net; ``exemplar``:
+    ``(1, 3, E, E)`` normalized L*a*b* for every image of the batch, or None."""
     if getattr(net, "needs_l_highres", False) and l_highres is None:
         raise ValueError(f"{type(net).__name__} needs ground-truth L* at the output size: use mode=reference")
-    return call_net(net, l_lowres, l_highres, out_hw)
+    mask = None
+    if exemplar is not None:
+        exemplar = exemplar.to(l_lowres.device).expand(l_lowres.shape[0], -1, -1, -1)
+        mask = torch.ones(l_lowres.shape[0], dtype=torch.bool, device=l_lowres.device)
+    return call_net(net, l_lowres, l_highres, out_hw, exemplar, mask)
 
 
 def _ramp(length: int, ramp_before: int, ramp_after: int) -> Tensor:
@@ -97,6 +110,8 @@ class TiledColorizer:
 
     def __init__(self, net: torch.nn.Module, scale: Fraction | tuple[Fraction, Fraction], tile_size: int = 192,
                  tile_overlap: int = 48, device: torch.device | str = "cpu") -> None:
+        #: ``(1, 3, E, E)`` normalized L*a*b* every tile is coloured from (exemplar nets), or None.
+        self.exemplar: Tensor | None = None
         scales = tuple(Fraction(s) for s in (scale if isinstance(scale, tuple) else (scale, scale)))
         if min(scales) < 1:
             raise ValueError(f"the scale must be >= 1, got {' x '.join(str(s) for s in scales)}")
@@ -176,7 +191,7 @@ class TiledColorizer:
 
     def _tile(self, l_tile: Tensor) -> Tensor:
         size = (self._out(l_tile.shape[-2], 0), self._out(l_tile.shape[-1], 1))
-        out = _net_outputs(self.net, l_tile.to(self.device), out_hw=size)
+        out = _net_outputs(self.net, l_tile.to(self.device), out_hw=size, exemplar=self.exemplar)
         ab = out["ab"].float()
         if tuple(ab.shape[-2:]) != size:
             raise ValueError(f"the network maps a {tuple(l_tile.shape[-2:])} tile to {tuple(ab.shape[-2:])}, expected {size} "
@@ -198,7 +213,8 @@ class TiledColorizer:
 
 
 def reference_prediction(net: torch.nn.Module, rgb: np.ndarray, input_size: int, output_size: int,
-                         lowres_interpolation: str = "bicubic", device: torch.device | str = "cpu") -> np.ndarray:
+                         lowres_interpolation: str = "bicubic", device: torch.device | str = "cpu",
+                         exemplar: Tensor | None = None) -> np.ndarray:
     """The evaluation protocol on one photo: ``(H, W, 3)`` uint8 -> ``(S, S, 3)`` uint8
     (squash-resized to ``S``, L* downscaled to ``input_size``, GT L* + predicted a*b*)."""
     height, width = rgb.shape[:2]
@@ -206,7 +222,7 @@ def reference_prediction(net: torch.nn.Module, rgb: np.ndarray, input_size: int,
     tensor = torch.from_numpy(np.ascontiguousarray(reference.transpose(2, 0, 1)))[None].to(device)
     batch = rgb_uint8_to_lab_batch(tensor, input_size, lowres_interpolation)
     with torch.no_grad():
-        ab = _net_outputs(net, batch["l_lowres"], batch["l_highres"])["ab"].float()
+        ab = _net_outputs(net, batch["l_lowres"], batch["l_highres"], exemplar=exemplar)["ab"].float()
     return quantize_uint8(merge_l_ab_to_rgb(batch["l_highres"], ab))[0].permute(1, 2, 0).byte().cpu().numpy()
 
 
@@ -309,6 +325,59 @@ def requested_size(cfg: DictConfig, net: torch.nn.Module, native: Fraction,
     return rule
 
 
+def load_exemplar(path: Path, size: int, key: str) -> Tensor:
+    """A colour photo as an exemplar: ``(1, 3, size, size)`` normalized L*a*b* (squash-resized).
+
+    Raises:
+        ConfigError: naming ``key`` and the file: missing, undecodable, or without colour.
+    """
+    from joint_colsr.data.decode import unusable_reason
+
+    if not path.is_file():
+        raise ConfigError(f"{key}: exemplar {path} is not a file")
+    try:
+        rgb = decode_image(path)
+    except ImageDecodeError as err:
+        raise ConfigError(f"{key}: exemplar {path} cannot be decoded ({err.reason})") from None
+    reason = unusable_reason(rgb, 1, float("inf"), True)
+    if reason is not None:
+        raise ConfigError(f"{key}: exemplar {path} cannot steer colours: {reason}")
+    image = resize_box(rgb, (0.0, 0.0, float(rgb.shape[1]), float(rgb.shape[0])), size)
+    batch = rgb_uint8_to_lab_batch(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None], size)
+    return torch.cat([batch["l_highres"], batch["ab_target"]], dim=1)
+
+
+def exemplars_for(cfg: DictConfig, net: torch.nn.Module, files: list[Path], input_dir: Path, size: int) -> dict[Path, Path]:
+    """Input -> exemplar file, from ``exemplar=PHOTO`` or ``exemplar_map=CSV`` (checked at start-up)."""
+    import csv
+
+    photo, table = cfg.get("exemplar"), cfg.get("exemplar_map")
+    if photo is None and table is None:
+        return {}
+    if photo is not None and table is not None:
+        raise ConfigError("set exemplar=PHOTO or exemplar_map=CSV, not both")
+    if not getattr(net, "takes_exemplar", False):
+        raise ConfigError(f"{type(net).__name__} takes no exemplar (exemplar= / exemplar_map= need model=joint_exemplar)")
+    if photo is not None:
+        return {path: Path(str(photo)).expanduser() for path in files}
+    table_path = Path(str(table)).expanduser()
+    if not table_path.is_file():
+        raise ConfigError(f"exemplar_map={table} is not a file")
+    known = {path.resolve(): path for path in files}
+    mapping: dict[Path, Path] = {}
+    with open(table_path, newline="") as handle:
+        for line, row in enumerate(csv.reader(handle), start=1):
+            if not row or (line == 1 and [c.strip().lower() for c in row[:2]] == ["input", "exemplar"]):
+                continue
+            if len(row) < 2:
+                raise ConfigError(f"exemplar_map={table} line {line}: expected 'input,exemplar', got {row}")
+            source = (input_dir / row[0].strip()).resolve()
+            if source not in known:
+                raise ConfigError(f"exemplar_map={table} line {line}: {row[0]} is not an image of input_dir={input_dir}")
+            mapping[known[source]] = (table_path.parent / row[1].strip()).expanduser()
+    return mapping
+
+
 def predict(cfg: DictConfig) -> dict[str, Any]:
     """Write one PNG per image of ``cfg.input_dir`` to ``cfg.output_dir``; return counts."""
     mode = cfg.get("mode", "photo")
@@ -336,6 +405,10 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         raise ConfigError("the model does not say its input_size/output_size (model.net.*)")
     native = Fraction(output_size, input_size)
     scales_of = requested_size(cfg, net, native, files)
+    exemplar_size = int((system.data_task or {}).get("exemplar_size") or 256)
+    exemplar_of = exemplars_for(cfg, net, files, input_dir, exemplar_size)
+    key = "exemplar" if cfg.get("exemplar") is not None else "exemplar_map"
+    exemplars = {path: load_exemplar(path, exemplar_size, key) for path in sorted(set(exemplar_of.values()))}
     tilers: dict[tuple[Fraction, Fraction], TiledColorizer] = {}
     # Reference mode degrades as the run did: the checkpoint's L* downscaling unless set here.
     interpolation = str(cfg.get("lowres_interpolation") or (system.data_task or {}).get("lowres_interpolation") or "bicubic")
@@ -347,17 +420,23 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             log.warning("skipping %s", err)
             failed.append(str(path))
             continue
+        exemplar = exemplars[exemplar_of[path]] if path in exemplar_of else None
         if mode == "reference":
-            out = reference_prediction(net, rgb, input_size, output_size, interpolation, device)
+            out = reference_prediction(net, rgb, input_size, output_size, interpolation, device, exemplar)
         else:
             scales = scales_of(*rgb.shape[:2])
             if scales not in tilers:
                 tilers[scales] = TiledColorizer(net, scales, int(cfg.tile_size), int(cfg.tile_overlap), device)
+            tilers[scales].exemplar = exemplar
             out = tilers[scales](photo_l_star(rgb))
         target = targets[path]
         try:
             with atomic_write(target, "wb", fsync=False) as handle:  # a full disk leaves no truncated PNG behind
                 Image.fromarray(out).save(handle, format="PNG")
+            if exemplar_of:
+                with atomic_write(target.with_name(target.name + ".json"), "w", fsync=False) as handle:
+                    json.dump({"input": str(path), "exemplar": str(exemplar_of[path]) if path in exemplar_of else None,
+                               "model": str(cfg.get("ckpt_path") or cfg.get("baseline")), "mode": mode}, handle, indent=2)
         except OSError as err:
             raise ConfigError(f"could not write {target} ({err.strerror or err}); {written} PNG(s) were written before it, "
                               "no partial file is left") from None

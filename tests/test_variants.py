@@ -301,7 +301,8 @@ def test_srgan_tiny_run_with_ema_perceptual_schedulers_and_resume(compose_cfg, t
     loaded = ColSRSystem.from_checkpoint(shared, inference=True)
     assert type(loaded) is GANSystem and loaded.perceptual is None
     assert loaded.data_task == {"input_size": 96, "output_size": 256, "lowres_interpolation": "bicubic", "with_labels": False,
-                               "filters": {"exclude_grayscale": True, "min_side": 16, "max_aspect": 10.0}, "scale_range": None}
+                               "filters": {"exclude_grayscale": True, "min_side": 16, "max_aspect": 10.0}, "scale_range": None,
+                               "exemplar_size": 256}
     eval_cfg = compose_config("eval", [f"ckpt_path={shared}", "data.input_size=64"])
     assert type(build_eval_system(eval_cfg)) is GANSystem and eval_cfg.data.input_size == 96
     # A checkpoint written before checkpoints named their class: told apart by its hyper-parameters.

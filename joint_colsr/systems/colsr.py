@@ -23,7 +23,7 @@ from joint_colsr.metrics import colorization_psnr
 SYSTEM_CLASS_KEY = "system_class"
 DATA_TASK_KEY = "data_task"
 #: The data module attributes that define the task (what eval / predict must reproduce).
-DATA_TASK_FIELDS = ("input_size", "output_size", "lowres_interpolation", "with_labels", "filters", "scale_range")
+DATA_TASK_FIELDS = ("input_size", "output_size", "lowres_interpolation", "with_labels", "filters", "scale_range", "exemplar_size")
 
 
 def uses_ground_truth_l(net: nn.Module) -> bool:
@@ -189,7 +189,9 @@ class ColSRSystem(pl.LightningModule):
           whose attribute ``any_scale`` is true also gets ``out_hw=(H, W)``: the batch's
           ``out_hw`` when it has one (prediction at a chosen size), else the size of its
           ``ab_target`` (training and evaluation at the batch's scale), else None (the net's
-          built scale);
+          built scale); a net whose attribute ``takes_exemplar`` is true also gets the batch's
+          ``exemplar`` ``(B, 3, E, E)`` (normalized L*a*b*, or None: automatic mode) and
+          ``exemplar_mask`` ``(B,)`` bool (which samples have one);
         * output: a tensor of a*b*, or a dict with ``"ab"`` and optionally ``"l"``
           (its own high-resolution L*, normalized) and ``"logits"`` (class scores).
 
@@ -203,7 +205,8 @@ class ColSRSystem(pl.LightningModule):
         """
         if net is None:
             net = self.net if self.training else self.eval_net
-        return call_net(net, batch["l_lowres"], batch.get("l_highres"), requested_output_hw(batch))
+        return call_net(net, batch["l_lowres"], batch.get("l_highres"), requested_output_hw(batch), batch.get("exemplar"),
+                        batch.get("exemplar_mask"))
 
     def supervised_losses(self, out: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> dict[str, Tensor]:
         """The weighted pixel (and label) losses of the net's outputs.
@@ -335,10 +338,13 @@ class ColSRSystem(pl.LightningModule):
 
 
 def call_net(net: nn.Module, l_lowres: Tensor, l_highres: Tensor | None = None,
-             out_hw: tuple[int, int] | None = None) -> dict[str, Tensor]:
+             out_hw: tuple[int, int] | None = None, exemplar: Tensor | None = None,
+             exemplar_mask: Tensor | None = None) -> dict[str, Tensor]:
     """Call any network of the suite by its contract (see :meth:`ColSRSystem.infer`): ``l_highres``
     only to nets that declare ``needs_l_highres``, ``out_hw`` only to nets that declare
-    ``any_scale`` (a fixed-scale net produces its own size); the outputs as a dict.
+    ``any_scale`` (a fixed-scale net produces its own size), ``exemplar`` (``(B, 3, E, E)``
+    normalized L*a*b*) and ``exemplar_mask`` (``(B,)`` bool) only to nets that declare
+    ``takes_exemplar`` (the others colour on their own); the outputs as a dict.
 
     Raises:
         ValueError: a guided net without ``l_highres``.
@@ -350,6 +356,8 @@ def call_net(net: nn.Module, l_lowres: Tensor, l_highres: Tensor | None = None,
         kwargs["l_highres"] = l_highres
     if getattr(net, "any_scale", False):
         kwargs["out_hw"] = out_hw
+    if getattr(net, "takes_exemplar", False):
+        kwargs["exemplar"], kwargs["exemplar_mask"] = exemplar, exemplar_mask
     out = net(l_lowres, **kwargs)
     return dict(out) if isinstance(out, Mapping) else {"ab": out}
 
