@@ -29,25 +29,43 @@ class RecordWeights(pl.Callback):
 
 
 class RecordHostReads(pl.Callback):
-    """Each rank records its host reads (:class:`~joint_colsr.run.syncs.HostReadRecorder`) from
-    the start of training to its end, by training batch (as ``tests/run/test_host_syncs.py``
-    counts them), into ``<out_dir>/reads_rank<N>.json``: ``{batch: ["call at where", ...]}``."""
+    """Records this process's host reads (:class:`~joint_colsr.run.syncs.HostReadRecorder`)
+    from the start of training to its end, by training-loop iteration, into
+    ``<out_dir>/reads_rank<N>.json``: ``{iteration: [{"call", "where", "deliberate"}, ...]}``.
+
+    Iteration ``k`` runs from the start of the loop's ``advance`` for batch ``k``
+    (:func:`~joint_colsr.run.syncs.hook_training_iterations`) to the start of the next one:
+    the fetch of the batch after, the transfer and ``on_after_batch_transfer`` of batch ``k``,
+    its step, hooks and logging, then ``on_advance_end`` (validation when due). Reads before
+    the first iteration (start-up) are under ``-1``. ``tests/run/test_host_syncs.py`` runs it
+    in process (``+callbacks.probe``) and on each DDP rank."""
 
     def __init__(self, out_dir: str) -> None:
         self.out_dir = Path(out_dir)
         self.recorder = None
+        self.iteration = -1
+        self._undo = None
+
+    def _start(self, trainer: pl.Trainer) -> None:
+        self.iteration += 1
+
+    def _end(self, trainer: pl.Trainer) -> None:
+        pass  # the iteration lasts until the next one starts (its on_advance_end included)
 
     def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        from joint_colsr.run.syncs import HostReadRecorder
+        from joint_colsr.run.syncs import HostReadRecorder, hook_training_iterations
 
-        progress = trainer.fit_loop.epoch_loop.batch_progress
-        self.recorder = HostReadRecorder(step_of=lambda: progress.total.ready - 1)
+        self.iteration = -1
+        self._undo = hook_training_iterations(trainer, self._start, self._end)
+        self.recorder = HostReadRecorder(step_of=lambda: self.iteration)
         self.recorder.__enter__()
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         import json
 
         self.recorder.__exit__(None, None, None)
-        reads = {str(b): [f"{r.call} at {r.where}" for r in rs] for b, rs in self.recorder.per_step().items()}
+        self._undo()
+        reads = {str(b): [{"call": r.call, "where": r.where, "deliberate": r.deliberate} for r in rs]
+                 for b, rs in self.recorder.per_step().items()}
         self.out_dir.mkdir(parents=True, exist_ok=True)
         (self.out_dir / f"reads_rank{trainer.global_rank}.json").write_text(json.dumps(reads, indent=1))

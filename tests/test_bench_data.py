@@ -3,6 +3,8 @@
 import json
 
 import numpy as np
+import pytest
+import torch
 
 from joint_colsr.bench.data import REPORT_BEGIN, REPORT_END, write_results
 
@@ -57,12 +59,53 @@ def test_loader_benchmark_on_a_tiny_synthetic_cache(tmp_path):
     assert abs(detail["memcpy_images_per_s"] - float(np.median(runs))) < 0.1  # the median run is the roof
     low, high = detail["loader_vs_memcpy_spread"]
     assert low <= result["loader_vs_memcpy"] <= high
+    # Without CUDA there is no host-to-device number (null, not a stand-in); with it, a real one.
+    h2d = detail["with_host_to_device"]
+    assert h2d is None if not torch.cuda.is_available() else (h2d["images_per_s"] > 0 and h2d["pinned"])
+    # Cold and warm apart, over a cache of distinct images (quick: 2 shards of 256), each read once an epoch.
+    cold = detail["cold"]
+    assert cold["distinct_images"] == cold["images_per_epoch"] == 512
+    assert cold["cold_images_per_s"] > 0 and cold["warm_images_per_s"] > 0
+    if hasattr(os, "posix_fadvise"):
+        assert cold["dontneed_asked"] is True
+    if cold["resident_share_after_dontneed"] is not None:  # Linux: mincore says what DONTNEED did
+        assert 0 <= cold["resident_share_after_dontneed"] <= 1 and cold["resident_share_after_cold_epoch"] == 1.0
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / "results.json").write_text(json.dumps({"models": {"x": 1}}))
     write_loader_results(result, tmp_path / "out")
     results = json.loads((tmp_path / "out" / "results.json").read_text())
     assert results["models"] == {"x": 1} and results["loader_vs_memcpy"] == result["loader_vs_memcpy"]
     assert "## Cache loader at COCO scale" in (tmp_path / "out" / "RESULTS.md").read_text()
+
+
+def test_page_cache_residency_is_measured_and_dropping_asks_the_kernel(tmp_path):
+    import os
+
+    from joint_colsr.bench.loader import drop_from_page_cache, resident_share
+
+    path = tmp_path / "shard.bin"
+    path.write_bytes(os.urandom(1 << 20))
+    path.read_bytes()
+    if resident_share([path]) is None:
+        pytest.skip("no mincore here")
+    assert resident_share([path]) == 1.0  # just read: every page resident
+    if drop_from_page_cache([path]):
+        # Advice: disk filesystems drop the pages (nothing maps them), tmpfs cannot (its pages are the file).
+        if _filesystem_of(path) in ("ext4", "xfs", "btrfs"):
+            assert resident_share([path]) < 0.1
+        path.read_bytes()
+        assert resident_share([path]) == 1.0
+
+
+def _filesystem_of(path) -> str | None:
+    """The type of the filesystem holding ``path`` (the longest mount point above it, /proc/mounts)."""
+    try:
+        mounts = [line.split()[1:3] for line in open("/proc/mounts")]
+    except OSError:
+        return None
+    resolved = str(path.resolve())
+    above = [(point, kind) for point, kind in mounts if resolved == point or resolved.startswith(point.rstrip("/") + "/")]
+    return max(above, key=lambda m: len(m[0]))[1] if above else None
 
 
 def test_the_loader_ratio_carries_the_roofs_own_spread():

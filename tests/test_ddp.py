@@ -1,4 +1,5 @@
-"""trainer=ddp: Lightning DDP on 2 CPU processes (gloo), one run directory; the multirun pitfall."""
+"""trainer=ddp: Lightning DDP on 2 CPU processes (gloo), one run directory; the multirun pitfall.
+Its host syncs between logging steps are traced in tests/run/test_host_syncs.py."""
 
 from __future__ import annotations
 
@@ -79,23 +80,3 @@ def test_srgan_trains_under_ddp_with_generator_and_discriminator_in_step_on_ever
         assert keys, prefix
         assert all(torch.equal(end[k], other[k]) for k in keys), f"the ranks' {prefix[:-1]} weights differ"
         assert any(not torch.equal(end[k], start[k]) for k in keys), f"{prefix[:-1]} did not train"
-
-
-def test_ddp_makes_no_host_read_between_logging_steps_on_any_rank(tmp_path):
-    """Lightning 2.6 broadcasts rank 0's SIGTERM flag before every step under DDP (a device
-    tensor and a host read); the suite lets it happen only at logging steps
-    (preemption.broadcast_sigterm_at_logging_steps). Traced on 2 gloo ranks."""
-    log_every, steps = 4, 12
-    run_dir, probe = tmp_path / "run", tmp_path / "probe"
-    proc = run_train([*DDP_CPU, f"data.train_samples_per_epoch={2 * 4 * steps}", "trainer.limit_train_batches=null",
-                      "trainer.limit_val_batches=1", f"trainer.log_every_n_steps={log_every}", "logger=csv",
-                      f"callbacks.stop_on_non_finite.check_every_n_steps={log_every}",  # as `auto` resolves on GPUs
-                      f"hydra.run.dir={run_dir}", "+callbacks.probe._target_=tests.ddp_probe.RecordHostReads",
-                      f"+callbacks.probe.out_dir={probe}"], tmp_path)
-    assert proc.returncode == 0, output_tail(proc)
-    allowed = {-1, 0} | {b for b in range(steps) if (b + 1) % log_every == 0}
-    for rank in (0, 1):
-        reads = {int(b): r for b, r in json.loads((probe / f"reads_rank{rank}.json").read_text()).items()}
-        assert set(reads) >= {log_every - 1}, reads  # the recorder sees Lightning's read of the logged loss
-        between = {b: r for b, r in reads.items() if b not in allowed}
-        assert between == {}, f"rank {rank}: {between}"

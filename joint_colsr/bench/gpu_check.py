@@ -304,21 +304,18 @@ class _HostEvent:
 
 
 class _SyncCounter:
-    """CUDA's sync debug mode ("warn") over the batches that must not sync; counts the warnings."""
+    """CUDA's sync debug mode ("warn") over the training-loop iterations that must not sync
+    (:class:`~joint_colsr.run.syncs.SyncDebug`: fetch, transfer, on_after_batch_transfer, step,
+    hooks and logging; the batch's pinning too); ``batches``: how many ran checked."""
 
     def __init__(self) -> None:
         from joint_colsr.run.syncs import SyncDebug
 
         self.callback = SyncDebug("warn")
-        self.batches = 0
-        outer = self
-        start = self.callback.on_train_batch_start
 
-        def counting_start(trainer, pl_module, batch, batch_idx):
-            start(trainer, pl_module, batch, batch_idx)
-            outer.batches += int(self.callback._active)
-
-        self.callback.on_train_batch_start = counting_start
+    @property
+    def batches(self) -> int:
+        return self.callback.checked_iterations
 
 
 def paper_recipe_run(cache_dir: Path, batch_size: int, fast: bool, warmup: int, steps: int, block: int,

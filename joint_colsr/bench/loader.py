@@ -21,11 +21,23 @@
    ratio against the highest and the lowest roof run beside it (the roof's own noise). The headline uses the
    default two gathering threads (``data.cache_gather_threads=2``); a run with one is reported next to it.
 
-The hard links mean the page cache holds all the data after the first touches: the
-loader reads warm pages, as on a machine whose RAM holds the cache (COCO at 256: 23 GB).
-The read from disk is measured apart (``cold_read_images_per_s``: a real shard read
-sequentially after ``posix_fadvise(DONTNEED)`` dropped it from the page cache), a bound
-for a cache larger than RAM.
+4. **With a GPU**: the same loader with its ring in pinned memory and each batch copied to
+   the GPU as Lightning does (``non_blocking`` from pinned memory, the ring slot released
+   by the copy's event, a ``synchronize`` before the timed window closes):
+   ``loader_cache.with_host_to_device``; ``null`` without CUDA (nothing is simulated).
+5. **Cold and warm apart** (``loader_cache.cold``): a second synthetic cache whose shards
+   are all distinct files (no hard links: every image is read from its own pages), opened
+   fresh (no memory map of it exists), its shards dropped from the page cache
+   (``posix_fadvise(DONTNEED)`` after an ``fsync``), then one epoch timed (cold), then a
+   second epoch of the same loader (warm). ``DONTNEED`` is advice the kernel may ignore
+   (pages mapped elsewhere, tmpfs): the share of the shards' pages still resident after it
+   is measured (Linux ``mincore``) and reported beside the cold rate.
+
+The hard links of step 1 mean the page cache holds all the data after the first touches:
+the headline loader reads warm pages, as on a machine whose RAM holds the cache (COCO at
+256: 23 GB). The sequential read from disk is measured apart too
+(``cold_read_images_per_s``: a real shard read after ``DONTNEED``), a bound for a cache
+larger than RAM.
 """
 
 from __future__ import annotations
@@ -68,6 +80,8 @@ TARGET_IMAGES_PER_S = 10_000
 GATHER_THREADS = 2
 #: Separate memcpy roof measurements (the median is the roof; their spread is reported).
 ROOF_RUNS = 6
+#: Shards of the cold run's cache (all distinct files: 2 x 1024 images, 400 MB, in a full run).
+COLD_SHARDS = 2
 REPORT_BEGIN = "<!-- BEGIN loader benchmark (python -m joint_colsr.bench.loader) -->"
 REPORT_END = "<!-- END loader benchmark -->"
 
@@ -177,47 +191,152 @@ def ratio_with_spread(rate: float, roofs: list[float]) -> dict[str, float]:
             "roof_median": round(median, 1), "roof_spread": round(max(roofs) / min(roofs), 3)}
 
 
+def drop_from_page_cache(paths: list[Path]) -> bool:
+    """Ask the kernel to drop ``paths``' pages from the page cache (``fsync``, then
+    ``posix_fadvise(DONTNEED)``: advice; pages a process has mapped stay). ``False`` where
+    ``posix_fadvise`` is missing (nothing asked)."""
+    if not hasattr(os, "posix_fadvise"):
+        return False
+    for path in paths:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)  # dirty pages (a file just written) are not dropped
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
+    return True
+
+
+def resident_share(paths: list[Path]) -> float | None:
+    """The share of ``paths``' pages in the page cache (Linux ``mincore`` on a private map,
+    which faults nothing in); ``None`` where ``mincore`` cannot be called."""
+    import ctypes
+    import mmap
+
+    try:
+        mincore = ctypes.CDLL(None, use_errno=True).mincore
+    except (OSError, AttributeError):
+        return None
+    resident = total = 0
+    for path in paths:
+        size = path.stat().st_size
+        if size == 0:
+            continue
+        with open(path, "rb") as f:
+            mapped = mmap.mmap(f.fileno(), size, access=mmap.ACCESS_COPY)
+        try:
+            start = ctypes.c_char.from_buffer(mapped)
+            pages = (size + mmap.PAGESIZE - 1) // mmap.PAGESIZE
+            vec = (ctypes.c_ubyte * pages)()
+            rc = mincore(ctypes.c_void_p(ctypes.addressof(start)), ctypes.c_size_t(size), vec)
+            del start  # the map cannot close while a ctypes view of it exists
+            if rc != 0:
+                return None
+            resident += int((np.frombuffer(vec, np.uint8) & 1).sum())
+            total += pages
+        finally:
+            mapped.close()
+    return resident / total if total else None
+
+
 def cold_read_images_per_s(path: Path, image_bytes: int) -> float | None:
     """Images per second read from disk: ``path`` dropped from the page cache, then read
     sequentially (None where ``posix_fadvise`` is missing). Call it before ``path`` is
     memory-mapped: mapped pages stay in the page cache."""
-    if not hasattr(os, "posix_fadvise"):
+    if not drop_from_page_cache([path]):
         return None
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)  # dirty pages (a file just written) are not dropped
-        os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
-        buf = bytearray(1 << 22)
-        total, start = 0, time.perf_counter()
-        with os.fdopen(os.dup(fd), "rb", buffering=0) as f:
-            while n := f.readinto(buf):
-                total += n
-        return total / image_bytes / (time.perf_counter() - start)
-    finally:
-        os.close(fd)
+    buf = bytearray(1 << 22)
+    total, start = 0, time.perf_counter()
+    with open(path, "rb", buffering=0) as f:
+        while n := f.readinto(buf):
+            total += n
+    return total / image_bytes / (time.perf_counter() - start)
 
 
-def measure_loader(dm: ColSRDataModule, seconds: float, warmup_batches: int = 3) -> dict[str, float]:
-    """Iterate ``dm.train_dataloader()`` as Lightning does (one batch held while the next is
-    fetched), epoch after epoch; images/s and main-thread CPU seconds per image after warm-up."""
+def _to_device(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
+    """``batch``'s tensors copied to ``device`` as Lightning moves a batch (``non_blocking``),
+    the ring slot then told the copy is queued (``RingSlot.transferred``, as
+    ``on_after_batch_transfer`` does): its gathering thread waits for the copy before reuse."""
+    moved = {k: v.to(device, non_blocking=True) for k, v in batch.items() if isinstance(v, torch.Tensor)}
+    if "slot" in batch:
+        batch["slot"].transferred()
+    return moved
+
+
+def _loader_for(dm: ColSRDataModule, device: torch.device | None) -> Any:
+    """``dm``'s training loader; with a CUDA ``device``, its ring in pinned memory (the ring is
+    allocated on the first batch, so setting ``pin_memory`` on a fresh loader is enough; a
+    data module without a trainer does not pin, as it cannot know a GPU trains)."""
     loader = dm.train_dataloader()
+    if device is not None:
+        loader.pin_memory = True
+    return loader
+
+
+def measure_loader(dm: ColSRDataModule, seconds: float, warmup_batches: int = 3,
+                   device: torch.device | None = None) -> dict[str, float]:
+    """Iterate ``dm.train_dataloader()`` as Lightning does (one batch held while the next is
+    fetched), epoch after epoch; images/s and main-thread CPU seconds per image after warm-up.
+    With a CUDA ``device``: pinned ring, each batch copied to it (:func:`_to_device`), and the
+    device synchronized when the timed window opens and before it closes."""
+    loader = _loader_for(dm, device)
     held = None
     images, batches, epoch = 0, 0, 0
     start = wall = cpu = None
     while True:
         loader.sampler.set_epoch(epoch)
         for batch in loader:
-            held = batch  # noqa: F841 (held like Lightning's prefetched batch)
+            held = batch if device is None else _to_device(batch, device)  # noqa: F841 (held like Lightning's prefetched batch)
             batches += 1
             if batches == warmup_batches:
+                if device is not None:
+                    torch.cuda.synchronize(device)
                 start, cpu = time.perf_counter(), time.thread_time()
             elif start is not None:
                 images += len(batch["index"])
                 wall = time.perf_counter() - start
                 if wall >= seconds:
+                    if device is not None:  # the copies queued in the window are done
+                        torch.cuda.synchronize(device)
+                        wall = time.perf_counter() - start
                     return {"images_per_s": images / wall, "main_thread_s_per_image": (time.thread_time() - cpu) / images,
                             "images": images, "seconds": wall, "epochs_started": epoch + 1}
         epoch += 1
+
+
+def _epoch_images_per_s(loader: Any, epoch: int) -> tuple[float, int]:
+    """Images/s of one whole epoch of ``loader`` (from the request of its first batch to the
+    arrival of its last), and the images delivered."""
+    loader.sampler.set_epoch(epoch)
+    held: list[dict[str, Any]] = []  # the batch held while the next is fetched, as Lightning does
+    images, start = 0, time.perf_counter()
+    for batch in loader:
+        held[:] = [batch]
+        images += len(batch["index"])
+    return images / (time.perf_counter() - start), images
+
+
+def measure_cold_and_warm(root: Path, size: int, batch_size: int, gather_threads: int) -> dict[str, Any]:
+    """One epoch of a fresh loader over the cache at ``root`` after its training shards were
+    dropped from the page cache (cold), then a second epoch of it (warm); see the module
+    docstring. The cache's shards should be distinct files, each image read once an epoch."""
+    dm = ColSRDataModule(None, cache=str(root), batch_size=batch_size, num_workers=0, input_size=min(96, size),
+                         output_size=size, seed=0, pin_memory=False, cache_gather_threads=gather_threads)
+    dm.setup("fit")  # maps the shards on their first batch, not here (the quick check unmaps its own)
+    split = dm.image_cache.splits["train"]
+    shards = [root / f for f in split.files]
+    if len({os.stat(p).st_ino for p in shards}) != len(shards):
+        raise ValueError(f"cold run: the cache at {root} has hard-linked shards; its images would not all be cold")
+    asked = drop_from_page_cache(shards)
+    resident = resident_share(shards)
+    loader = dm.train_dataloader()
+    cold, images = _epoch_images_per_s(loader, 0)
+    after_cold = resident_share(shards)
+    warm, _ = _epoch_images_per_s(loader, 1)
+    return {"cold_images_per_s": round(cold, 1), "warm_images_per_s": round(warm, 1), "images_per_epoch": images,
+            "distinct_images": len(split), "dontneed_asked": asked,
+            "resident_share_after_dontneed": None if resident is None else round(resident, 4),
+            "resident_share_after_cold_epoch": None if after_cold is None else round(after_cold, 4)}
 
 
 def cpu_augment_images_per_s(dm: ColSRDataModule, seconds: float) -> float:
@@ -291,6 +410,12 @@ def run_loader_benchmark(quick: bool = False, num_images: int | None = None, bat
         one_thread = measure_loader(modules[1], seconds / 2)
         roofs += memcpy_roof(image_bytes, batch_size, seconds / 4, GATHER_THREADS, ROOF_RUNS // 2)
         augment_rate = cpu_augment_images_per_s(dm, seconds / 4)
+        # With a GPU: pinned ring and the real copy of each batch (nothing stands in for it without one).
+        device = torch.device("cuda", torch.cuda.current_device()) if torch.cuda.is_available() else None
+        to_device = None if device is None else measure_loader(dm, seconds / 2, device=device)
+        cold_root = make_synthetic_cache(Path(tmp) / "cold", COLD_SHARDS * shard_size, size, shard_size=shard_size,
+                                         real_shards=COLD_SHARDS, seed=1)
+        cold_warm = measure_cold_and_warm(cold_root, size, batch_size, GATHER_THREADS)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
         torch.set_num_threads(threads)
@@ -311,6 +436,10 @@ def run_loader_benchmark(quick: bool = False, num_images: int | None = None, bat
             "memcpy_spread_max_over_min": ratio["roof_spread"],
             "cpu_augment_images_per_s": round(augment_rate, 1),
             "cold_read_images_per_s": None if cold is None else round(cold, 1),
+            "cold": cold_warm,
+            "with_host_to_device": None if to_device is None else {
+                "images_per_s": round(to_device["images_per_s"], 1), "pinned": True, "device": torch.cuda.get_device_name(device),
+                "main_thread_us_per_image": round(1e6 * to_device["main_thread_s_per_image"], 3)},
             "target_images_per_s": TARGET_IMAGES_PER_S,
             "synthetic_cache_seconds": round(generate_s, 1),
             "open_seconds": round(open_s, 2),
@@ -334,6 +463,11 @@ def render_markdown(r: dict[str, Any]) -> str:
     d = r["loader_cache"]
     s = d["settings"]
     cold = f"{d['cold_read_images_per_s']:,.0f}" if d.get("cold_read_images_per_s") else "-"
+    h2d = f"{d['with_host_to_device']['images_per_s']:,.0f} ({d['with_host_to_device']['device']})" if d.get("with_host_to_device") \
+        else "no GPU in this run"
+    c = d["cold"]
+    share = c["resident_share_after_dontneed"]
+    resident = "not measured" if share is None else f"{share:.0%} of its pages" + (" (not dropped: cold = warm)" if share > 0.5 else "")
     return "\n".join([
         "## Cache loader at COCO scale: images per second delivered vs memcpy",
         "",
@@ -354,6 +488,10 @@ def render_markdown(r: dict[str, Any]) -> str:
         f"| training process main thread, us of CPU per image | {d['main_thread_us_per_image']:.2f} |",
         f"| crops + flips (`geometry.augment`, a device op) run on this CPU, images/s | {d['cpu_augment_images_per_s']:,.0f} |",
         f"| read from disk (page cache dropped), images/s | {cold} |",
+        f"| pinned ring + copy to the GPU (non_blocking, synchronized), images/s | {h2d} |",
+        f"| cold: one epoch of {c['images_per_epoch']:,} distinct images, shards dropped from the page cache, images/s "
+        f"(resident after `DONTNEED`: {resident}) | {c['cold_images_per_s']:,.0f} |",
+        f"| warm: the same loader's next epoch, images/s | {c['warm_images_per_s']:,.0f} |",
         "",
         "Crops on the device (whole-pixel boxes, `geometry.crop_resize`) vs PIL's `resize_box` on 384-pixel cached "
         "images, 256-pixel crops (`device_crops_vs_pil`): "

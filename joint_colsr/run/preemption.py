@@ -51,7 +51,7 @@ from lightning.fabric.plugins.environments import SLURMEnvironment
 from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig
 
-from joint_colsr.run.syncs import logs_after
+from joint_colsr.run.syncs import deliberate_sync, logs_after
 
 log = logging.getLogger(__name__)
 
@@ -82,7 +82,9 @@ class _BroadcastAfterLoggingSteps:
     def __call__(self) -> None:
         loop = self.trainer.fit_loop.epoch_loop
         if logs_after(self.trainer, loop._batches_that_stepped):
-            type(loop)._broadcast_sigterm_tensor(loop)
+            # It opens the next iteration's advance, inside the sync checks' window: a read on purpose.
+            with deliberate_sync("DDP SIGTERM broadcast after a logging step"):
+                type(loop)._broadcast_sigterm_tensor(loop)
 
 
 class TrainingInterrupted(Exception):
