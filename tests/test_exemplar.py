@@ -143,3 +143,128 @@ def test_eval_protocols_name_the_exemplar_and_flag_ground_truth_colour(tiny_ckpt
         assert f"[exemplar: {protocol}" in table and (("upper bound" in table) == (protocol == "warped_gt"))
     proc = run_command("eval", f"ckpt_path={tiny_ckpt}", "exemplar=nearest", f"hydra.run.dir={tmp_path / 'bad'}", cwd=tmp_path)
     assert proc.returncode != 0 and "exemplar must be one of" in proc.stderr
+
+
+# -- the network --------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("upsampler", ["fixed", "implicit"])
+def test_the_exemplar_net_runs_both_modes_on_the_same_weights(upsampler):
+    from joint_colsr.nets import ExemplarJointNet
+    from joint_colsr.systems import call_net
+
+    torch.manual_seed(0)
+    net = ExemplarJointNet(32, 64, width=16, blocks=1, upsampler=upsampler, exemplar_width=8, attention_width=8, heads=2)
+    x, exemplar = torch.rand(2, 1, 32, 32) * 2 - 1, torch.rand(2, 3, 48, 40) * 2 - 1  # an exemplar of another size
+    net.eval()
+    automatic = net(x)
+    assert automatic["ab"].shape == (2, 2, 64, 64) and automatic["l"].shape == (2, 1, 64, 64)
+    # Untrained, the fusion's output convs are zero: the exemplar changes nothing yet.
+    assert torch.equal(net(x, exemplar=exemplar)["ab"], automatic["ab"])
+    for module in net.modules():  # a trained-looking net: every conv non-zero
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.normal_(module.weight, std=0.3)
+    automatic = net(x)
+    steered = net(x, exemplar=exemplar, exemplar_mask=torch.tensor([True, False]))
+    assert not torch.allclose(steered["ab"][0], automatic["ab"][0])  # the exemplar steers sample 0
+    assert torch.allclose(steered["ab"][1], automatic["ab"][1], atol=1e-6)  # sample 1 has none: automatic mode
+    assert torch.equal(net(x, exemplar=exemplar, exemplar_mask=torch.tensor([False, False]))["ab"], automatic["ab"])
+    # The one calling contract passes exemplars to this net (and to no other); gradients reach the fusion.
+    net.train()
+    out = call_net(net, x, None, None, exemplar, torch.tensor([True, True]))
+    out["ab"].square().mean().backward()
+    assert all(p.grad is not None and p.grad.abs().sum() > 0 for p in net.fusion.parameters())
+    with pytest.raises(ValueError, match="exemplar must be"):
+        net(x, exemplar=torch.zeros(2, 1, 8, 8))
+
+
+def _hue_rotated(rgb: torch.Tensor, angles: torch.Tensor) -> torch.Tensor:
+    """uint8 images with their a*b* rotated by ``angles`` (a global hue change; L* kept)."""
+    from joint_colsr.color import lab_to_rgb, rgb_to_lab
+
+    lab = rgb_to_lab(rgb.float() / 255)
+    cos, sin = torch.cos(angles)[:, None, None], torch.sin(angles)[:, None, None]
+    a, b = lab[:, 1], lab[:, 2]
+    return (lab_to_rgb(torch.stack([lab[:, 0], cos * a - sin * b, sin * a + cos * b], 1)).clamp(0, 1) * 255).round().to(torch.uint8)
+
+
+@pytest.mark.slow
+def test_the_exemplar_is_used_where_colour_cannot_be_inferred_from_luminance():
+    # Every training photo gets a random global hue rotation, shared by its warped_self exemplar:
+    # the colours cannot be read from L*, only from the exemplar. After 300 CPU steps the same
+    # weights score far better with the exemplar (warped_gt) than without (automatic mode) on the
+    # held-out photos at 8 hue rotations. Measured: +1.38 dB (seed 0); the test asks for +0.7 dB.
+    import math
+
+    import torch.nn.functional as F
+
+    from joint_colsr.metrics import colorization_psnr
+    from joint_colsr.nets import ExemplarJointNet
+    from joint_colsr.systems import call_net
+
+    torch.manual_seed(0)
+    dm = ColSRDataModule(SamplePhotos(), batch_size=8, num_workers=0, input_size=32, output_size=64, train_samples_per_epoch=64,
+                         exemplar="warped_self", exemplar_drop=0.3, exemplar_size=64, val_exemplar="warped_gt", seed=0)
+    dm.setup("fit")
+    net = ExemplarJointNet(32, 64, width=32, blocks=2, exemplar_width=16, attention_width=32, heads=4)
+    optimizer = torch.optim.Adam(net.parameters(), lr=2e-3)
+    hues = torch.Generator().manual_seed(0)
+    step = 0
+    while step < 300:
+        for batch in dm.train_dataloader():
+            batch["rgb"] = _hue_rotated(batch["rgb"], torch.rand(len(batch["rgb"]), generator=hues) * 2 * math.pi)
+            lab = dm.on_after_batch_transfer(batch, 0)  # the exemplar is warped from the rotated photo
+            out = call_net(net, lab["l_lowres"], None, None, lab["exemplar"], lab["exemplar_mask"])
+            loss = F.mse_loss(out["ab"], lab["ab_target"]) + F.mse_loss(out["l"], lab["l_highres"])
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+            step += 1
+            if step == 300:
+                break
+    net.eval()
+    scores: dict[str, list[float]] = {"exemplar": [], "automatic": []}
+    validation = next(iter(dm.val_dataloader()))
+    with torch.no_grad():
+        for k in range(8):
+            angles = torch.full((len(validation["rgb"]),), 2 * math.pi * (k + 0.5) / 8)
+            lab = dm.on_after_batch_transfer({**validation, "rgb": _hue_rotated(validation["rgb"], angles)}, 0)
+            for mode, exemplar in (("exemplar", lab["exemplar"]), ("automatic", None)):
+                ab = call_net(net, lab["l_lowres"], None, None, exemplar, lab["exemplar_mask"])["ab"]
+                scores[mode] += colorization_psnr(lab["l_highres"], ab, lab["rgb_target"]).tolist()
+    gain = np.mean(scores["exemplar"]) - np.mean(scores["automatic"])
+    assert gain > 0.7, scores
+
+
+def test_predict_with_an_exemplar_writes_a_sidecar_and_refuses_bad_exemplars(tmp_path):
+    from PIL import Image
+
+    from joint_colsr.train import train
+    from .conftest import compose_config
+
+    cfg = compose_config("train", ["model=joint_exemplar", "debug=tiny", "model.net.blocks=1", "data.exemplar=mix"],
+                         output_dir=tmp_path / "run")
+    train(cfg)
+    ckpt = tmp_path / "run" / "checkpoints" / "last.ckpt"
+    photos, exemplars = tmp_path / "in", tmp_path / "ex"
+    photos.mkdir()
+    exemplars.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a", "b"):
+        Image.fromarray(rng.integers(0, 256, size=(40, 50, 3), dtype=np.uint8)).save(photos / f"{name}.png")
+    Image.fromarray(rng.integers(0, 256, size=(60, 60, 3), dtype=np.uint8)).save(exemplars / "colour.png")
+    Image.fromarray(np.full((60, 60, 3), 90, np.uint8)).save(exemplars / "gray.png")
+    (exemplars / "broken.jpg").write_bytes(b"not a jpeg")
+    (tmp_path / "map.csv").write_text("input,exemplar\na.png,ex/colour.png\n")
+    out = tmp_path / "out"
+    proc = run_command("predict", f"ckpt_path={ckpt}", f"input_dir={photos}", f"output_dir={out}", f"exemplar_map={tmp_path / 'map.csv'}",
+                       cwd=tmp_path)
+    assert proc.returncode == 0, output_tail(proc)
+    assert json.loads((out / "a.png.json").read_text())["exemplar"].endswith("colour.png")
+    assert json.loads((out / "b.png.json").read_text())["exemplar"] is None  # not in the map: automatic mode
+    for bad, message in (("gray.png", "cannot steer colours"), ("broken.jpg", "cannot be decoded"), ("missing.png", "is not a file")):
+        target = tmp_path / f"out_{bad}"
+        proc = run_command("predict", f"ckpt_path={ckpt}", f"input_dir={photos}", f"output_dir={target}",
+                           f"exemplar={exemplars / bad}", cwd=tmp_path)
+        assert proc.returncode != 0 and message in proc.stderr and bad in proc.stderr, output_tail(proc)
+        assert not target.exists() or not any(target.iterdir())  # nothing written

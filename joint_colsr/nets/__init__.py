@@ -10,6 +10,7 @@ from joint_colsr.nets.blocks import (
 )
 from joint_colsr.nets.cascade import CascadeNet, load_stage_weights
 from joint_colsr.nets.discriminator import VGGDiscriminator
+from joint_colsr.nets.exemplar import ExemplarJointNet
 from joint_colsr.nets.iizuka import IizukaColorizer
 from joint_colsr.nets.joint_paper import (
     DECODER_TABLE,
@@ -27,6 +28,7 @@ __all__ = [
     "DECODER_TABLE",
     "ENCODER_TABLE",
     "CascadeNet",
+    "ExemplarJointNet",
     "ConvBNAct",
     "IizukaColorizer",
     "JointPaperNet",

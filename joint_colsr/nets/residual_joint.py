@@ -143,6 +143,16 @@ class ResidualJointNet(nn.Module):
 
         ``out_hw``: the output size, for an implicit upsampler only (default: the input times
         the built scale; with ``gt``, ``l_highres``'s size)."""
+        out_hw = self._check_call(l_lowres, l_highres, out_hw)
+        return self._decode(self.trunk_features(l_lowres), l_lowres, l_highres, out_hw)
+
+    def trunk_features(self, l_lowres: Tensor) -> Tensor:
+        """``(B, 1, h, w)`` normalized L* -> the trunk's ``(B, C, h, w)`` features (head + residual trunk + skip)."""
+        feat = self.head(l_lowres)
+        return feat + self.trunk_tail(self.trunk(feat))
+
+    def _check_call(self, l_lowres: Tensor, l_highres: Tensor | None, out_hw: tuple[int, int] | None) -> tuple[int, int]:
+        """Check a call's inputs; the output size it asks for."""
         check_image(l_lowres, 1, "l_lowres")
         if self.any_scale:
             if out_hw is None and l_highres is not None:
@@ -160,8 +170,11 @@ class ResidualJointNet(nn.Module):
             check_image(l_highres, 1, "l_highres")
             if tuple(l_highres.shape[-2:]) != out_hw:
                 raise ValueError(f"l_highres must be {out_hw} for an input of {tuple(l_lowres.shape[-2:])}, got {tuple(l_highres.shape[-2:])}")
-        feat = self.head(l_lowres)
-        feat = feat + self.trunk_tail(self.trunk(feat))
+        return out_hw
+
+    def _decode(self, feat: Tensor, l_lowres: Tensor, l_highres: Tensor | None,
+                out_hw: tuple[int, int]) -> Tensor | dict[str, Tensor]:
+        """The trunk's features -> the outputs at ``out_hw`` (the upsampler, the L* guide, the heads)."""
         if self.any_scale:
             return self._implicit_outputs(feat, l_lowres, l_highres, out_hw)
         feat = resize(self.upsample(feat), out_hw, self.final_resize)
