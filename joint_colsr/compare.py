@@ -10,7 +10,11 @@ one test set, and writes ``comparison.md``, ``comparison.json`` and ``comparison
   ``two_stage_upscale_first`` (``python -m joint_colsr.two_stage``: the paper's cascade, two
   networks trained separately), ``ic_only`` (IC-only + bicubic L*) and, only when named,
   ``srgan`` (residual_joint's generator against a discriminator; the discriminator's
-  training FLOPs count in its budget, :func:`net_costs`);
+  training FLOPs count in its budget, :func:`net_costs`), and, only when named,
+  ``joint_exemplar`` (trained on a mix of exemplars with 30 % of the samples left without one;
+  ``--eval exemplar=none`` scores its automatic mode, ``exemplar=random|same_category`` every
+  row with that protocol: models without exemplar input ignore it, and the setup says which
+  protocol the rows carry);
 * budget: the training FLOPs of ``--budget-steps`` steps of the reference model
   (``--reference``, the joint net) at its batch size, counted with ``torch.utils.flop_counter``
   on one forward + backward pass per sample; every run trains on the whole number of samples
@@ -84,6 +88,7 @@ CONTENDERS: dict[str, tuple[str, Any]] = {
     "ic_only": ("train", ["model=ic_only"]),
     "srgan": ("train", ["model=srgan"]),
     "joint_paper_any_scale": ("train", ["model=joint_paper", "model.net.upsampler=implicit"]),
+    "joint_exemplar": ("train", ["model=joint_exemplar", "data.exemplar=mix", "data.exemplar_drop=0.3"]),
 }
 #: Contenders trained over a range of scales (their data overrides: :func:`any_scale_overrides`).
 ANY_SCALE_CONTENDERS = ("joint_paper_any_scale",)
@@ -91,7 +96,9 @@ ANY_SCALE_CONTENDERS = ("joint_paper_any_scale",)
 ANY_SCALE_RANGE = (1.5, 4.0)
 #: Contenders ``--models`` trains when not told: all but the optional ``srgan`` (the
 #: residual_joint generator trained adversarially, a question of its own: ``--models ... srgan``).
-DEFAULT_MODELS = [name for name in CONTENDERS if name != "srgan" and name not in ANY_SCALE_CONTENDERS]
+#: Contenders only trained when named: their own questions (adversarial training; exemplars).
+ON_REQUEST = ("srgan", "joint_exemplar")
+DEFAULT_MODELS = [name for name in CONTENDERS if name not in ON_REQUEST and name not in ANY_SCALE_CONTENDERS]
 
 
 def default_models(scale: float | None) -> list[str]:
@@ -613,6 +620,16 @@ def _fmt_ci(stats: dict[str, Any] | None) -> str:
     return f"{stats['mean']:.3f}" + (f" +- {ci:.3f}" if ci is not None else "")
 
 
+def _exemplar_lines(args: argparse.Namespace) -> list[str]:
+    """The setup's sentence on exemplars: the protocol every row was scored with."""
+    protocol = next((o.split("=", 1)[1] for o in args.eval if o.lstrip("+").startswith("exemplar=")), "none")
+    if protocol == "none" and "joint_exemplar" not in args.models:
+        return []
+    guided = " (GT-colour guided: an upper bound, not a blind result)" if protocol == "warped_gt" else ""
+    return ["", f"Exemplar protocol of every row: `{protocol}`{guided}; models without exemplar input ignore the exemplar"
+                + ("; `joint_exemplar` runs in automatic mode" if protocol == "none" else "") + "."]
+
+
 def _scale_lines(args: argparse.Namespace, summary: dict[str, Any]) -> list[str]:
     """The setup's sentence on magnification: what each row was trained for and tested at."""
     scale = getattr(args, "scale_used", None)
@@ -651,7 +668,7 @@ def markdown(summary: dict[str, Any], baselines: dict[str, Any], reference: str,
            if args.match == "train_flops" else
            f"Each contender's `model.net.width_mult` was solved so that its {args.match.replace('_', ' ')} matches "
            f"`{reference}`'s within {MATCH_TOLERANCE:.0%} (column `width`)."),
-        *_scale_lines(args, summary),
+        *_scale_lines(args, summary), *_exemplar_lines(args),
         "", f"Train overrides `{' '.join(args.train) or '(none)'}`; eval overrides `{' '.join(args.eval) or '(none)'}`.", "",
         f"Test set: {test_set['name']} ({test_set['photos']} photos); "
         + ("checked disjoint from every photo the trainings read (training and validation sides)."
