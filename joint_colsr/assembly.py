@@ -188,15 +188,26 @@ def build_eval_system(cfg: DictConfig) -> pl.LightningModule:
         # The optimizer is never used: a baseline has no weights.
         return ColSRSystem(net=baseline_net_config(baseline, in_size or 96, out_size or 256),
                            optimizer={"_target_": "torch.optim.SGD", "_partial_": True, "lr": 0.0}, scheduler=None)
-    path = Path(str(ckpt_path)).expanduser()
-    if not path.is_file():
-        raise ConfigError(f"ckpt_path={ckpt_path} is not a file")
-    try:
-        system = ColSRSystem.from_checkpoint(path, map_location="cpu", inference=True)
-    except ValueError as err:
-        raise ConfigError(f"ckpt_path={ckpt_path}: {err}") from None
+    system = load_inference_system(ckpt_path, "ckpt_path")
     apply_data_task(cfg, system.data_task or {})
     return system
+
+
+def load_inference_system(ckpt_path: Any, key: str) -> pl.LightningModule:
+    """Any checkpoint of the suite as a system for inference (:meth:`ColSRSystem.from_checkpoint`).
+
+    Raises:
+        ConfigError: naming ``key`` and the file: missing, or not a checkpoint of the suite.
+    """
+    from joint_colsr.systems import ColSRSystem
+
+    path = Path(str(ckpt_path)).expanduser()
+    if not path.is_file():
+        raise ConfigError(f"{key}={ckpt_path} is not a file")
+    try:
+        return ColSRSystem.from_checkpoint(path, map_location="cpu", inference=True)
+    except ValueError as err:
+        raise ConfigError(f"{key}={ckpt_path}: {err}") from None
 
 
 def apply_data_task(cfg: DictConfig, task: dict[str, Any]) -> None:

@@ -237,7 +237,9 @@ def net_costs(overrides: list[str], width_mult: float | None = None, only: str |
     count), plus a perceptual network's pass on the real image and forward + backward on
     the fake one. Optimizer updates and the loss arithmetic are not counted (elementwise,
     negligible beside convolutions). ``width_mult``: ``model.net.width_mult`` instead of the
-    configured one; ``only``: count that one quantity (the others are absent)."""
+    configured one; ``only``: count that one quantity (the others are absent). A net trained
+    with exemplars (``data.exemplar``) counts the exemplar path for the share of samples that
+    have one (``1 - data.exemplar_drop``)."""
     import functools
 
     import torch
@@ -269,11 +271,19 @@ def net_costs(overrides: list[str], width_mult: float | None = None, only: str |
         return {"inference_flops": inference}
     net = net.to("meta").train()
     s = train_side
+    takes_exemplar = getattr(net, "takes_exemplar", False)
     if getattr(net, "needs_l_highres", False):
         net = functools.partial(net, l_highres=torch.zeros(1, 1, s, s, device="meta"))
     if getattr(net, "any_scale", False):
         net = functools.partial(net, out_hw=(s, s))
     train = _pass_flops(net, torch.zeros(1, 1, r, r, device="meta"), backward=True)
+    exemplar_share = 0.0 if cfg.data.get("exemplar", "none") == "none" else 1.0 - float(cfg.data.get("exemplar_drop") or 0.0)
+    if takes_exemplar and exemplar_share:
+        # Samples with an exemplar run the exemplar path too (the trunk a second time): their share at that cost.
+        side = int(cfg.data.get("exemplar_size") or s)
+        steered = functools.partial(net, exemplar=torch.zeros(1, 3, side, side, device="meta"))
+        train = int(round((1 - exemplar_share) * train + exemplar_share * _pass_flops(steered, torch.zeros(1, 1, r, r, device="meta"),
+                                                                                         backward=True)))
     discriminator = getattr(system, "discriminator", None)
     if discriminator is not None:
         d = discriminator.to("meta").train()

@@ -459,15 +459,10 @@ def scale_summaries(rows: list[dict[str, Any]], scales: tuple[float, ...], guide
 
 def score_fixed_checkpoint(cfg: DictConfig, path: str, datamodule: Any, trainer_factory: Callable[[], pl.Trainer]) -> dict[str, Any]:
     """A fixed-scale checkpoint scored at its own scale on the same photos and protocol (for the per-scale plot)."""
-    from joint_colsr.systems import ColSRSystem
+    from joint_colsr.assembly import load_inference_system
 
     file = Path(str(path)).expanduser()
-    if not file.is_file():
-        raise ConfigError(f"fixed_ckpts: {path} is not a file")
-    try:
-        system = ColSRSystem.from_checkpoint(file, map_location="cpu", inference=True)
-    except ValueError as err:
-        raise ConfigError(f"fixed_ckpts: {path}: {err}") from None
+    system = load_inference_system(path, "fixed_ckpts")
     task = system.data_task or {}
     input_size = int(cfg.data.input_size)
     if int(task.get("input_size", -1)) != input_size:

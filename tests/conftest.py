@@ -152,6 +152,22 @@ def assert_bitwise_equal(a: dict[str, torch.Tensor], b: dict[str, torch.Tensor])
     assert not different, f"{len(different)} tensors differ, e.g. {different[:3]}"
 
 
+def assert_resume_from_step_is_exact(compose_cfg, tmp_path: Path, overrides: list[str], step: int, steps: int) -> Path:
+    """Train ``overrides`` straight (they keep a ``step<N>.ckpt`` after every step), resume a
+    second run from ``step<step>.ckpt``: it ends at ``steps`` global steps with bit-identical
+    weights. Returns the straight run's folder."""
+    from joint_colsr.train import train
+
+    straight = compose_cfg(overrides)
+    train(straight)
+    ckpts = Path(straight.paths.output_dir) / "checkpoints"
+    resumed = compose_cfg([*overrides, f"ckpt_path={ckpts / f'step{step}.ckpt'}"])
+    resumed.paths.output_dir = str(tmp_path / "resumed")
+    assert train(resumed)["global_step"] == steps  # no batch repeated, none skipped
+    assert_bitwise_equal(checkpoint_weights(ckpts / "last.ckpt"), checkpoint_weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt"))
+    return Path(straight.paths.output_dir)
+
+
 @contextmanager
 def folder_locked_elsewhere(folder: Path, message: str = "held by pid {pid}") -> Iterator[None]:
     """``folder``'s lock (:func:`joint_colsr.run.resume.lock_folder`) held by another (forked)

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from fractions import Fraction
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -21,10 +20,9 @@ from joint_colsr.nets import JointPaperNet, ResidualJointNet
 from joint_colsr.nets.implicit import ImplicitUpsampler, axis_queries
 from joint_colsr.predict import TiledColorizer
 from joint_colsr.run.config_checks import ConfigError, check_model_output
-from joint_colsr.train import train
 
 from ._cli import output_tail, run_command
-from .conftest import assert_bitwise_equal, checkpoint_weights
+from .conftest import assert_resume_from_step_is_exact
 
 #: A small any-scale task: 32-pixel inputs, targets 48..64 pixels (x1.5 to x2).
 ANY_SCALE = ["model=residual_joint", "model.net.upsampler=implicit", "model.net.width=16", "model.net.blocks=1",
@@ -165,15 +163,9 @@ def test_validation_scores_every_scale_of_val_scales(compose_cfg):
 def test_mid_epoch_resume_of_any_scale_training_is_exact(compose_cfg, tmp_path):
     from .run.test_reliability import EVERY_STEP_CHECKPOINTS, EXACT
 
-    over = [*EXACT, *ANY_SCALE, "trainer.max_epochs=1", *EVERY_STEP_CHECKPOINTS]
-    straight = compose_cfg(over)
-    train(straight)
-    ckpts = Path(straight.paths.output_dir) / "checkpoints"
-    resumed = compose_cfg([*over, f"ckpt_path={ckpts / 'step2.ckpt'}"])
-    resumed.paths.output_dir = str(tmp_path / "resumed")
-    assert train(resumed)["global_step"] == 4
-    assert_bitwise_equal(checkpoint_weights(ckpts / "last.ckpt"), checkpoint_weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt"))
-    metrics = (Path(straight.paths.output_dir) / "metrics.json").read_text()
+    run = assert_resume_from_step_is_exact(compose_cfg, tmp_path, [*EXACT, *ANY_SCALE, "trainer.max_epochs=1", *EVERY_STEP_CHECKPOINTS],
+                                           step=2, steps=4)
+    metrics = (run / "metrics.json").read_text()
     assert "val_scale/psnr_joint_x1.5" in metrics and "val_scale/psnr_joint_x2" in metrics
 
 

@@ -268,3 +268,22 @@ def test_predict_with_an_exemplar_writes_a_sidecar_and_refuses_bad_exemplars(tmp
                            f"exemplar={exemplars / bad}", cwd=tmp_path)
         assert proc.returncode != 0 and message in proc.stderr and bad in proc.stderr, output_tail(proc)
         assert not target.exists() or not any(target.iterdir())  # nothing written
+
+
+def test_exemplar_training_costs_count_the_exemplar_path_and_ddp_sees_every_parameter():
+    from joint_colsr.compare import net_costs
+    from joint_colsr.nets import ExemplarJointNet
+    from joint_colsr.nets.exemplar import _repeat_to
+    from joint_colsr.run.config_checks import probe_deterministic
+
+    automatic = net_costs(["model=joint_exemplar", "debug=tiny"])["train_flops_per_sample"]
+    steered = net_costs(["model=joint_exemplar", "debug=tiny", "data.exemplar=mix", "data.exemplar_drop=0"])["train_flops_per_sample"]
+    mixed = net_costs(["model=joint_exemplar", "debug=tiny", "data.exemplar=mix", "data.exemplar_drop=0.3"])["train_flops_per_sample"]
+    assert automatic < mixed < steered and abs(mixed - (0.3 * automatic + 0.7 * steered)) <= 1
+    net = ExemplarJointNet(32, 64, width=8, blocks=1, exemplar_width=8, attention_width=8, heads=2).train()
+    net(torch.rand(2, 1, 32, 32))["ab"].sum().backward()  # a batch without exemplars
+    assert all(p.grad is not None for p in net.fusion.parameters())  # zero, but there: DDP finds them
+    x = torch.rand(1, 2, 3, 5)
+    assert torch.equal(_repeat_to(x, 4, (10, 18)), torch.nn.functional.interpolate(x, scale_factor=4, mode="nearest")[..., :10, :18])
+    batch = {"l_lowres": torch.rand(2, 1, 32, 32) * 2 - 1, "l_highres": torch.rand(2, 1, 64, 64) * 2 - 1}
+    probe_deterministic(net, batch, "cpu")  # the exemplar path too: no op without a deterministic kernel here

@@ -30,9 +30,8 @@ from joint_colsr.data.views import (
     whole_pixel_boxes,
 )
 from joint_colsr.run.syncs import HostReadRecorder
-from joint_colsr.train import train
 
-from .conftest import assert_bitwise_equal, checkpoint_weights, random_photo
+from .conftest import assert_resume_from_step_is_exact, random_photo
 
 
 @pytest.fixture(scope="module")
@@ -341,13 +340,7 @@ def test_cache_path_mid_epoch_resume_is_bitwise_exact(compose_cfg, cache_dir, tm
             "callbacks.model_summary.max_depth=0", "callbacks.progress_bar.refresh_rate=0", "logger=none", "seed=7",
             "+callbacks.model_checkpoint.every_n_train_steps=1", "callbacks.model_checkpoint.save_top_k=-1",
             "callbacks.model_checkpoint.monitor=null", "callbacks.model_checkpoint.filename='step{step}'"]
-    straight = compose_cfg(over)
-    train(straight)
-    ckpts = Path(straight.paths.output_dir) / "checkpoints"
-    resumed = compose_cfg([*over, f"ckpt_path={ckpts / 'step2.ckpt'}"])
-    resumed.paths.output_dir = str(tmp_path / "resumed")
-    assert train(resumed)["global_step"] == 8
-    assert_bitwise_equal(checkpoint_weights(ckpts / "last.ckpt"), checkpoint_weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt"))
+    assert_resume_from_step_is_exact(compose_cfg, tmp_path, over, step=2, steps=8)
 
 
 def test_validation_workers_persist_only_when_training_has_none(cache_dir):

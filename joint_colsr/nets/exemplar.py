@@ -18,7 +18,7 @@ the trunk and the upsampler:
   attention weights per image and head (6.6 MB in float32): bounded by the input size, not
   by the output's or the exemplar's.
 * **A residual, off at the start.** Each level's result returns to the trunk's grid
-  (bilinear), goes through a 1x1 conv that starts at zero, and is added to the trunk's
+  (each value repeated over the cells it pooled: deterministic on CUDA), goes through a 1x1 conv that starts at zero, and is added to the trunk's
   features, times ``exemplar_mask``: an untrained net ignores exemplars, and a sample without
   one (automatic mode) runs exactly the residual joint net's computation on the same weights.
 
@@ -39,6 +39,16 @@ from joint_colsr.nets.residual_joint import ResidualJointNet
 
 #: (query pooling, key/value pooling) of the two attention levels.
 LEVELS: tuple[tuple[int, int], ...] = ((4, 4), (2, 4))
+
+
+def _repeat_to(x: Tensor, factor: int, size: tuple[int, int]) -> Tensor:
+    """Nearest upsampling by an integer ``factor`` (each value repeated ``factor x factor``),
+    cropped to ``size``: an ``expand`` + ``reshape``, whose backward is a plain sum, deterministic
+    on CUDA (interpolation's backward is not: ``trainer.deterministic=true`` would refuse it)."""
+    if factor == 1:
+        return x[..., : size[0], : size[1]]
+    b, c, h, w = x.shape
+    return x[:, :, :, None, :, None].expand(b, c, h, factor, w, factor).reshape(b, c, h * factor, w * factor)[..., : size[0], : size[1]]
 
 
 class ExemplarAttention(nn.Module):
@@ -73,10 +83,7 @@ class ExemplarAttention(nn.Module):
         attended = F.scaled_dot_product_attention(q, self._tokens(self.key(k_in)), self._tokens(self.value(v_in)))
         b, _, h, w = q_in.shape
         grid = attended.transpose(2, 3).reshape(b, -1, h, w)
-        out = self.out(grid)
-        if tuple(out.shape[-2:]) != tuple(source.shape[-2:]):
-            out = F.interpolate(out, size=source.shape[-2:], mode="bilinear", align_corners=False)
-        return out
+        return _repeat_to(self.out(grid), self.query_pool, tuple(source.shape[-2:]))
 
 
 class ExemplarJointNet(ResidualJointNet):
@@ -119,6 +126,10 @@ class ExemplarJointNet(ResidualJointNet):
         feat = self.trunk_features(l_lowres)
         if exemplar is not None:
             feat = feat + self.exemplar_residual(feat, l_lowres, exemplar, exemplar_mask)
+        elif self.training and torch.is_grad_enabled():
+            # A training batch without exemplars: the exemplar-only parameters join the graph with
+            # weight zero, so DDP (find_unused_parameters=False) still finds a gradient for each.
+            feat = feat + 0.0 * sum(p.sum() for p in (*self.value_encoder.parameters(), *self.fusion.parameters()))
         return self._decode(feat, l_lowres, l_highres, out_hw)
 
     def exemplar_residual(self, feat: Tensor, l_lowres: Tensor, exemplar: Tensor, exemplar_mask: Tensor | None) -> Tensor:

@@ -573,6 +573,9 @@ def probe_deterministic(net: torch.nn.Module, batch: dict[str, torch.Tensor], de
             out = probe(inputs["image"])
         else:
             kwargs = {"l_highres": inputs["l_highres"]} if getattr(probe, "needs_l_highres", False) else {}
+            if getattr(probe, "takes_exemplar", False):  # the exemplar path is on the gradient path too
+                kwargs["exemplar"] = torch.rand(inputs["l_lowres"].shape[0], 3, *inputs["l_highres"].shape[-2:],
+                                                device=inputs["l_lowres"].device) * 2 - 1
             out = probe(inputs["l_lowres"], **kwargs)
         out = out["ab"] if isinstance(out, dict) else out
         out.float().square().mean().backward()

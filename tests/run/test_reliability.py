@@ -20,7 +20,7 @@ from joint_colsr.run.resume import find_resume_checkpoint
 from joint_colsr.run.config_checks import ConfigError, check_config, check_model_output
 from joint_colsr.train import train
 
-from ..conftest import REPO, assert_bitwise_equal, checkpoint_weights, hang_bound
+from ..conftest import REPO, assert_bitwise_equal, assert_resume_from_step_is_exact, checkpoint_weights, hang_bound
 
 # Tiny, deterministic, with real worker processes: what an exact resume must survive.
 EXACT = [
@@ -60,18 +60,9 @@ def test_two_epochs_equal_one_epoch_resumed_to_two(compose_cfg, tmp_path):
 
 def test_mid_epoch_checkpoint_resumes_at_the_right_batch(compose_cfg, tmp_path):
     # 4 steps per epoch; a checkpoint every step; resume from the one after step 2.
-    over = [*EXACT, "trainer.max_epochs=1", *EVERY_STEP_CHECKPOINTS]
-    straight = compose_cfg(over)
-    train(straight)
-    ckpts = Path(straight.paths.output_dir) / "checkpoints"
-    ref = checkpoint_weights(ckpts / "last.ckpt")
-    mid = ckpts / "step2.ckpt"
-    assert torch.load(mid, map_location="cpu", weights_only=False)["global_step"] == 2
-    resumed = compose_cfg([*over, f"ckpt_path={mid}"])
-    resumed.paths.output_dir = str(tmp_path / "resumed")
-    metrics = train(resumed)
-    assert metrics["global_step"] == 4  # no batch repeated, none skipped
-    assert_bitwise_equal(ref, checkpoint_weights(tmp_path / "resumed" / "checkpoints" / "last.ckpt"))
+    run = assert_resume_from_step_is_exact(compose_cfg, tmp_path, [*EXACT, "trainer.max_epochs=1", *EVERY_STEP_CHECKPOINTS],
+                                           step=2, steps=4)
+    assert torch.load(run / "checkpoints" / "step2.ckpt", map_location="cpu", weights_only=False)["global_step"] == 2
 
 
 @pytest.mark.parametrize("workers", [0, 2])
