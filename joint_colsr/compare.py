@@ -11,7 +11,9 @@ one test set, and writes ``comparison.md``, ``comparison.json`` and ``comparison
   networks trained separately), ``ic_only`` (IC-only + bicubic L*) and, only when named,
   ``srgan`` (residual_joint's generator against a discriminator; the discriminator's
   training FLOPs count in its budget, :func:`net_costs`), and, only when named,
-  ``joint_exemplar`` (trained on a mix of exemplars with 30 % of the samples left without one;
+  ``joint_exemplar`` and its cascade counterpart ``cascade_exemplar`` (an exemplar-guided
+  colorizer, then an upscaler, end to end), each trained on a mix of exemplars with 30 % of the
+  samples left without one;
   ``--eval exemplar=none`` scores its automatic mode, ``exemplar=random|same_category`` every
   row with that protocol: models without exemplar input ignore it, and the setup says which
   protocol the rows carry);
@@ -89,6 +91,7 @@ CONTENDERS: dict[str, tuple[str, Any]] = {
     "srgan": ("train", ["model=srgan"]),
     "joint_paper_any_scale": ("train", ["model=joint_paper", "model.net.upsampler=implicit"]),
     "joint_exemplar": ("train", ["model=joint_exemplar", "data.exemplar=mix", "data.exemplar_drop=0.3"]),
+    "cascade_exemplar": ("train", ["model=cascade_exemplar", "data.exemplar=mix", "data.exemplar_drop=0.3"]),
 }
 #: Contenders trained over a range of scales (their data overrides: :func:`any_scale_overrides`).
 ANY_SCALE_CONTENDERS = ("joint_paper_any_scale",)
@@ -97,7 +100,7 @@ ANY_SCALE_RANGE = (1.5, 4.0)
 #: Contenders ``--models`` trains when not told: all but the optional ``srgan`` (the
 #: residual_joint generator trained adversarially, a question of its own: ``--models ... srgan``).
 #: Contenders only trained when named: their own questions (adversarial training; exemplars).
-ON_REQUEST = ("srgan", "joint_exemplar")
+ON_REQUEST = ("srgan", "joint_exemplar", "cascade_exemplar")
 DEFAULT_MODELS = [name for name in CONTENDERS if name not in ON_REQUEST and name not in ANY_SCALE_CONTENDERS]
 
 
@@ -633,11 +636,12 @@ def _fmt_ci(stats: dict[str, Any] | None) -> str:
 def _exemplar_lines(args: argparse.Namespace) -> list[str]:
     """The setup's sentence on exemplars: the protocol every row was scored with."""
     protocol = next((o.split("=", 1)[1] for o in args.eval if o.lstrip("+").startswith("exemplar=")), "none")
-    if protocol == "none" and "joint_exemplar" not in args.models:
+    exemplar_models = [f"`{m}`" for m in args.models if m in ("joint_exemplar", "cascade_exemplar")]
+    if protocol == "none" and not exemplar_models:
         return []
     guided = " (GT-colour guided: an upper bound, not a blind result)" if protocol == "warped_gt" else ""
     return ["", f"Exemplar protocol of every row: `{protocol}`{guided}; models without exemplar input ignore the exemplar"
-                + ("; `joint_exemplar` runs in automatic mode" if protocol == "none" else "") + "."]
+                + (f"; {', '.join(exemplar_models)} run in automatic mode" if protocol == "none" and exemplar_models else "") + "."]
 
 
 def _scale_lines(args: argparse.Namespace, summary: dict[str, Any]) -> list[str]:

@@ -193,7 +193,7 @@ def test_the_exemplar_is_used_where_colour_cannot_be_inferred_from_luminance():
     # Every training photo gets a random global hue rotation, shared by its warped_self exemplar:
     # the colours cannot be read from L*, only from the exemplar. After 300 CPU steps the same
     # weights score far better with the exemplar (warped_gt) than without (automatic mode) on the
-    # held-out photos at 8 hue rotations. Measured: +1.38 dB (seed 0); the test asks for +0.7 dB.
+    # held-out photos at 8 hue rotations. Measured: +1.71 dB (seed 0), +1.15 dB (seed 1); the test asks for +0.7 dB.
     import math
 
     import torch.nn.functional as F
@@ -287,3 +287,35 @@ def test_exemplar_training_costs_count_the_exemplar_path_and_ddp_sees_every_para
     assert torch.equal(_repeat_to(x, 4, (10, 18)), torch.nn.functional.interpolate(x, scale_factor=4, mode="nearest")[..., :10, :18])
     batch = {"l_lowres": torch.rand(2, 1, 32, 32) * 2 - 1, "l_highres": torch.rand(2, 1, 64, 64) * 2 - 1}
     probe_deterministic(net, batch, "cpu")  # the exemplar path too: no op without a deterministic kernel here
+
+
+def test_the_cascade_with_an_exemplar_colorizer_takes_the_exemplar(compose_cfg):
+    from joint_colsr.assembly import build_system
+
+    system = build_system(compose_cfg(["model=cascade_exemplar", "debug=tiny"]), startup_checks=True)
+    net = system.net.eval()
+    assert net.takes_exemplar and type(net.colorizer).__name__ == "ExemplarJointNet"
+    for module in net.colorizer.modules():
+        if isinstance(module, torch.nn.Conv2d):
+            torch.nn.init.normal_(module.weight, std=0.3)
+    batch = {"l_lowres": torch.rand(2, 1, 96, 96) * 2 - 1, "exemplar": torch.rand(2, 3, 64, 64) * 2 - 1,
+             "exemplar_mask": torch.tensor([True, False])}
+    with torch.no_grad():
+        steered, automatic = system.infer(batch)["ab"], system.infer({"l_lowres": batch["l_lowres"]})["ab"]
+    assert steered.shape == (2, 2, 256, 256)
+    assert not torch.allclose(steered[0], automatic[0]) and torch.allclose(steered[1], automatic[1], atol=1e-6)
+
+
+@pytest.mark.slow
+def test_compare_puts_exemplar_contenders_side_by_side_under_one_protocol(tmp_path):
+    from joint_colsr.compare import compare, parse_args
+
+    out = tmp_path / "cmp"
+    report = compare(parse_args(["--models", "joint_exemplar", "cascade_exemplar", "--reference", "joint_exemplar", "--seeds", "0",
+                                 "--budget-steps", "2", "--jobs", "1", "--train", "debug=tiny", "logger=none",
+                                 "--eval", "data.val_views=1", "exemplar=random", "--out", str(out)]))
+    for name, entry in report["contenders"].items():
+        assert abs(entry["train_flops"] / report["budget_flops"] - 1) <= 0.02, name
+        metrics = json.loads((out / name / "seed0" / "eval" / "metrics.json").read_text())
+        assert metrics["exemplar"] == "random" and not metrics["uses_ground_truth_colour"]
+    assert "Exemplar protocol of every row: `random`" in (out / "comparison.md").read_text()

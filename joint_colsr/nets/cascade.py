@@ -13,6 +13,12 @@
 
 Both return ``{"ab", "l"}`` (the cascade's own L*, trained with the system's L* loss).
 
+``colorizer_kind=exemplar`` (``model=cascade_exemplar``) makes the colorizer an exemplar-guided
+one: :class:`~joint_colsr.nets.exemplar.ExemplarJointNet` at one scale (input size = output
+size, its L* guide the colorizer's own input), so the cascade takes the batch's exemplar
+(``takes_exemplar``) and hands it to its colorizer: the cascade counterpart of
+``model=joint_exemplar`` (``compare --models joint_exemplar cascade_exemplar``).
+
 Two ways to train it, labelled in :attr:`CascadeNet.training` and by ``eval``:
 
 * **end to end** (``model=cascade``): both stages trained together as one network;
@@ -36,10 +42,13 @@ from torch import Tensor, nn
 
 from joint_colsr.color import resize_bicubic
 from joint_colsr.nets.blocks import check_image, check_sizes
+from joint_colsr.nets.exemplar import ExemplarJointNet
 from joint_colsr.nets.iizuka import IizukaColorizer
 from joint_colsr.nets.srresnet import SRResNet
 
 ORDERS = ("colorize_first", "upscale_first")
+#: The colorizer: Iizuka et al.'s (automatic), or an exemplar-guided one.
+COLORIZER_KINDS = ("iizuka", "exemplar")
 #: How a colorize-first cascade brings a*b* to the target size.
 AB_UPSCALES = ("net", "bicubic")
 #: Where a stage's weights sit in the checkpoints this suite writes (tried in this order).
@@ -93,6 +102,8 @@ class CascadeNet(nn.Module):
         freeze_colorizer, freeze_upscaler: keep that stage fixed.
         ab_upscale: ``colorize_first`` only: ``net`` (a 3-channel upscaler on L*a*b*) or
             ``bicubic`` (a 1-channel upscaler on L*; a*b* resized bicubically).
+        colorizer_kind: ``iizuka`` (:class:`IizukaColorizer`, ``colorizer`` its arguments) or
+            ``exemplar`` (:class:`ExemplarJointNet` at one scale, ``colorizer`` its arguments).
 
     Shapes:
         ``(B, 1, h, w) -> {"ab": (B, 2, h*s, w*s), "l": (B, 1, h*s, w*s)}`` (plus ``logits``
@@ -112,8 +123,13 @@ class CascadeNet(nn.Module):
         freeze_colorizer: bool = False,
         freeze_upscaler: bool = False,
         ab_upscale: str = "net",
+        colorizer_kind: str = "iizuka",
     ) -> None:
         super().__init__()
+        if colorizer_kind not in COLORIZER_KINDS:
+            raise ValueError(f"colorizer_kind must be one of {', '.join(COLORIZER_KINDS)}, got {colorizer_kind!r}")
+        #: Whether the batch's exemplar reaches the colorizer (``colorizer_kind=exemplar``).
+        self.takes_exemplar = colorizer_kind == "exemplar"
         check_sizes(input_size, output_size, minimum=32)
         if order not in ORDERS:
             raise ValueError(f"order must be one of {', '.join(ORDERS)}, got {order!r}")
@@ -130,13 +146,19 @@ class CascadeNet(nn.Module):
         c_kwargs["width_mult"] = c_kwargs.get("width_mult", 1.0) * width_mult
         u_kwargs["width_mult"] = u_kwargs.get("width_mult", 1.0) * width_mult
         r, s = self.input_size, self.output_size
+
+        def make_colorizer(size: int) -> nn.Module:
+            if self.takes_exemplar:  # one scale: a*b* at the size it sees, its L* guide its own input
+                return ExemplarJointNet(input_size=size, output_size=size, l_source="interpolated", **c_kwargs)
+            return IizukaColorizer(input_size=size, output_size=size, global_input_size=r, **c_kwargs)
+
         if order == "colorize_first":
-            self.colorizer = IizukaColorizer(input_size=r, output_size=r, global_input_size=r, **c_kwargs)
+            self.colorizer = make_colorizer(r)
             channels = 3 if ab_upscale == "net" else 1
             self.upscaler = SRResNet(input_size=r, output_size=s, in_channels=channels, out_channels=channels, **u_kwargs)
         else:
             self.upscaler = SRResNet(input_size=r, output_size=s, in_channels=1, out_channels=1, **u_kwargs)
-            self.colorizer = IizukaColorizer(input_size=s, output_size=s, global_input_size=r, **c_kwargs)
+            self.colorizer = make_colorizer(s)
         self.scale = s / r
         if colorizer_checkpoint:
             load_stage_weights(self.colorizer, colorizer_checkpoint, "colorizer")
@@ -154,26 +176,29 @@ class CascadeNet(nn.Module):
             getattr(self, name).eval()
         return self
 
-    def _colorize(self, l_norm: Tensor) -> tuple[Tensor, Tensor | None]:
-        out = self.colorizer(l_norm)
+    def _colorize(self, l_norm: Tensor, exemplar: Tensor | None = None,
+                  exemplar_mask: Tensor | None = None) -> tuple[Tensor, Tensor | None]:
+        kwargs = {"exemplar": exemplar, "exemplar_mask": exemplar_mask} if self.takes_exemplar else {}
+        out = self.colorizer(l_norm, **kwargs)
         if isinstance(out, Mapping):
             return out["ab"], out.get("logits")
         return out, None
 
-    def forward(self, l_lowres: Tensor) -> dict[str, Tensor]:
-        """``(B, 1, h, w)`` normalized L* -> ``{"ab", "l"}`` at ``h*s, w*s``."""
+    def forward(self, l_lowres: Tensor, exemplar: Tensor | None = None, exemplar_mask: Tensor | None = None) -> dict[str, Tensor]:
+        """``(B, 1, h, w)`` normalized L* -> ``{"ab", "l"}`` at ``h*s, w*s``; ``exemplar`` /
+        ``exemplar_mask``: for an exemplar colorizer (see :class:`ExemplarJointNet`), else ignored."""
         check_image(l_lowres, 1, "l_lowres")
         if self.order == "colorize_first" and self.ab_upscale == "bicubic":
-            ab_low, logits = self._colorize(l_lowres)
+            ab_low, logits = self._colorize(l_lowres, exemplar, exemplar_mask)
             l_high = self.upscaler(l_lowres)
             out = {"l": l_high, "ab": resize_bicubic(ab_low, tuple(l_high.shape[-2:]))}
         elif self.order == "colorize_first":
-            ab_low, logits = self._colorize(l_lowres)
+            ab_low, logits = self._colorize(l_lowres, exemplar, exemplar_mask)
             lab = self.upscaler(torch.cat([l_lowres, ab_low], dim=1))
             out = {"l": lab[:, :1], "ab": lab[:, 1:]}
         else:
             l_high = self.upscaler(l_lowres)
-            ab, logits = self._colorize(l_high)
+            ab, logits = self._colorize(l_high, exemplar, exemplar_mask)
             out = {"l": l_high, "ab": ab}
         if logits is not None:
             out["logits"] = logits
