@@ -26,8 +26,7 @@ holds: no loop per sample or per crop size, and the boxes are never read back on
 
 Cost: ``B * C * size * W * (H + size)`` float32 multiply-adds (97 GFLOP at batch 256,
 384-pixel images, 256 output: a few ms at a current GPU's tens of float32 TFLOP/s, not yet
-timed on one; on a CPU about 3x the time of resizing each crop alone: 2.0 vs 0.6 ms per
-image on the 2-core VM), and at peak about
+timed on one; on a CPU slower than resizing each crop alone: docs/data.md), and at peak about
 ``B * 4 * (C*H*W + C*size*W + 2*size*(H + taps))`` bytes (~1.0 GB at that batch: the
 float32 copy of the images dominates). The products run in full float32 whatever
 ``torch.set_float32_matmul_precision`` says (TF32's 10-bit mantissa would move many uint8
