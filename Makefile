@@ -9,7 +9,7 @@ ARGS ?=
 export WANDB_MODE ?= offline
 
 .DEFAULT_GOAL := help
-.PHONY: help install train test test-fast test-stress bench bench-compare gpu-check wheelhouse clean sweep-section4 sweep-variants sweep-seeds sweep-optuna sweep-any_scale cascade-colorize-first cascade-upscale-first compare slurm-local slurm-local-down
+.PHONY: help install train test test-fast test-stress bench bench-compare gpu-check wheelhouse clean sweep-section4 sweep-variants sweep-seeds sweep-optuna sweep-any_scale sweep-exemplar cascade-colorize-first cascade-upscale-first compare slurm-local slurm-local-down
 
 help: ## show this help
 	@grep -E '^[a-zA-Z0-9_-]+:.*?## ' $(MAKEFILE_LIST) | awk 'BEGIN {FS = ":.*?## "} {name[NR] = $$1; text[NR] = $$2; if (length($$1) > w) w = length($$1)} END {fmt = "  make %-" w "s   %s\n"; for (i = 1; i <= NR; i++) printf fmt, name[i], text[i]}'
@@ -54,6 +54,9 @@ sweep-optuna: $(STAMP) ## Optuna search over learning rate and width, maximizing
 
 sweep-any_scale: $(STAMP) ## continuous magnification: training scale range x implicit upsampler width
 	PYTHON=$(PY) experiments/any_scale.sh $(ARGS)
+
+sweep-exemplar: $(STAMP) ## exemplar-guided mode: exemplar kind x automatic share x attention width
+	PYTHON=$(PY) experiments/exemplar.sh $(ARGS)
 
 cascade-colorize-first: $(STAMP) ## the paper's cascade: ic_only and sr_only trained separately, composed frozen (colorize first)
 	$(PY) -m joint_colsr.two_stage order=colorize_first $(ARGS)

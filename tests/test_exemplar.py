@@ -319,3 +319,19 @@ def test_compare_puts_exemplar_contenders_side_by_side_under_one_protocol(tmp_pa
         metrics = json.loads((out / name / "seed0" / "eval" / "metrics.json").read_text())
         assert metrics["exemplar"] == "random" and not metrics["uses_ground_truth_colour"]
     assert "Exemplar protocol of every row: `random`" in (out / "comparison.md").read_text()
+
+
+def test_validation_grids_gain_an_exemplar_column():
+    from types import SimpleNamespace
+
+    from joint_colsr.run.callbacks import ValidationImageGrid
+
+    grid = ValidationImageGrid("unused")
+    examples = {"l_lowres": torch.zeros(2, 1, 16, 16), "l_highres": torch.zeros(2, 1, 32, 32), "ab_pred": torch.zeros(2, 2, 32, 32),
+                "rgb_target": torch.zeros(2, 3, 32, 32, dtype=torch.uint8)}
+    trainer = SimpleNamespace(sanity_checking=False)
+    grid.on_validation_epoch_end(trainer, SimpleNamespace(val_examples=examples))
+    width = grid._grid.shape[1]
+    grid.on_validation_epoch_end(trainer, SimpleNamespace(val_examples={**examples, "exemplar_rgb": torch.zeros(2, 3, 24, 24,
+                                                                                                             dtype=torch.uint8)}))
+    assert grid._grid.shape[1] > width + 32  # one more column, at the targets' size

@@ -56,7 +56,14 @@ class ValidationImageGrid(pl.Callback):
         rows = colorization_rows(
             examples["l_lowres"], examples["l_highres"], examples["ab_pred"], examples["rgb_target"], limit=self.num_images
         )
-        self._grid = make_grid(rows, column_titles=VALIDATION_COLUMNS)
+        titles = list(VALIDATION_COLUMNS)
+        if "exemplar_rgb" in examples:  # validation with exemplars (data.val_exemplar): what steered each row (black: none)
+            from joint_colsr.color import resize_uint8
+
+            exemplars = resize_uint8(examples["exemplar_rgb"][: len(rows)], tuple(examples["rgb_target"].shape[-2:]))
+            rows = [[*row, exemplar] for row, exemplar in zip(rows, exemplars)]
+            titles.append("exemplar")
+        self._grid = make_grid(rows, column_titles=titles)
 
     @rank_zero_only
     def on_validation_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:

@@ -320,7 +320,7 @@ class ColSRSystem(pl.LightningModule):
             self.val_psnr_joint.update(psnr_joint)
             self.log("val/psnr_joint", self.val_psnr_joint, prog_bar=True, batch_size=n)
         if keep_examples:
-            keep = ("l_lowres", "l_highres", "rgb_target")
+            keep = ("l_lowres", "l_highres", "rgb_target", *(["exemplar_rgb"] if batch.get("exemplar_rgb") is not None else []))
             self.val_examples = {k: batch[k][:16].detach().cpu() for k in keep}
             self.val_examples["ab_pred"] = ab_pred[:16].detach().float().cpu()
         return psnr, psnr_joint
