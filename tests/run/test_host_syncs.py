@@ -165,7 +165,8 @@ def test_a_per_step_read_in_a_callback_is_caught(compose_cfg, tmp_path):
     assert all("callbacks.py" in where for counts in found.values() for where in counts)
 
 
-def test_an_item_in_the_step_is_caught(compose_cfg, tmp_path, monkeypatch):
+def _reading_the_loss_every_step(monkeypatch) -> None:
+    """Make the training step read its loss back (``.item()``, a sync) every step: a control."""
     from joint_colsr.systems.colsr import ColSRSystem
 
     step = ColSRSystem.training_step
@@ -176,20 +177,32 @@ def test_an_item_in_the_step_is_caught(compose_cfg, tmp_path, monkeypatch):
         return loss
 
     monkeypatch.setattr(ColSRSystem, "training_step", reading_step)
+
+
+def test_an_item_in_the_step_is_caught(compose_cfg, tmp_path, monkeypatch):
+    _reading_the_loss_every_step(monkeypatch)
     _every_quiet_iteration(_controlled(compose_cfg, tmp_path), "item", "reading_step")
 
 
-def test_a_read_in_on_after_batch_transfer_is_caught(compose_cfg, tmp_path, monkeypatch):
+def _before_the_batch_conversion(monkeypatch, extra) -> None:
+    """Run ``extra(batch)`` at the start of every ``on_after_batch_transfer`` (a control's sync)."""
     from joint_colsr.data.datamodule import ColSRDataModule
 
     after = ColSRDataModule.on_after_batch_transfer
 
-    def reading_after(self, batch, dataloader_idx):
-        if not bool(batch["rgb"].any()):
-            raise AssertionError("a black batch")
+    def patched(self, batch, dataloader_idx):
+        extra(batch)
         return after(self, batch, dataloader_idx)
 
-    monkeypatch.setattr(ColSRDataModule, "on_after_batch_transfer", reading_after)
+    monkeypatch.setattr(ColSRDataModule, "on_after_batch_transfer", patched)
+
+
+def test_a_read_in_on_after_batch_transfer_is_caught(compose_cfg, tmp_path, monkeypatch):
+    def reading_after(batch):
+        if not bool(batch["rgb"].any()):
+            raise AssertionError("a black batch")
+
+    _before_the_batch_conversion(monkeypatch, reading_after)
     _every_quiet_iteration(_controlled(compose_cfg, tmp_path), "__bool__", "reading_after")
 
 
@@ -213,15 +226,10 @@ def test_a_device_tensor_built_in_the_fetch_path_is_caught(compose_cfg, tmp_path
 def test_a_pageable_copy_to_a_device_is_caught(compose_cfg, tmp_path, monkeypatch):
     # CPU-only machines have no second device; the meta device stands in for the GPU: a
     # batch tensor from (pageable) host memory copied to it inside on_after_batch_transfer.
-    from joint_colsr.data.datamodule import ColSRDataModule
-
-    after = ColSRDataModule.on_after_batch_transfer
-
-    def copying_after(self, batch, dataloader_idx):
+    def copying_after(batch):
         batch["index_on_device"] = batch["index"].to("meta", non_blocking=True)
-        return after(self, batch, dataloader_idx)
 
-    monkeypatch.setattr(ColSRDataModule, "on_after_batch_transfer", copying_after)
+    _before_the_batch_conversion(monkeypatch, copying_after)
     _every_quiet_iteration(_controlled(compose_cfg, tmp_path), "to: pageable host-to-device copy", "copying_after")
 
 
@@ -373,19 +381,11 @@ def test_sync_debug_windows_are_the_quiet_iterations(read_in_step, compose_cfg, 
     before the fetch to after the logging; no read of the clean recipe happens while it is on,
     and an .item() in the step happens while it is on, in each quiet iteration."""
     from joint_colsr.run import syncs
-    from joint_colsr.systems.colsr import ColSRSystem
 
     fake = _FakeCudaMode()
     monkeypatch.setattr(syncs, "_cuda", fake)
     if read_in_step:
-        step = ColSRSystem.training_step
-
-        def reading_step(self, batch, batch_idx):
-            loss = step(self, batch, batch_idx)
-            self.last_loss = loss.item()
-            return loss
-
-        monkeypatch.setattr(ColSRSystem, "training_step", reading_step)
+        _reading_the_loss_every_step(monkeypatch)
     debug = SyncDebug("error")
     monkeypatch.setattr("joint_colsr.train.build_callbacks", _adding(debug))
     with HostReadRecorder(step_of=lambda: fake.mode) as recorder:  # each read with the mode it met
