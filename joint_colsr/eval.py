@@ -68,7 +68,7 @@ from omegaconf import DictConfig, open_dict
 from torch import Tensor
 
 from joint_colsr.assembly import build_datamodule, build_eval_system, build_trainer, start_run
-from joint_colsr.color import upscale_l
+from joint_colsr.color import resize_uint8, upscale_l
 from joint_colsr.data.scales import check_scales, scale_label, target_side
 from joint_colsr.run.config_checks import ConfigError, check_config, hydra_command
 from joint_colsr.data.decode import count_reasons
@@ -232,9 +232,8 @@ class Evaluator(pl.LightningModule):
                 if scale is not None:
                     row["scale"] = scale
                 if exemplars is not None:
-                    row["exemplar"], row["exemplar_ab_intersection"] = exemplars[0][i], exemplars[1][i]
-                    if row["exemplar"] == "warped:":
-                        row["exemplar"] = f"warped:{row['key']}"
+                    name, row["exemplar_ab_intersection"] = exemplars[0][i], exemplars[1][i]
+                    row["exemplar"] = f"warped:{row['key']}" if name is None else name
                 row.update({k: float(v[j]) for k, v in values.items()})
                 if self.guided:
                     row.update(dict.fromkeys(PROTOCOL2_METRICS))
@@ -243,9 +242,10 @@ class Evaluator(pl.LightningModule):
                     self._keep_examples(row, batch["l_lowres"][i], m["rgb"][j], m["rgb_joint"][j], batch["rgb_target"][i],
                                         batch["exemplar_rgb"][i] if exemplars is not None else None)
 
-    def _exemplar_columns(self, batch: Mapping[str, Tensor], ab: Tensor) -> tuple[list[str], list[float | None]] | None:
-        """Per image of a batch with exemplars: the exemplar's name (the other photo's key,
-        ``warped:<own key>``, or empty) and the a*b* histogram intersection with it (None without one)."""
+    def _exemplar_columns(self, batch: Mapping[str, Tensor], ab: Tensor) -> tuple[list[str | None], list[float | None]] | None:
+        """Per image of a batch with exemplars: the exemplar's name (the other photo's key, None for
+        the image's own warped photo, empty without one) and the a*b* histogram intersection with
+        it (None without one)."""
         if batch.get("exemplar") is None:
             return None
         views = len(getattr(self.trainer.datamodule.val_set, "views", (None,))) if self._trainer is not None else 1
@@ -259,7 +259,7 @@ class Evaluator(pl.LightningModule):
             elif other >= 0:
                 names.append(self._lookup(other * views)[0] if self._lookup else f"#{other}")
             else:
-                names.append("warped:")  # completed with the image's own key in _score's caller below
+                names.append(None)
         return names, [c if keep else None for c, keep in zip(closeness, mask)]
 
     def _keep_examples(self, row: dict, l_lowres: Tensor, rgb: Tensor, rgb_joint: Tensor, target: Tensor,
@@ -279,8 +279,6 @@ class Evaluator(pl.LightningModule):
             if not kept:
                 kept.extend(evaluation_row(l_lowres, rgb, rgb_joint, target, text))
                 if exemplar is not None:  # the exemplar column, at the images' size
-                    from joint_colsr.color import resize_uint8
-
                     kept.append(own_uint8(resize_uint8(exemplar[None].to(torch.uint8), tuple(target.shape[-2:]))[0]))
             return kept
 

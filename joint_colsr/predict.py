@@ -289,7 +289,7 @@ def requested_size(cfg: DictConfig, net: torch.nn.Module, native: Fraction,
         raise ConfigError("scale / output_size apply to mode=photo (mode=reference scores the model's own data task)")
     max_side = int(cfg.get("max_output_side") or 16384)
     if scale is not None:
-        parts = list(scale) if isinstance(scale, (list, tuple)) or hasattr(scale, "__len__") and not isinstance(scale, str) else [scale, scale]
+        parts = [scale, scale] if isinstance(scale, (int, float, str)) else list(scale)
         if len(parts) != 2:
             raise ConfigError(f"scale must be a number or [rows, columns], got {list(parts)}")
         factors = (_fraction(parts[0], "scale"), _fraction(parts[1], "scale"))
@@ -342,9 +342,10 @@ def load_exemplar(path: Path, size: int, key: str) -> Tensor:
     reason = unusable_reason(rgb, 1, float("inf"), True)
     if reason is not None:
         raise ConfigError(f"{key}: exemplar {path} cannot steer colours: {reason}")
+    from joint_colsr.data.exemplars import exemplar_lab
+
     image = resize_box(rgb, (0.0, 0.0, float(rgb.shape[1]), float(rgb.shape[0])), size)
-    batch = rgb_uint8_to_lab_batch(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None], size)
-    return torch.cat([batch["l_highres"], batch["ab_target"]], dim=1)
+    return exemplar_lab(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None])
 
 
 def exemplars_for(cfg: DictConfig, net: torch.nn.Module, files: list[Path], input_dir: Path, size: int) -> dict[Path, Path]:

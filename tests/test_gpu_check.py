@@ -141,7 +141,7 @@ def test_the_ddp_run_launches_the_training_command_and_every_rank_reports(tmp_pa
     tiny = ["model.net.width_mult=0.0625", "trainer.accelerator=cpu", "data.num_workers=0", "data.input_size=24",
             "data.output_size=64"]
     cache = write_synthetic_cache(tmp_path / "cache", train_images=24, val_images=2, size=64)
-    run = ddp_run(cache, devices=2, warmup=1, steps=4, block=2, batch_size=2, extra=tiny, timeout_s=600)
+    run = ddp_run(cache, devices=2, warmup=1, steps=4, block=2, batch_size=2, extra=tiny, timeout_s=hang_bound(600))
     assert "error" not in run, run
     assert run["devices"] == 2 and len(run["rank_images_per_s"]) == 2 and run["images_per_s"] == sum(run["rank_images_per_s"]) > 0
     assert run["syncs_per_step"] == [None, None]  # CUDA's sync debug mode: GPUs only
@@ -152,5 +152,6 @@ def test_the_ddp_run_launches_the_training_command_and_every_rank_reports(tmp_pa
                                                 "peak_memory_gib": None, "syncs_per_step": None, "sync_checked_steps": 0}]})
     assert f"over 2 GPUs, batch 2 per GPU, eager: {run['images_per_s']:,.0f} img/s for the node" in report
     assert "x one GPU's 10 img/s" in report and "per rank: n/a, n/a" in report
-    failed = ddp_run(cache, devices=2, warmup=1, steps=4, block=2, batch_size=2, extra=[*tiny, "model.net.nonsense=1"])
+    failed = ddp_run(cache, devices=2, warmup=1, steps=4, block=2, batch_size=2, extra=[*tiny, "model.net.nonsense=1"],
+                     timeout_s=hang_bound(600))
     assert failed["error"].startswith("failed (exit 1)")

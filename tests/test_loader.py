@@ -367,3 +367,8 @@ def test_validation_workers_persist_only_when_training_has_none(cache_dir):
     alone = ColSRDataModule(SamplePhotos(), batch_size=2, num_workers=2, input_size=16, output_size=32)
     alone.setup("validate")
     assert alone.val_dataloader().persistent_workers  # validate/test alone: no training workers
+
+
+def test_uniforms_from_a_later_draw_are_the_same_columns():
+    keys = sample_keys(1, 2, np.arange(50))
+    assert np.array_equal(sample_uniforms(keys, 3, first=1000), sample_uniforms(keys, 1003)[:, 1000:])

@@ -19,7 +19,7 @@ Writes ``benchmarks/gpu-check.json`` and the "GPU check" section of ``benchmarks
 * on a node with 2 or more GPUs, the paper recipe under DDP over all of them
   (``trainer=ddp``, batch 160 per GPU, eager), launched as ``python -m joint_colsr.train`` as
   users run it (Lightning starts one process per GPU); each rank times its blocks of steps
-  and counts its syncs (:class:`StepTimer`), and the report gives the node's images/s, the
+  and counts its syncs (:func:`step_timer`), and the report gives the node's images/s, the
   scaling against one GPU, and syncs per step on every rank;
 * the EMA average's device against the model's, a 2-epoch smoke run's metrics (the default
   recipe on the embedded photos, ``trainer=gpu``), and determinism: two seeded
@@ -284,6 +284,11 @@ class _EventBlocks:
         event.record()
         self.events.append((batch_idx, event))
 
+    @staticmethod
+    def mean_rate(rates: list[float], batch_size: int, steps: int, block: int) -> float | None:
+        """Images/s over the ``steps`` timed steps (blocks of ``block``), None without blocks."""
+        return batch_size * steps / sum(batch_size * block / r for r in rates) if rates else None
+
     def block_rates(self, batch_size: int) -> list[float]:
         self.events[-1][1].synchronize()
         return [batch_size * (b1 - b0) / (e0.elapsed_time(e1) / 1000)
@@ -346,7 +351,7 @@ def paper_recipe_run(cache_dir: Path, batch_size: int, fast: bool, warmup: int, 
     sync_count = sum(SYNC_WARNING in str(w.message) for w in caught)
     return {
         "batch_size": batch_size, "channels_last_compile": fast, "warmup_steps": warmup, "timed_steps": steps,
-        "images_per_s": batch_size * steps / sum(batch_size * block / r for r in rates) if rates else None,
+        "images_per_s": _EventBlocks.mean_rate(rates, batch_size, steps, block),
         "block_images_per_s": [round(r, 1) for r in rates],
         "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
         "syncs_per_step": sync_count / syncs.batches if syncs.batches else None,
@@ -355,44 +360,42 @@ def paper_recipe_run(cache_dir: Path, batch_size: int, fast: bool, warmup: int, 
     }
 
 
-class StepTimer:
+def step_timer(path: str, warmup: int, steps: int, block: int, batch_size: int) -> Any:
     """A Lightning callback for a run in another process (the DDP run): each rank times blocks
     of steps (:class:`_EventBlocks`) and counts CUDA's sync warnings between logging steps
     (:class:`_SyncCounter`), and writes ``{"rank", "world_size", "block_images_per_s",
     "images_per_s", "syncs_per_step", "sync_checked_steps", "peak_memory_gib"}`` to
     ``<path>.rank<N>.json`` when training ends (``images_per_s``: this rank's batches; the
     node's rate is the sum over ranks). Built by Hydra from ``+callbacks.gpu_check_timer``."""
+    import lightning.pytorch as pl  # here: gpu-check's --help and its no-GPU exit need no Lightning
 
-    def __new__(cls, path: str, warmup: int, steps: int, block: int, batch_size: int):  # type: ignore[no-untyped-def]
-        import lightning.pytorch as pl
+    class Timer(pl.Callback):
+        def __init__(self) -> None:
+            self.blocks, self.syncs = _EventBlocks(warmup, steps, block), _SyncCounter()
+            self.caught: list[warnings.WarningMessage] = []
 
-        class Timer(pl.Callback):
-            def __init__(self) -> None:
-                self.blocks, self.syncs = _EventBlocks(warmup, steps, block), _SyncCounter()
-                self.caught: list[warnings.WarningMessage] = []
+        def setup(self, trainer, pl_module, stage):  # its two helpers run as callbacks of this trainer
+            trainer.callbacks.extend([self.blocks.callback, self.syncs.callback])
 
-            def setup(self, trainer, pl_module, stage):  # its two helpers run as callbacks of this trainer
-                trainer.callbacks.extend([self.blocks.callback, self.syncs.callback])
+        def on_train_start(self, trainer, pl_module):
+            self.recorder = warnings.catch_warnings(record=True)
+            self.caught = self.recorder.__enter__()
+            warnings.simplefilter("always")
 
-            def on_train_start(self, trainer, pl_module):
-                self.recorder = warnings.catch_warnings(record=True)
-                self.caught = self.recorder.__enter__()
-                warnings.simplefilter("always")
+        def on_train_end(self, trainer, pl_module):
+            self.recorder.__exit__(None, None, None)
+            rates = self.blocks.block_rates(batch_size)
+            count = sum(SYNC_WARNING in str(w.message) for w in self.caught)
+            result = {
+                "rank": trainer.global_rank, "world_size": trainer.world_size, "block_images_per_s": [round(r, 1) for r in rates],
+                "images_per_s": _EventBlocks.mean_rate(rates, batch_size, steps, block),
+                "syncs_per_step": count / self.syncs.batches if self.syncs.batches else None,
+                "sync_checked_steps": self.syncs.batches,
+                "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
+            }
+            Path(f"{path}.rank{trainer.global_rank}.json").write_text(json.dumps(result) + "\n")
 
-            def on_train_end(self, trainer, pl_module):
-                self.recorder.__exit__(None, None, None)
-                rates = self.blocks.block_rates(batch_size)
-                count = sum(SYNC_WARNING in str(w.message) for w in self.caught)
-                result = {
-                    "rank": trainer.global_rank, "world_size": trainer.world_size, "block_images_per_s": [round(r, 1) for r in rates],
-                    "images_per_s": batch_size * steps / sum(batch_size * block / r for r in rates) if rates else None,
-                    "syncs_per_step": count / self.syncs.batches if self.syncs.batches else None,
-                    "sync_checked_steps": self.syncs.batches,
-                    "peak_memory_gib": torch.cuda.max_memory_allocated() / 2**30 if torch.cuda.is_available() else None,
-                }
-                Path(f"{path}.rank{trainer.global_rank}.json").write_text(json.dumps(result) + "\n")
-
-        return Timer()
+    return Timer()
 
 
 def ddp_run(cache_dir: Path, devices: int, warmup: int, steps: int, block: int, batch_size: int = DDP_BATCH,
@@ -406,7 +409,7 @@ def ddp_run(cache_dir: Path, devices: int, warmup: int, steps: int, block: int, 
                    f"data.cache={cache_dir}", f"data.batch_size={batch_size}", "logger=csv",
                    f"data.train_samples_per_epoch={batch_size * devices * (warmup + steps)}", "trainer.max_epochs=1",
                    "+trainer.num_sanity_val_steps=0", "trainer.limit_val_batches=1",
-                   "+callbacks.gpu_check_timer._target_=joint_colsr.bench.gpu_check.StepTimer",
+                   "+callbacks.gpu_check_timer._target_=joint_colsr.bench.gpu_check.step_timer",
                    f"+callbacks.gpu_check_timer.path={stem}", f"+callbacks.gpu_check_timer.warmup={warmup}",
                    f"+callbacks.gpu_check_timer.steps={steps}", f"+callbacks.gpu_check_timer.block={block}",
                    f"+callbacks.gpu_check_timer.batch_size={batch_size}", f"hydra.run.dir={Path(tmp) / 'run'}", *extra]

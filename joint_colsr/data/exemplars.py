@@ -25,7 +25,6 @@ warp and the resize to ``data.exemplar_size`` run on the model's device
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
@@ -189,9 +188,13 @@ def exemplar_batch(rgb: Tensor, kinds: Tensor, theta: Tensor, others: Tensor | N
         images = torch.where((kinds == OTHER)[:, None, None, None], other, images)
     mask = kinds != NONE
     images = torch.where(mask[:, None, None, None], images, torch.zeros_like(images))
-    lab = rgb_uint8_to_lab_batch(images, min(size, images.shape[-1]))
-    exemplar = torch.cat([lab["l_highres"], lab["ab_target"]], dim=1) * mask[:, None, None, None]
-    return {"exemplar": exemplar, "exemplar_mask": mask, "exemplar_rgb": images}
+    return {"exemplar": exemplar_lab(images) * mask[:, None, None, None], "exemplar_mask": mask, "exemplar_rgb": images}
+
+
+def exemplar_lab(images: Tensor) -> Tensor:
+    """``(B, 3, E, E)`` uint8 exemplars -> ``(B, 3, E, E)`` float32 normalized L*a*b* (L*/50 - 1, a*b*/110)."""
+    lab = rgb_uint8_to_lab_batch(images, images.shape[-1])
+    return torch.cat([lab["l_highres"], lab["ab_target"]], dim=1)
 
 
 def exemplar_ab_histogram_intersection(ab_pred: Tensor, exemplar_ab: Tensor, bins: int = 16) -> Tensor:
@@ -218,10 +221,10 @@ def exemplar_ab_histogram_intersection(ab_pred: Tensor, exemplar_ab: Tensor, bin
 def side_of(size: int | None, default: int) -> int:
     """``data.exemplar_size`` (null: ``default``), checked."""
     side = default if size is None else int(size)
-    if side < 16 or math.isnan(side):
+    if side < 16:
         raise ValueError(f"data.exemplar_size must be >= 16 pixels, got {size}")
     return side
 
 
 __all__ = ["EVAL_EXEMPLARS", "NONE", "OTHER", "TRAIN_EXEMPLARS", "WARPED", "ExemplarPlan", "exemplar_ab_histogram_intersection",
-           "exemplar_batch", "side_of", "warp_images", "warp_thetas"]
+           "exemplar_batch", "exemplar_lab", "side_of", "warp_images", "warp_thetas"]

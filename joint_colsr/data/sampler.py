@@ -67,16 +67,18 @@ def sample_keys(seed: int, epoch: int, indices: np.ndarray) -> np.ndarray:
         return _mix64(base ^ indices.astype(np.uint64))
 
 
-def sample_uniforms(keys: np.ndarray, draws: int) -> np.ndarray:
+def sample_uniforms(keys: np.ndarray, draws: int, first: int = 0) -> np.ndarray:
     """``(B, draws)`` float64 uniforms in [0, 1): draw ``d`` of sample ``b`` is a hash of ``(keys[b], d)``.
 
     Each uniform has 53 random bits. Adding draws later leaves the earlier ones unchanged.
+    ``first``: start at draw ``first`` (the columns of ``sample_uniforms(keys, first + draws)``
+    from ``first`` on, without computing the ones before).
     """
     keys = np.asarray(keys, np.uint64)
-    if keys.ndim != 1 or draws < 0:
-        raise ValueError(f"keys must be 1-d uint64 and draws >= 0, got {keys.shape} and {draws}")
+    if keys.ndim != 1 or draws < 0 or first < 0:
+        raise ValueError(f"keys must be 1-d uint64 and draws, first >= 0, got {keys.shape}, {draws} and {first}")
     with np.errstate(over="ignore"):
-        counters = (np.arange(1, draws + 1, dtype=np.uint64) * _GOLDEN)[None, :]
+        counters = (np.arange(first + 1, first + draws + 1, dtype=np.uint64) * _GOLDEN)[None, :]
         bits = _mix64(keys[:, None] + counters)
     return (bits >> np.uint64(11)).astype(np.float64) * (1.0 / 2**53)
 

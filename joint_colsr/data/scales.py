@@ -67,7 +67,7 @@ def check_scale_range(scale_range: Sequence[float], input_size: int, output_size
 
 def scale_uniform(key: int) -> float:
     """The uniform in [0, 1) that sample key ``key`` gives its batch's scale."""
-    return float(sample_uniforms(np.array([int(key) % 2**64], np.uint64), SCALE_DRAW + 1)[0, SCALE_DRAW])
+    return float(sample_uniforms(np.array([int(key) % 2**64], np.uint64), 1, first=SCALE_DRAW)[0, 0])
 
 
 def scale_from_uniform(u: float, scale_range: tuple[float, float]) -> float:

@@ -13,6 +13,7 @@ from lightning.pytorch.accelerators import CPUAccelerator
 from lightning.pytorch.callbacks import EMAWeightAveraging, TQDMProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 
+from joint_colsr.color import resize_uint8
 from joint_colsr.run.averaging import EMAModel
 from joint_colsr.run.checkpointing import checkpoint_paths
 from joint_colsr.run.syncs import is_logging_batch
@@ -58,8 +59,6 @@ class ValidationImageGrid(pl.Callback):
         )
         titles = list(VALIDATION_COLUMNS)
         if "exemplar_rgb" in examples:  # validation with exemplars (data.val_exemplar): what steered each row (black: none)
-            from joint_colsr.color import resize_uint8
-
             exemplars = resize_uint8(examples["exemplar_rgb"][: len(rows)], tuple(examples["rgb_target"].shape[-2:]))
             rows = [[*row, exemplar] for row, exemplar in zip(rows, exemplars)]
             titles.append("exemplar")
