@@ -1,8 +1,8 @@
 """Joint or cascade? One command: ``python -m joint_colsr.compare [options]`` (``make compare``).
 
 Trains every contender at **equal training compute**, over several seeds, evaluates each on
-one test set, and writes ``comparison.md``, ``comparison.json`` and ``comparison.png`` into
-``--out``:
+one test set, and writes ``comparison.md``, ``comparison.json``, ``comparison.png`` (the
+metric per model) and ``paired.png`` (the paired differences behind the verdict) into ``--out``:
 
 * contenders (``--models``): ``joint_paper`` (the paper's joint net), ``residual_joint``
   (Section IV's net, predicting its own L*), ``cascade_end_to_end`` (``model=cascade``:
@@ -766,6 +766,49 @@ def plot(summary: dict[str, Any], baselines: dict[str, Any], budget: float, path
     return path
 
 
+def plot_paired(report: dict[str, Any], path: Path, metrics: tuple[str, ...] = ("psnr_joint", "psnr")) -> Path:
+    """The verdict as a picture: per contender and metric, its paired difference against the
+    reference (``report["contenders"][name]["paired"]``, as in ``comparison.json``): the mean,
+    the interval that carries seed and photo variance, each seed's mean as a dot, and zero as
+    a line; the label says the verdict's words (an interval across zero: no detectable difference)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [(name, metric, entry["paired"][metric]) for name, entry in report["contenders"].items()
+            for metric in metrics if (entry.get("paired") or {}).get(metric)]
+    fig, ax = plt.subplots(figsize=(7.2, 1.2 + 0.45 * max(len(rows), 1)), dpi=120)
+    for y, (name, metric, d) in enumerate(reversed(rows)):
+        spans = d["lo"] <= 0 <= d["hi"]
+        colour = "#777777" if spans else ("#228833" if d["lo"] > 0 else "#cc3311")
+        ax.plot([d["lo"], d["hi"]], [y, y], color=colour, linewidth=2.5, solid_capstyle="butt")
+        ax.plot([d["mean"]], [y], "o", color=colour, markersize=6)
+        seeds = [v for v in d.get("per_seed", {}).values() if v is not None]
+        ax.plot(seeds, [y] * len(seeds), "|", color="black", markersize=9, alpha=0.6)
+        words = "no detectable difference" if spans else ("better" if d["lo"] > 0 else "worse")
+        if d["seeds"] < MIN_SEEDS:
+            words = f"too few seeds: {words}"
+        ax.annotate(f"{d['mean']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}] {words}", (d["hi"], y), xytext=(6, 0),
+                    textcoords="offset points", va="center", fontsize=7,
+                    bbox={"facecolor": "white", "edgecolor": "none", "alpha": 0.8, "pad": 1})
+    ax.axvline(0.0, color="black", linewidth=0.8)
+    ax.set_yticks(range(len(rows)), [f"{n} ({m})" for n, m, _ in reversed(rows)], fontsize=8)
+    ax.set_xlabel(f"difference to {report['reference']} (dB)")
+    if rows:  # room for the labels right of the widest interval
+        low, high = min(d["lo"] for *_, d in rows), max(d["hi"] for *_, d in rows)
+        width = max(high - low, 1e-3)
+        ax.set_xlim(min(low, 0.0) - 0.1 * width, max(high, 0.0) + 1.2 * width)
+    seeds = len(report["seeds"])
+    ax.set_title(f"paired against {report['reference']} on the same photos, {seeds} seed{'s' * (seeds != 1)}\n"
+                 "mean (dot), interval over seeds x photos (bar), each seed's mean (|)", fontsize=8)
+    ax.grid(axis="x", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+    return path
+
+
 def code_digest() -> str:
     """sha256 over the package's sources and configs: a finished run is reused only under the same code."""
     import hashlib
@@ -1030,6 +1073,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
     (out / "comparison.json").write_text(json.dumps(report, indent=2) + "\n")
     (out / "comparison.md").write_text(markdown(summary, baselines, args.reference, args, budget, test_set))
     plot(summary, baselines, budget, out / "comparison.png")
+    plot_paired(report, out / "paired.png")
     print(f"comparison of {len(args.models)} models x {len(args.seeds)} seeds ({reused} of {len(runs)} runs reused): "
           f"{out / 'comparison.md'}")
     return report

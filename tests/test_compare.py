@@ -105,6 +105,7 @@ def test_tiny_compare_writes_the_answer_and_reuses_finished_runs(tmp_path):
     assert "| two_stage_upscale_first |" in text and "| baseline bicubic (no training) |" in text and "x budget" in text
     assert "params (M)" in text and "inference GFLOP/image" in text
     assert (out / "comparison.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "paired.png").read_bytes()[:4] == b"\x89PNG"
     again = compare(parse_args(argv))  # same config, same code: nothing is trained again
     assert again["reused_runs"] == 6 and again["contenders"]["ic_only"]["per_seed"] == models["ic_only"]["per_seed"]
 

@@ -16,6 +16,10 @@ from joint_colsr.data.exemplars import (
     WARPED,
     ExemplarPlan,
     exemplar_ab_histogram_intersection,
+    MAX_TPS_SHIFT,
+    TPS_GRID,
+    tps_control_points,
+    warp_grid,
     warp_images,
     warp_thetas,
 )
@@ -29,11 +33,11 @@ KEYS = sample_keys(3, 0, np.arange(400))
 
 def test_random_and_same_category_exemplars_are_never_the_photo_itself():
     photos = np.arange(400) % 7
-    kinds, others, thetas = ExemplarPlan("random", 7).plan(photos, KEYS)
+    kinds, others, thetas, bends = ExemplarPlan("random", 7).plan(photos, KEYS)
     assert (kinds == OTHER).all() and (others != photos).all() and set(others) == set(range(7))
-    assert thetas.shape == (400, 2, 3) and thetas.dtype == np.float32
+    assert thetas.shape == (400, 2, 3) and thetas.dtype == np.float32 and bends is None
     groups = [["animal"], ["animal", "vehicle"], ["vehicle"], [], ["person"], ["person"], ["animal"]]
-    kinds, others, _ = ExemplarPlan("same_category", 7, groups).plan(photos, KEYS)
+    kinds, others, _, _ = ExemplarPlan("same_category", 7, groups).plan(photos, KEYS)
     assert (others != photos).all()
     for photo, other in zip(photos, others):
         if groups[photo] and photo != 3:
@@ -45,7 +49,7 @@ def test_random_and_same_category_exemplars_are_never_the_photo_itself():
 
 
 def test_mix_and_drop_give_both_modes_in_stated_shares():
-    kinds, others, _ = ExemplarPlan("mix", 5, drop=0.25).plan(np.arange(400) % 5, KEYS)
+    kinds, others, _, _ = ExemplarPlan("mix", 5, drop=0.25).plan(np.arange(400) % 5, KEYS)
     shares = {k: float((kinds == k).mean()) for k in (NONE, WARPED, OTHER)}
     assert abs(shares[NONE] - 0.25) < 0.08 and abs(shares[WARPED] - 0.375) < 0.08 and abs(shares[OTHER] - 0.375) < 0.08
     assert ((others >= 0) == (kinds == OTHER)).all()
@@ -62,6 +66,8 @@ def test_plans_refuse_what_cannot_be_done():
         ExemplarPlan("nearest", 5)
     with pytest.raises(ValueError, match="data.exemplar must be one of"):
         ColSRDataModule(SamplePhotos(), exemplar="warped_gt")  # an evaluation protocol, not a training kind
+    with pytest.raises(ValueError, match="data.exemplar_warp must be one of affine, tps, got 'spline'"):
+        ColSRDataModule(SamplePhotos(), exemplar="warped_self", exemplar_warp="spline")
 
 
 def test_the_warp_moves_pixels_and_keeps_colours():
@@ -76,25 +82,59 @@ def test_the_warp_moves_pixels_and_keeps_colours():
     assert torch.equal(warp_images(flat, thetas[:1], 24), torch.full((1, 3, 24, 24), 77, dtype=torch.uint8))  # colours unchanged
 
 
+def test_the_spline_warp_moves_its_control_points_bends_lines_and_keeps_colours():
+    affine = ExemplarPlan("warped_self", 7).plan(np.arange(400) % 7, KEYS)
+    kinds, others, thetas, bends = ExemplarPlan("warped_self", 7, warp="tps").plan(np.arange(400) % 7, KEYS)
+    # The spline's draws come after the affine ones: the kinds and affine maps are unchanged.
+    assert np.array_equal(kinds, affine[0]) and np.array_equal(thetas, affine[2])
+    assert bends.shape == (400, TPS_GRID**2, 2) and bends.dtype == np.float32
+    assert np.abs(bends).max() <= 2 * MAX_TPS_SHIFT and np.abs(bends).max() > 1.5 * MAX_TPS_SHIFT
+    assert np.array_equal(ExemplarPlan("warped_self", 7, warp="tps").plan(np.arange(400) % 7, KEYS)[3], bends)
+    theta, bend = torch.from_numpy(thetas[:3]), torch.from_numpy(bends[:3])
+    # Zero shifts: the affine map alone (the spline solver's round-off aside).
+    assert torch.allclose(warp_grid(theta, 16, torch.zeros_like(bend)), warp_grid(theta, 16), atol=1e-4)
+    # At side 4 the pixel centres are the control points: each lands where its shift sends it.
+    identity = torch.eye(2, 3).expand(3, 2, 3)
+    assert torch.allclose(warp_grid(identity, 4, bend).reshape(3, -1, 2), tps_control_points() + bend, atol=1e-4)
+    # Between them the map is no affine map: the best affine fit of the bent grid leaves a residual.
+    grid = warp_grid(identity, 32, bend).reshape(3, -1, 2).double()
+    base = torch.cat([warp_grid(identity, 32).reshape(3, -1, 2).double(), torch.ones(3, 32 * 32, 1, dtype=torch.float64)], -1)
+    fit = torch.linalg.lstsq(base, grid).solution
+    assert ((base @ fit - grid).abs().amax(dim=(1, 2)) > 0.01).all()
+    flat = torch.full((3, 3, 32, 32), 77, dtype=torch.uint8)
+    assert torch.equal(warp_images(flat, theta, 24, bend), torch.full((3, 3, 24, 24), 77, dtype=torch.uint8))
+    image = torch.from_numpy(np.random.default_rng(0).integers(0, 256, size=(3, 3, 32, 32), dtype=np.uint8))
+    assert not torch.equal(warp_images(image, theta, 32, bend), warp_images(image, theta, 32))
+
+
 def test_exemplar_colour_intersection_is_one_for_the_same_colours_and_zero_for_disjoint_ones():
     ab = torch.rand(2, 2, 8, 8) * 0.5
     assert torch.allclose(exemplar_ab_histogram_intersection(ab, ab.flip(-1)), torch.ones(2))
     assert torch.allclose(exemplar_ab_histogram_intersection(ab, -ab - 0.5), torch.zeros(2))
 
 
-@pytest.mark.parametrize("kind", ["warped_self", "random", "mix"])
-def test_batches_carry_exemplars_on_the_file_and_the_cache_path_alike(kind, tmp_path):
+@pytest.mark.parametrize(("kind", "warp"), [("warped_self", "affine"), ("warped_self", "tps"), ("random", "affine"), ("mix", "tps")])
+def test_batches_carry_exemplars_on_the_file_and_the_cache_path_alike(kind, warp, tmp_path):
     from joint_colsr.data.cache import build_cache
 
     root = tmp_path / "cache"
     build_cache(SamplePhotos(), root, output_size=32, train_size=32, shard_size=4, progress=False)
     settings = {"batch_size": 4, "num_workers": 0, "input_size": 16, "output_size": 32, "train_samples_per_epoch": 8, "seed": 2,
-                "exemplar": kind, "exemplar_drop": 0.25, "exemplar_size": 24, "hflip": False, "train_crop": "whole"}
+                "exemplar": kind, "exemplar_drop": 0.25, "exemplar_size": 24, "hflip": False, "train_crop": "whole",
+                "exemplar_warp": warp}
     batches = {}
     for name, extra in (("files", {"source": SamplePhotos()}), ("cache", {"source": None, "cache": str(root)})):
         dm = ColSRDataModule(**extra, **settings)
         dm.setup("fit")
+        assert dm.train_set.exemplars.warp == warp  # validation keeps none here; eval's warped_gt is affine
         batches[name] = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+        if warp == "tps":  # the same samples, kinds and affine maps, bent: other exemplars
+            dm = ColSRDataModule(**extra, **{**settings, "exemplar_warp": "affine"})
+            dm.setup("fit")
+            straight = dm.on_after_batch_transfer(next(iter(dm.train_dataloader())), 0)
+            assert torch.equal(straight["exemplar_mask"], batches[name]["exemplar_mask"]), name
+            warped = batches[name]["exemplar_mask"] & (batches[name]["exemplar_index"] < 0)
+            assert warped.any() and not torch.equal(straight["exemplar"][warped], batches[name]["exemplar"][warped]), name
     for name, batch in batches.items():  # each path draws from its own sample keys (as its crops do)
         assert batch["exemplar"].shape == (4, 3, 24, 24) and batch["exemplar"].dtype == torch.float32, name
         assert (batch["exemplar"][~batch["exemplar_mask"]] == 0).all()

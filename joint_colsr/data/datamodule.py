@@ -14,7 +14,7 @@ from torch.utils.data import DataLoader
 from joint_colsr.color import resize_uint8, rgb_uint8_to_lab_batch
 from joint_colsr.data.cache import ImageCache
 from joint_colsr.data.datasets import CachedImages, ReferenceImages, collate_samples
-from joint_colsr.data.exemplars import EVAL_EXEMPLARS, TRAIN_EXEMPLARS, ExemplarPlan, exemplar_batch, side_of
+from joint_colsr.data.exemplars import EVAL_EXEMPLARS, TRAIN_EXEMPLARS, WARPS, ExemplarPlan, exemplar_batch, side_of
 from joint_colsr.data.geometry import augment
 from joint_colsr.data.loaders import CachedBatchLoader, ResumableDataLoader
 from joint_colsr.data.sampler import EpochSeededSampler
@@ -84,6 +84,10 @@ class ColSRDataModule(pl.LightningDataModule):
             ``exemplar_index`` (the other photo, -1 if none).
         exemplar_drop: probability that a training sample has no exemplar (both modes in one model).
         exemplar_size: side ``E`` every exemplar is resized to (an exemplar of another size is resized).
+        exemplar_warp: how training's ``warped_self`` exemplars are warped: ``affine``
+            (default) or ``tps`` (a thin-plate spline bends them before the affine map).
+            Validation and evaluation (``warped_gt``) always use the affine warp, so their
+            rows compare across models trained either way.
         val_exemplar: the exemplars of validation (and evaluation): ``none``, ``warped_gt``
             (the target warped: its colours, an upper bound), ``same_category`` or ``random``
             (another photo of the split, never the sample's own).
@@ -120,6 +124,7 @@ class ColSRDataModule(pl.LightningDataModule):
         exemplar_drop: float = 0.0,
         exemplar_size: int | None = 256,
         val_exemplar: str = "none",
+        exemplar_warp: str = "affine",
     ) -> None:
         super().__init__()
         if batch_size < 1:
@@ -178,6 +183,9 @@ class ColSRDataModule(pl.LightningDataModule):
             raise ValueError(f"data.val_exemplar must be one of {', '.join(EVAL_EXEMPLARS)}, got {val_exemplar!r}")
         if not 0.0 <= float(exemplar_drop) <= 1.0:
             raise ValueError(f"data.exemplar_drop must be in [0, 1], got {exemplar_drop}")
+        if exemplar_warp not in WARPS:
+            raise ValueError(f"data.exemplar_warp must be one of {', '.join(WARPS)}, got {exemplar_warp!r}")
+        self.exemplar_warp = exemplar_warp
         self.exemplar, self.val_exemplar, self.exemplar_drop = exemplar, val_exemplar, float(exemplar_drop)
         self.exemplar_size = side_of(exemplar_size, output_size)
         #: Scales validation scores (any-scale training), or None.
@@ -282,12 +290,12 @@ class ColSRDataModule(pl.LightningDataModule):
             return [sorted({self.categories[c]["supercategory"] for c in (labels or ()) if c in self.categories})
                     for labels in labels_of(photos)]
 
-        for dataset, kind, photos, drop in ((self.train_set, self.exemplar, train_photos, self.exemplar_drop),
-                                            (self.val_set, self.val_exemplar, val_photos, 0.0)):
+        for dataset, kind, photos, drop, warp in ((self.train_set, self.exemplar, train_photos, self.exemplar_drop, self.exemplar_warp),
+                                                  (self.val_set, self.val_exemplar, val_photos, 0.0, "affine")):
             if dataset is None or kind == "none":
                 continue
             try:
-                dataset.exemplars = ExemplarPlan(kind, dataset.num_photos, groups(photos), drop)
+                dataset.exemplars = ExemplarPlan(kind, dataset.num_photos, groups(photos), drop, warp)
             except ValueError as err:
                 key = "data.exemplar" if dataset is self.train_set else "data.val_exemplar"
                 raise ValueError(f"{key}={kind}: {err}") from None
@@ -382,7 +390,7 @@ class ColSRDataModule(pl.LightningDataModule):
             exemplar = {}
             if "exemplar_kind" in batch:  # exemplars: the warp of this reference image, or another photo
                 exemplar = exemplar_batch(rgb, batch["exemplar_kind"], batch["exemplar_theta"], batch.get("exemplar_other"),
-                                          self.exemplar_size)
+                                          self.exemplar_size, batch.get("exemplar_bend"))
                 exemplar["exemplar_index"] = batch["exemplar_index"]
                 exemplar["exemplar_skipped"] = batch["exemplar_skipped"]
             if batch.get("scale_u") is None and self.val_scales is not None:  # validation of any-scale training

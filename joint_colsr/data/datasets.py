@@ -113,7 +113,7 @@ class ReferenceSamples(Dataset):
         its index alone (the same exemplar at every validation)."""
         return self.sample_key(key) if self.train else sample_seed(0, 0, key[0] if isinstance(key, tuple) else key)
 
-    def plan_exemplars(self, photos: Sequence[int], keys: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    def plan_exemplars(self, photos: Sequence[int], keys: Sequence[int]) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
         """:meth:`ExemplarPlan.plan` of samples showing ``photos`` (``exemplar_key`` s ``keys``)."""
         return self.exemplars.plan(np.asarray(photos, np.int64), np.asarray([int(k) % 2**64 for k in keys], np.uint64))
 
@@ -222,8 +222,9 @@ class ReferenceImages(ReferenceSamples):
         """A sample's exemplar fields: ``exemplar_kind``, ``exemplar_theta``, ``exemplar_index``
         (the other photo, -1 if none), ``exemplar_other`` ``(3, E, E)`` uint8 (that photo
         squash-resized; zeros unless ``OTHER``) and ``exemplar_skipped`` (1: the other photo
-        could not be decoded or has no colour; the sample then has none)."""
-        kinds, others, thetas = self.plan_exemplars([photo], [self.exemplar_key(key)])
+        could not be decoded or has no colour; the sample then has none), plus ``exemplar_bend``
+        (the warp's spline shifts) with ``data.exemplar_warp=tps``."""
+        kinds, others, thetas, bends = self.plan_exemplars([photo], [self.exemplar_key(key)])
         kind, other, skipped = int(kinds[0]), int(others[0]), 0
         image = np.zeros((3, self.exemplar_size, self.exemplar_size), np.uint8)
         if kind == OTHER:
@@ -240,8 +241,11 @@ class ReferenceImages(ReferenceSamples):
                     self._logged.add(f"exemplar:{item.key}")
                     log.warning("exemplar %s not used: %s (its samples have no exemplar)", item.path or item.key, reason)
                 kind, other, skipped = NONE, -1, 1
-        return {"exemplar_kind": kind, "exemplar_theta": torch.from_numpy(thetas[0]), "exemplar_index": other,
-                "exemplar_other": torch.from_numpy(np.ascontiguousarray(image)), "exemplar_skipped": skipped}
+        fields = {"exemplar_kind": kind, "exemplar_theta": torch.from_numpy(thetas[0]), "exemplar_index": other,
+                  "exemplar_other": torch.from_numpy(np.ascontiguousarray(image)), "exemplar_skipped": skipped}
+        if bends is not None:
+            fields["exemplar_bend"] = torch.from_numpy(bends[0])
+        return fields
 
 
 class CachedImages(ReferenceSamples):
@@ -351,12 +355,15 @@ class CachedImages(ReferenceSamples):
         ``exemplar_other`` ``(B, 3, side, side)`` holds the other photos (as cached; the
         sample's own photo in rows without one), resized to ``exemplar_size`` on the device.
         ``gather(rows, out)`` copies cached photos ``rows`` into ``out``."""
-        kinds, others, thetas = self.plan_exemplars(photos, keys)
+        kinds, others, thetas, bends = self.plan_exemplars(photos, keys)
         images = np.empty((len(photos), 3, side, side), np.uint8)
         gather(np.where(kinds == OTHER, others, photos).astype(np.int64), images)
-        return {"exemplar_kind": torch.from_numpy(kinds), "exemplar_theta": torch.from_numpy(thetas),
-                "exemplar_index": torch.from_numpy(others), "exemplar_other": torch.from_numpy(images),
-                "exemplar_skipped": torch.zeros(len(photos), dtype=torch.long)}
+        fields = {"exemplar_kind": torch.from_numpy(kinds), "exemplar_theta": torch.from_numpy(thetas),
+                  "exemplar_index": torch.from_numpy(others), "exemplar_other": torch.from_numpy(images),
+                  "exemplar_skipped": torch.zeros(len(photos), dtype=torch.long)}
+        if bends is not None:
+            fields["exemplar_bend"] = torch.from_numpy(bends)
+        return fields
 
     # -- validation: fixed views --------------------------------------------------------------
 
@@ -400,7 +407,7 @@ class CachedImages(ReferenceSamples):
         if not collated:
             sample = {"rgb": rgb[0], "index": planned[0][0], "skipped": 0}
             if exemplar is not None:
-                sample.update({k: (v[0] if k in ("exemplar_theta", "exemplar_other") else int(v[0])) for k, v in exemplar.items()})
+                sample.update({k: (v[0] if k in ("exemplar_theta", "exemplar_other", "exemplar_bend") else int(v[0])) for k, v in exemplar.items()})
             return sample if labels is None else {**sample, "labels": labels[0]}
         batch = {"rgb": rgb, "index": torch.tensor([p[0] for p in planned]), "skipped": torch.zeros(len(planned), dtype=torch.long)}
         if exemplar is not None:

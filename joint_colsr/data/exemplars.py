@@ -7,9 +7,12 @@ sample the same exemplar (the photo-file and the cache path each draw from their
 keys, as their crops do); a validation sample's exemplar depends on its index alone:
 
 * ``warped_self`` (training) / ``warped_gt`` (evaluation): the sample's own reference image,
-  geometrically warped (a random affine map: rotation, zoom, shear, shift; resampled,
-  colours unchanged), so a model must find correspondences instead of copying pixels. In
-  evaluation it carries the target's colours: an upper bound, never ranked beside blind rows;
+  geometrically warped (a random affine map: rotation, zoom, shear, shift; with
+  ``warp="tps"``, training only, a thin-plate spline through a jittered 4x4 grid of control
+  points composed before it, so straight lines bend; one resampling, colours unchanged), so
+  a model must find correspondences instead of copying pixels. In evaluation it is always
+  the affine warp and carries the target's colours: an upper bound, never ranked beside
+  blind rows;
 * ``same_category``: another photo of the same split sharing a supercategory (COCO labels);
   a photo whose supercategories no other photo shares gets a ``random`` one;
 * ``random``: any other photo of the split (never the sample's own);
@@ -30,6 +33,7 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn.functional as F
+from kornia.geometry.transform import get_tps_transform, warp_points_tps
 from torch import Tensor
 
 from joint_colsr.color import resize_uint8, rgb_uint8_to_lab_batch
@@ -44,6 +48,13 @@ NONE, WARPED, OTHER = 0, 1, 2
 _SALT = np.uint64(0xE8E3_7A1D_5C0F_B2A9)
 #: Warp ranges: rotation (degrees), zoom (log-uniform), shear, shift (fractions of the side).
 MAX_ROTATION, ZOOM, MAX_SHEAR, MAX_SHIFT = 20.0, (0.8, 1.25), 0.15, 0.15
+#: ``data.exemplar_warp``: the affine map alone, or a thin-plate spline composed before it.
+WARPS = ("affine", "tps")
+#: The thin-plate spline's control points: a ``TPS_GRID`` x ``TPS_GRID`` grid over the central
+#: 3/4 of the exemplar (``affine_grid`` coordinates), each moved by up to ``MAX_TPS_SHIFT``
+#: of the side in x and y.
+TPS_GRID, MAX_TPS_SHIFT = 4, 0.05
+_AFFINE_DRAWS = 8  # uniforms per sample before the spline's (adding draws keeps earlier ones)
 
 
 class ExemplarPlan:
@@ -56,13 +67,17 @@ class ExemplarPlan:
         groups: per photo, the names of its groups (COCO supercategories); needed by
             ``same_category`` (and used by ``mix`` when given).
         drop: probability that a sample gets no exemplar.
+        warp: one of :data:`WARPS`: how ``warped_self`` samples are warped.
 
     Raises:
-        ValueError: an unknown kind, a drop outside [0, 1], ``same_category`` without groups,
-            or another-photo exemplars on a split of one photo.
+        ValueError: an unknown kind or warp, a drop outside [0, 1], ``same_category`` without
+            groups, or another-photo exemplars on a split of one photo.
     """
 
-    def __init__(self, kind: str, num_photos: int, groups: Sequence[Sequence[str]] | None = None, drop: float = 0.0) -> None:
+    def __init__(self, kind: str, num_photos: int, groups: Sequence[Sequence[str]] | None = None, drop: float = 0.0,
+                 warp: str = "affine") -> None:
+        if warp not in WARPS:
+            raise ValueError(f"data.exemplar_warp must be one of {', '.join(WARPS)}, got {warp!r}")
         if kind not in (*TRAIN_EXEMPLARS, *EVAL_EXEMPLARS):
             raise ValueError(f"exemplar must be one of {', '.join(dict.fromkeys((*TRAIN_EXEMPLARS, *EVAL_EXEMPLARS)))}, got {kind!r}")
         if not 0.0 <= float(drop) <= 1.0:
@@ -75,6 +90,7 @@ class ExemplarPlan:
         self.kind = "warped_self" if kind == "warped_gt" else kind
         self.num_photos = int(num_photos)
         self.drop = float(drop)
+        self.warp = warp
         self.groups = [sorted(set(g)) for g in groups] if has_groups else None
         self._members: dict[str, np.ndarray] = {}
         if self.groups is not None:
@@ -88,18 +104,21 @@ class ExemplarPlan:
     def active(self) -> bool:
         return self.kind != "none"
 
-    def plan(self, photos: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-        """``(kinds, others, thetas)`` of samples showing ``photos`` with sample keys ``keys``.
+    def plan(self, photos: np.ndarray, keys: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray | None]:
+        """``(kinds, others, thetas, bends)`` of samples showing ``photos`` with sample keys ``keys``.
 
         Returns:
             ``kinds``: ``(B,)`` int8 (:data:`NONE`, :data:`WARPED`, :data:`OTHER`); ``others``:
             ``(B,)`` int64 photo of each ``OTHER`` exemplar (-1 elsewhere; never the sample's
             own photo); ``thetas``: ``(B, 2, 3)`` float32 affine maps of the warp (output ->
-            input coordinates, ``F.affine_grid``'s convention), drawn for every sample.
+            input coordinates, ``F.affine_grid``'s convention), drawn for every sample;
+            ``bends``: ``(B, TPS_GRID**2, 2)`` float32 control-point shifts of the spline
+            (:func:`tps_shifts`) with ``warp="tps"``, else None.
         """
         photos = np.asarray(photos, np.int64)
+        keys = np.asarray(keys, np.uint64) ^ _SALT
         with np.errstate(over="ignore"):
-            u = sample_uniforms(np.asarray(keys, np.uint64) ^ _SALT, 8)
+            u = sample_uniforms(keys, _AFFINE_DRAWS)
         count = len(photos)
         kinds = np.full(count, NONE, np.int8)
         others = np.full(count, -1, np.int64)
@@ -116,7 +135,11 @@ class ExemplarPlan:
                     continue
                 kinds[i] = OTHER
                 others[i] = self._other(int(photos[i]), choice, u[i, 2], u[i, 3])
-        return kinds, others, warp_thetas(u[:, 3:8])
+        bends = None
+        if self.warp == "tps":
+            with np.errstate(over="ignore"):
+                bends = tps_shifts(sample_uniforms(keys, 2 * TPS_GRID**2, first=_AFFINE_DRAWS))
+        return kinds, others, warp_thetas(u[:, 3:8]), bends
 
     def _other(self, photo: int, choice: str, u: float, v: float) -> int:
         if choice == "same_category" and self.groups[photo]:
@@ -144,13 +167,47 @@ def warp_thetas(u: np.ndarray) -> np.ndarray:
     return theta
 
 
-def warp_images(rgb: Tensor, theta: Tensor, size: int) -> Tensor:
-    """Warp uint8 images by per-sample affine maps (bilinear, reflected at the borders).
+def tps_shifts(u: np.ndarray) -> np.ndarray:
+    """``(B, 2K)`` uniforms -> ``(B, K, 2)`` float32 control-point shifts within
+    :data:`MAX_TPS_SHIFT` of the side (``affine_grid`` units: a side is 2), ``K = TPS_GRID**2``."""
+    return ((2 * u - 1) * 2 * MAX_TPS_SHIFT).reshape(len(u), TPS_GRID**2, 2).astype(np.float32)
+
+
+def tps_control_points(device: torch.device | str | None = None) -> Tensor:
+    """``(K, 2)`` the spline's control points ``(x, y)``: a :data:`TPS_GRID` square grid over
+    ``[-0.75, 0.75]`` (``affine_grid`` coordinates)."""
+    ticks = torch.linspace(-0.75, 0.75, TPS_GRID, device=device)
+    y, x = torch.meshgrid(ticks, ticks, indexing="ij")
+    return torch.stack([x.flatten(), y.flatten()], dim=-1)
+
+
+def warp_grid(theta: Tensor, size: int, bends: Tensor | None = None) -> Tensor:
+    """``(B, size, size, 2)`` sampling grid (``F.grid_sample``, ``align_corners=False``) of the
+    warp ``theta`` ``(B, 2, 3)`` (output -> input), with ``bends`` ``(B, K, 2)`` first: the
+    thin-plate spline (kornia's ``get_tps_transform``) that moves control point ``k``
+    (:func:`tps_control_points`) by ``bends[:, k]`` and is smooth between them; zero bends are
+    the affine map alone (up to the spline solver's round-off)."""
+    theta = theta.to(torch.float32)
+    if bends is None:
+        return F.affine_grid(theta, [theta.shape[0], 3, size, size], align_corners=False)
+    identity = torch.eye(2, 3, device=theta.device).expand(theta.shape[0], 2, 3)
+    points = F.affine_grid(identity, [theta.shape[0], 3, size, size], align_corners=False).reshape(theta.shape[0], -1, 2)
+    centres = tps_control_points(theta.device).expand(theta.shape[0], -1, -1)
+    moved = centres + bends.to(theta.device, torch.float32)
+    kernel_weights, affine_weights = get_tps_transform(centres, moved)
+    bent = warp_points_tps(points, moved, kernel_weights, affine_weights)
+    return (bent @ theta[:, :, :2].transpose(1, 2) + theta[:, None, :, 2]).reshape(theta.shape[0], size, size, 2)
+
+
+def warp_images(rgb: Tensor, theta: Tensor, size: int, bends: Tensor | None = None) -> Tensor:
+    """Warp uint8 images by per-sample affine maps, optionally bent by a thin-plate spline
+    first (:func:`warp_grid`; bilinear, reflected at the borders).
 
     Args:
         rgb: ``(B, 3, H, W)`` uint8.
         theta: ``(B, 2, 3)`` float affine maps (output -> input, ``F.affine_grid``).
         size: output side.
+        bends: ``(B, K, 2)`` control-point shifts of the spline (:func:`tps_shifts`), or None.
 
     Returns:
         ``(B, 3, size, size)`` uint8 (colours resampled, not changed).
@@ -160,12 +217,13 @@ def warp_images(rgb: Tensor, theta: Tensor, size: int) -> Tensor:
     images = rgb.float()
     if min(rgb.shape[-2:]) > 2 * size:  # shrink first: bilinear sampling alone would alias
         images = resize_uint8(rgb, (2 * size, 2 * size)).float()
-    grid = F.affine_grid(theta.to(images.device, torch.float32), [rgb.shape[0], 3, size, size], align_corners=False)
+    grid = warp_grid(theta.to(images.device), size, bends)
     warped = F.grid_sample(images, grid, mode="bilinear", padding_mode="reflection", align_corners=False)
     return warped.round_().clamp_(0, 255).to(torch.uint8)
 
 
-def exemplar_batch(rgb: Tensor, kinds: Tensor, theta: Tensor, others: Tensor | None, size: int) -> dict[str, Tensor]:
+def exemplar_batch(rgb: Tensor, kinds: Tensor, theta: Tensor, others: Tensor | None, size: int,
+                   bends: Tensor | None = None) -> dict[str, Tensor]:
     """The exemplars of a batch on its device: normalized L*a*b* and which samples have one.
 
     Args:
@@ -175,6 +233,7 @@ def exemplar_batch(rgb: Tensor, kinds: Tensor, theta: Tensor, others: Tensor | N
         others: ``(B, 3, T, T)`` uint8 other photos (rows of non-``OTHER`` samples are
             ignored), or None when no sample has one.
         size: exemplar side ``E`` (``data.exemplar_size``): every exemplar is resized to it.
+        bends: ``(B, K, 2)`` spline shifts of the warps (``data.exemplar_warp=tps``), or None.
 
     Returns:
         ``exemplar``: ``(B, 3, E, E)`` float32 normalized L*a*b* (L*/50 - 1, a*b*/110; zeros
@@ -182,7 +241,7 @@ def exemplar_batch(rgb: Tensor, kinds: Tensor, theta: Tensor, others: Tensor | N
         ``(B, 3, E, E)`` uint8 (for figures and the exemplar-colour metric).
     """
     kinds = kinds.to(rgb.device)
-    images = warp_images(rgb, theta, size)
+    images = warp_images(rgb, theta, size, bends)
     if others is not None:
         other = resize_uint8(others.to(rgb.device), (size, size))
         images = torch.where((kinds == OTHER)[:, None, None, None], other, images)
@@ -226,5 +285,6 @@ def side_of(size: int | None, default: int) -> int:
     return side
 
 
-__all__ = ["EVAL_EXEMPLARS", "NONE", "OTHER", "TRAIN_EXEMPLARS", "WARPED", "ExemplarPlan", "exemplar_ab_histogram_intersection",
-           "exemplar_batch", "exemplar_lab", "side_of", "warp_images", "warp_thetas"]
+__all__ = ["EVAL_EXEMPLARS", "NONE", "OTHER", "TRAIN_EXEMPLARS", "WARPED", "WARPS", "ExemplarPlan", "exemplar_ab_histogram_intersection",
+           "exemplar_batch", "exemplar_lab", "side_of", "tps_control_points", "tps_shifts", "warp_grid", "warp_images",
+           "warp_thetas"]
