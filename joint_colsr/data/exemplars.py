@@ -28,12 +28,13 @@ warp and the resize to ``data.exemplar_size`` run on the model's device
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from kornia.geometry.transform import get_tps_transform, warp_points_tps
+from kornia.geometry.transform import warp_points_tps
 from torch import Tensor
 
 from joint_colsr.color import resize_uint8, rgb_uint8_to_lab_batch
@@ -181,21 +182,37 @@ def tps_control_points(device: torch.device | str | None = None) -> Tensor:
     return torch.stack([x.flatten(), y.flatten()], dim=-1)
 
 
+@functools.lru_cache(maxsize=8)
+def _tps_solver(device: str) -> Tensor:
+    """``(K + 3, K)`` float32 on ``device``: the thin-plate spline through the fixed control
+    points is ``[kernel weights; affine weights] = solver @ targets`` (kornia's
+    ``warp_points_tps`` layout). The spline's system depends on the control points alone, so
+    it is inverted once (float64, on the CPU) and each batch is one product: kornia's
+    ``get_tps_transform`` solves per call with ``torch.linalg.solve``, whose error check waits
+    for the device on CUDA (a host sync in every training step)."""
+    centres = tps_control_points().double()
+    count = len(centres)
+    squared = ((centres[:, None] - centres[None]) ** 2).sum(-1)
+    kernel = torch.where(squared > 0, 0.5 * squared * torch.where(squared > 0, squared, 1.0).log(), 0.0)  # r^2 log r
+    affine = torch.cat([torch.ones(count, 1, dtype=torch.float64), centres], 1)
+    system = torch.cat([torch.cat([kernel, affine], 1), torch.cat([affine.T, torch.zeros(3, 3, dtype=torch.float64)], 1)], 0)
+    return torch.linalg.inv(system)[:, :count].float().to(device)
+
+
 def warp_grid(theta: Tensor, size: int, bends: Tensor | None = None) -> Tensor:
     """``(B, size, size, 2)`` sampling grid (``F.grid_sample``, ``align_corners=False``) of the
     warp ``theta`` ``(B, 2, 3)`` (output -> input), with ``bends`` ``(B, K, 2)`` first: the
-    thin-plate spline (kornia's ``get_tps_transform``) that moves control point ``k``
-    (:func:`tps_control_points`) by ``bends[:, k]`` and is smooth between them; zero bends are
-    the affine map alone (up to the spline solver's round-off)."""
+    thin-plate spline (evaluated by kornia's ``warp_points_tps``) that moves control point
+    ``k`` (:func:`tps_control_points`) by ``bends[:, k]`` and bends least between them; zero
+    bends are the affine map alone (up to float round-off). No host sync on any device."""
     theta = theta.to(torch.float32)
     if bends is None:
         return F.affine_grid(theta, [theta.shape[0], 3, size, size], align_corners=False)
     identity = torch.eye(2, 3, device=theta.device).expand(theta.shape[0], 2, 3)
     points = F.affine_grid(identity, [theta.shape[0], 3, size, size], align_corners=False).reshape(theta.shape[0], -1, 2)
     centres = tps_control_points(theta.device).expand(theta.shape[0], -1, -1)
-    moved = centres + bends.to(theta.device, torch.float32)
-    kernel_weights, affine_weights = get_tps_transform(centres, moved)
-    bent = warp_points_tps(points, moved, kernel_weights, affine_weights)
+    weights = _tps_solver(str(theta.device)) @ (centres + bends.to(theta.device, torch.float32))
+    bent = warp_points_tps(points, centres, weights[:, : centres.shape[1]], weights[:, centres.shape[1]:])
     return (bent @ theta[:, :, :2].transpose(1, 2) + theta[:, None, :, 2]).reshape(theta.shape[0], size, size, 2)
 
 

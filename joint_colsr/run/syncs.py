@@ -1,8 +1,10 @@
 """Find the host reads of device values that make a GPU training loop wait (host syncs).
 
-On CUDA, reading a value back (``.item()``, ``bool(t)``, ``.cpu()``...), building a tensor
-from Python data on the device (``torch.tensor([...], device=cuda)``), or copying pageable
-(unpinned) host memory to the device blocks the host until the device has caught up. Once
+On CUDA, reading a value back (``.item()``, ``bool(t)``, ``.cpu()``...), an output whose
+size depends on values (``nonzero``, a boolean-mask index), a solver that checks its result
+(``torch.linalg.solve``, ``inv``, ``cholesky``), building a tensor from Python data on the
+device (``torch.tensor([...], device=cuda)``), or copying pageable (unpinned) host memory to
+the device blocks the host until the device has caught up. Once
 per step, that leaves the host's own work of the step (hooks, a few hundred kernel launches)
 unoverlapped with the device's.
 
@@ -52,6 +54,14 @@ HOST_READS = {
     torch.Tensor.tolist: "tolist",
     torch.Tensor.numpy: "numpy",
     torch.Tensor.cpu: "cpu",
+}
+#: Calls whose output size or error check the host must read on CUDA (a sync each): ``nonzero``
+#: and ``masked_select`` (as a boolean-mask index: :func:`_bool_index`), and the linear-algebra
+#: solvers that check their result (their ``*_ex`` forms do not).
+SIZE_OR_CHECK_READS = {
+    torch.nonzero: "nonzero", torch.Tensor.nonzero: "nonzero",
+    torch.masked_select: "masked_select", torch.Tensor.masked_select: "masked_select",
+    torch.linalg.solve: "linalg.solve", torch.linalg.inv: "linalg.inv", torch.linalg.cholesky: "linalg.cholesky",
 }
 #: Factories that copy Python data to the device when given one (a blocking pageable copy on CUDA).
 FACTORIES = {torch.tensor: "tensor", torch.as_tensor: "as_tensor"}
@@ -175,7 +185,9 @@ class HostReadRecorder(TorchFunctionMode):
 
     def __torch_function__(self, func: Any, types: Any, args: tuple = (), kwargs: dict | None = None) -> Any:
         kwargs = kwargs or {}
-        name = HOST_READS.get(func)
+        name = HOST_READS.get(func) or SIZE_OR_CHECK_READS.get(func)
+        if name is None and func is torch.Tensor.__getitem__ and _bool_index(args[1] if len(args) > 1 else None):
+            name = "__getitem__(bool mask)"
         if name is None and func in FACTORIES and kwargs.get("device") is not None:
             name = f"{FACTORIES[func]}(..., device=...)"
         if name is None and func in COPIES:
@@ -194,6 +206,12 @@ class HostReadRecorder(TorchFunctionMode):
         for read in self.reads:
             steps.setdefault(read.step, []).append(read)
         return steps
+
+
+def _bool_index(index: Any) -> bool:
+    """Whether an index holds a boolean tensor (its result's size is the mask's count: a host read on CUDA)."""
+    parts = index if isinstance(index, tuple) else (index,)
+    return any(isinstance(p, torch.Tensor) and p.dtype == torch.bool for p in parts)
 
 
 #: Frames that only pass a call on (torch's dispatch to modes, Tensor's Python dunders).

@@ -1,10 +1,11 @@
 """No host sync in a training-loop iteration between logging steps (what would make a GPU wait), found on CPU.
 
 A few training steps of each recipe users run (the default one, ``experiment=paper``, random
-crops from a cache larger than the output, ``model=srgan``, ``trainer=ddp`` on 2 ranks) run
+crops from a cache larger than the output, ``model=srgan``, ``model=joint_exemplar`` with
+thin-plate-spline exemplars, ``trainer=ddp`` on 2 ranks) run
 under :class:`~joint_colsr.run.syncs.HostReadRecorder` (``tests/ddp_probe.py``'s
 ``RecordHostReads``), which records every call that would block the host on CUDA
-(``.item()``, ``bool(t)``, ``.cpu()``, ``torch.tensor(..., device=)``, a copy between the host
+(``.item()``, ``bool(t)``, ``.cpu()``, ``nonzero``, ``torch.linalg.solve``, ``torch.tensor(..., device=)``, a copy between the host
 and a device from pageable memory...) and the training-loop iteration it belongs to: the
 fetch of the next batch, the transfer and ``on_after_batch_transfer`` of this one, its step,
 its hooks and Lightning's logging after ``on_train_batch_end``
@@ -50,6 +51,8 @@ BASE = ["data=samples", "trainer.accelerator=cpu", "model.net.width_mult=0.0625"
 TINY = [*BASE, f"data.train_samples_per_epoch={2 * STEPS}", "trainer.limit_val_batches=1"]
 # The NaN guard as check_every_n_steps=auto resolves on a GPU (on a CPU it reads every step: no cost there).
 GPU_GUARD = [f"callbacks.stop_on_non_finite.check_every_n_steps={LOG_EVERY}"]
+EXEMPLAR = ["model=joint_exemplar", "model.net.blocks=1", "data.exemplar=mix", "data.exemplar_drop=0.3",
+            "data.exemplar_warp=tps", "data.exemplar_size=64"]
 SRGAN = ["model=srgan", "model.net.blocks=1", "model.discriminator.width_mult=0.0625", "model.ema_decay=0.9"]
 
 
@@ -94,7 +97,10 @@ def crop_cache(tmp_path_factory) -> Path:
     # Random resized crops from a cache 1.25x the output (`preprocess train_size=320`): the
     # CachedBatchLoader, boxes and flips in the batch, cropped on the device.
     ["trainer=gpu", "trainer.precision=32-true", "data.cache=CACHE", "data.train_crop=random_resized", *GPU_GUARD],
-], ids=["default", "paper", "trainer_gpu", "srgan", "cache_crops_320"])
+    # Exemplars (issue 26): a mix of warped (thin-plate spline) and other-photo exemplars,
+    # some samples without one: the warp, the LAB conversion and the fusion on the device.
+    ["trainer=gpu", "trainer.precision=32-true", *EXEMPLAR, *GPU_GUARD],
+], ids=["default", "paper", "trainer_gpu", "srgan", "cache_crops_320", "exemplar_tps"])
 def test_no_host_sync_between_logging_steps(overrides, compose_cfg, tmp_path, request):
     if "data.cache=CACHE" in overrides:
         cache = request.getfixturevalue("crop_cache")
@@ -204,6 +210,15 @@ def test_a_read_in_on_after_batch_transfer_is_caught(compose_cfg, tmp_path, monk
 
     _before_the_batch_conversion(monkeypatch, reading_after)
     _every_quiet_iteration(_controlled(compose_cfg, tmp_path), "__bool__", "reading_after")
+
+
+@pytest.mark.parametrize(("call", "sync"), [
+    ("__getitem__(bool mask)", lambda batch: batch["rgb"][batch["rgb"] > 128]),  # its size is the mask's count
+    ("linalg.solve", lambda batch: torch.linalg.solve(torch.eye(2), torch.ones(2))),  # kornia's get_tps_transform does this
+], ids=["bool_mask", "solve"])
+def test_a_value_sized_output_or_a_checked_solve_is_caught(call, sync, compose_cfg, tmp_path, monkeypatch):
+    _before_the_batch_conversion(monkeypatch, sync)
+    _every_quiet_iteration(_controlled(compose_cfg, tmp_path), call, "test_host_syncs.py")
 
 
 def test_a_device_tensor_built_in_the_fetch_path_is_caught(compose_cfg, tmp_path, monkeypatch):
