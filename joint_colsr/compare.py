@@ -483,7 +483,8 @@ def train_contender(name: str, seed: int, run_dir: Path, train: list[str], plan:
             "fit_seconds": sum(float(stages[s].get("fit_seconds") or 0) for s in ("colorizer", "upscaler"))}
 
 
-def _read_per_image(path: Path) -> dict[str, dict[str, Any]]:
+def read_per_image(path: Path) -> dict[str, dict[str, Any]]:
+    """An eval ``per_image.csv``: ``{photo key: {metric: value or None, "supercategories": [...]}}``."""
     rows = {}
     with open(path, newline="") as f:
         for row in csv.DictReader(f):
@@ -846,7 +847,7 @@ def _evaluate_baselines(out: Path, eval_overrides: list[str], code: str) -> dict
                  run_dir.parent / f"{name}.log")
             (run_dir / RUN_RECORD).write_text(json.dumps({"record": record, "trained": {}}) + "\n")
         baselines[name] = {"metrics": json.loads((run_dir / "eval" / "metrics.json").read_text()),
-                           "per_image": _read_per_image(run_dir / "eval" / "per_image.csv")}
+                           "per_image": read_per_image(run_dir / "eval" / "per_image.csv")}
     return baselines
 
 
@@ -1052,7 +1053,7 @@ def compare(args: argparse.Namespace) -> dict[str, Any]:
         results.setdefault(name, {})[seed] = {
             "train": json.loads((run_dir / RUN_RECORD).read_text())["trained"],
             "metrics": json.loads((run_dir / "eval" / "metrics.json").read_text()),
-            "per_image": _read_per_image(run_dir / "eval" / "per_image.csv"),
+            "per_image": read_per_image(run_dir / "eval" / "per_image.csv"),
         }
     baselines = _evaluate_baselines(out, list(args.eval), code)
     summary = summarize(results, args.reference)
