@@ -23,7 +23,8 @@ Besides compare's pairs against ``joint_paper``, ``joint_exemplar`` is paired ag
 ``residual_joint`` (same photos and seeds, :func:`joint_colsr.compare.paired_interval`): the
 cost of the exemplar mode on its own backbone. Writes to ``--out``: ``comparison.md``,
 ``comparison.json``, ``comparison.png``, ``paired.png`` (the figure docs/architecture.md
-shows), ``exemplar_vs_backbone.json`` and ``run.json`` (the command, the machine, the load).
+shows), ``exemplar_vs_backbone.json`` (with ``joint_exemplar``'s inference FLOPs in automatic
+mode: compare matches them steered, with the exemplar path) and ``run.json`` (the command, the machine, the load).
 The compare folder is ``--work``: run again, finished runs are reused (same code and config).
 ``--plot-only`` redraws ``paired.png`` from ``--out``'s ``comparison.json``. A few CPU minutes
 per run: tiny nets, a measurement of this question at this budget, not of the method at scale.
@@ -70,6 +71,27 @@ def exemplar_vs_backbone(work: Path, seeds: list[int]) -> dict:
     return out
 
 
+def automatic_inference_flops(width_mult: float) -> int:
+    """FLOPs of one automatic-mode forward pass (no exemplar) of ``joint_exemplar`` at ``width_mult``
+    (compare matches its inference FLOPs steered by an exemplar, which runs the trunk twice)."""
+    import torch
+    from hydra import compose, initialize_config_dir
+    from torch.utils.flop_counter import FlopCounterMode
+
+    from joint_colsr import CONFIG_DIR
+    from joint_colsr.assembly import build_system
+    from joint_colsr.systems import call_net
+
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
+        cfg = compose(config_name="train", overrides=["model=joint_exemplar", *TRAIN, f"model.net.width_mult={width_mult}"])
+    with torch.device("meta"):
+        net = build_system(cfg).net.eval()
+    r, s = int(cfg.data.input_size), int(cfg.data.output_size)
+    with FlopCounterMode(display=False) as counter, torch.no_grad():
+        call_net(net, torch.zeros(1, 1, r, r, device="meta"), None, (s, s), None)
+    return counter.get_total_flops()
+
+
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--test-dir", type=Path, default=KODAK24 if KODAK24.is_dir() else None,
@@ -98,6 +120,8 @@ def main(argv: list[str] | None = None) -> dict:
     for name in ("comparison.md", "comparison.json", "comparison.png", "paired.png"):
         shutil.copy2(args.work / name, args.out / name)
     backbone = exemplar_vs_backbone(args.work, args.seeds)
+    width = json.loads((args.out / "comparison.json").read_text())["contenders"]["joint_exemplar"]["width_mult"]
+    backbone["joint_exemplar_automatic_inference_flops"] = automatic_inference_flops(width)
     (args.out / "exemplar_vs_backbone.json").write_text(json.dumps(backbone, indent=1) + "\n")
     record = {"command": "python experiments/exemplar_automatic.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "compare": "python -m joint_colsr.compare " + " ".join(cmp_args).replace(str(REPO) + "/", ""),
@@ -107,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
               "wall_seconds": round(time.perf_counter() - start, 1), "date": time.strftime("%Y-%m-%d")}
     (args.out / "run.json").write_text(json.dumps(record, indent=1) + "\n")
     print((args.out / "comparison.md").read_text())
-    print("joint_exemplar vs residual_joint:", json.dumps({m: v["verdict"] for m, v in backbone.items()}, indent=1))
+    print("joint_exemplar vs residual_joint:", json.dumps({m: backbone[m]["verdict"] for m in PAIRED_METRICS}, indent=1))
     return record
 
 
