@@ -76,20 +76,16 @@ def automatic_inference_flops(width_mult: float) -> int:
     (compare matches its inference FLOPs steered by an exemplar, which runs the trunk twice)."""
     import torch
     from hydra import compose, initialize_config_dir
-    from torch.utils.flop_counter import FlopCounterMode
 
     from joint_colsr import CONFIG_DIR
     from joint_colsr.assembly import build_system
-    from joint_colsr.systems import call_net
+    from joint_colsr.model_table import forward_flops
 
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base="1.3"):
         cfg = compose(config_name="train", overrides=["model=joint_exemplar", *TRAIN, f"model.net.width_mult={width_mult}"])
     with torch.device("meta"):
-        net = build_system(cfg).net.eval()
-    r, s = int(cfg.data.input_size), int(cfg.data.output_size)
-    with FlopCounterMode(display=False) as counter, torch.no_grad():
-        call_net(net, torch.zeros(1, 1, r, r, device="meta"), None, (s, s), None)
-    return counter.get_total_flops()
+        net = build_system(cfg).net
+    return forward_flops(net, int(cfg.data.input_size), int(cfg.data.output_size), steered=False)
 
 
 def main(argv: list[str] | None = None) -> dict:

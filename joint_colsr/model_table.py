@@ -33,9 +33,11 @@ def model_names() -> list[str]:
     return [n for n in order if n in found] + [n for n in found if n not in order]
 
 
-def forward_flops(net: nn.Module, input_size: int, output_size: int) -> int:
+def forward_flops(net: nn.Module, input_size: int, output_size: int, steered: bool = True) -> int:
     """FLOPs of one forward pass of one image (a multiply-add counts 2), on the meta device;
-    an any-scale net is asked for ``output_size`` (a fixed-scale one makes its own)."""
+    an any-scale net is asked for ``output_size`` (a fixed-scale one makes its own). An exemplar
+    net is counted steered by an exemplar of the output's size, or (``steered=False``) in
+    automatic mode, which costs less."""
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
@@ -43,8 +45,8 @@ def forward_flops(net: nn.Module, input_size: int, output_size: int) -> int:
 
     net = net.to("meta").eval()
     l_highres = torch.zeros(1, 1, output_size, output_size, device="meta")
-    # An exemplar net is counted steered by an exemplar of the output's size (its automatic mode costs less).
-    exemplar = torch.zeros(1, 3, output_size, output_size, device="meta") if getattr(net, "takes_exemplar", False) else None
+    steered = steered and getattr(net, "takes_exemplar", False)
+    exemplar = torch.zeros(1, 3, output_size, output_size, device="meta") if steered else None
     with FlopCounterMode(display=False) as counter, torch.no_grad():
         call_net(net, torch.zeros(1, 1, input_size, input_size, device="meta"), l_highres, (output_size, output_size), exemplar)
     return counter.get_total_flops()

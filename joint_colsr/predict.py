@@ -55,7 +55,7 @@ from tqdm.auto import tqdm
 from joint_colsr.assembly import build_eval_system
 from joint_colsr.color import merge_l_ab_to_rgb, normalize_l, quantize_uint8, rgb_to_lab, rgb_uint8_to_lab_batch, upscale_l
 from joint_colsr.run.config_checks import ConfigError, hydra_command
-from joint_colsr.data.views import resize_box
+from joint_colsr.data.views import squash_resize
 from joint_colsr.data.decode import IMAGE_EXTENSIONS, ImageDecodeError, decode_image
 from joint_colsr.run.outputs import atomic_write, refuse_foreign_run_dir
 from joint_colsr.systems import call_net, eval_network, model_size
@@ -217,8 +217,7 @@ def reference_prediction(net: torch.nn.Module, rgb: np.ndarray, input_size: int,
                          exemplar: Tensor | None = None) -> np.ndarray:
     """The evaluation protocol on one photo: ``(H, W, 3)`` uint8 -> ``(S, S, 3)`` uint8
     (squash-resized to ``S``, L* downscaled to ``input_size``, GT L* + predicted a*b*)."""
-    height, width = rgb.shape[:2]
-    reference = resize_box(rgb, (0.0, 0.0, float(width), float(height)), output_size)
+    reference = squash_resize(rgb, output_size)
     tensor = torch.from_numpy(np.ascontiguousarray(reference.transpose(2, 0, 1)))[None].to(device)
     batch = rgb_uint8_to_lab_batch(tensor, input_size, lowres_interpolation)
     with torch.no_grad():
@@ -344,7 +343,7 @@ def load_exemplar(path: Path, size: int, key: str) -> Tensor:
         raise ConfigError(f"{key}: exemplar {path} cannot steer colours: {reason}")
     from joint_colsr.data.exemplars import exemplar_lab
 
-    image = resize_box(rgb, (0.0, 0.0, float(rgb.shape[1]), float(rgb.shape[0])), size)
+    image = squash_resize(rgb, size)
     return exemplar_lab(torch.from_numpy(np.ascontiguousarray(image.transpose(2, 0, 1)))[None])
 
 

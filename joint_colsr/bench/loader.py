@@ -69,6 +69,7 @@ from joint_colsr.data.views import (
     BOX_DRAWS,
     random_resized_boxes,
     resize_box,
+    squash_resize,
     whole_pixel_boxes,
 )
 
@@ -358,8 +359,7 @@ def device_crops_vs_pil(samples: int = 200, cached: int = 384, size: int = 256) 
     ``size`` pixels a side). Against PIL on the same fractional box (the file path's way: a
     sub-pixel shift of up to half a pixel) and on the rounded box (the two kernels alone).
     Uint8 levels; a deterministic result (no timing)."""
-    photos = [resize_box(item.array, (0.0, 0.0, float(item.array.shape[1]), float(item.array.shape[0])), cached)
-              for item in SamplePhotos().items()]
+    photos = [squash_resize(item.array, cached) for item in SamplePhotos().items()]
     boxes = random_resized_boxes(sample_uniforms(sample_keys(0, 0, np.arange(samples)), BOX_DRAWS), cached, cached,
                                  (0.25, 1.0), (3 / 4, 4 / 3), min_side=size)
     whole = whole_pixel_boxes(boxes, cached, cached)

@@ -33,6 +33,7 @@ from joint_colsr.data.views import (
     Box,
     random_resized_boxes,
     resize_box,
+    squash_resize,
     training_box,
     view_box,
     whole_pixel_boxes,
@@ -235,7 +236,7 @@ class ReferenceImages(ReferenceSamples):
             except ImageDecodeError as err:
                 reason = err.reason
             if reason is None:
-                image = resize_box(rgb, (0.0, 0.0, float(rgb.shape[1]), float(rgb.shape[0])), self.exemplar_size).transpose(2, 0, 1)
+                image = squash_resize(rgb, self.exemplar_size).transpose(2, 0, 1)
             else:
                 if f"exemplar:{item.key}" not in self._logged:
                     self._logged.add(f"exemplar:{item.key}")

@@ -183,9 +183,10 @@ def tps_control_points(device: torch.device | str | None = None) -> Tensor:
 
 
 @functools.lru_cache(maxsize=8)
-def _tps_solver(device: str) -> Tensor:
-    """``(K + 3, K)`` float32 on ``device``: the thin-plate spline through the fixed control
-    points is ``[kernel weights; affine weights] = solver @ targets`` (kornia's
+def _tps_solver(device: str) -> tuple[Tensor, Tensor]:
+    """``(centres, solver)`` float32 on ``device``: the ``(K, 2)`` control points
+    (:func:`tps_control_points`) and the ``(K + 3, K)`` matrix with which the thin-plate spline
+    through them is ``[kernel weights; affine weights] = solver @ targets`` (kornia's
     ``warp_points_tps`` layout). The spline's system depends on the control points alone, so
     it is inverted once (float64, on the CPU) and each batch is one product: kornia's
     ``get_tps_transform`` solves per call with ``torch.linalg.solve``, whose error check waits
@@ -196,7 +197,7 @@ def _tps_solver(device: str) -> Tensor:
     kernel = torch.where(squared > 0, 0.5 * squared * torch.where(squared > 0, squared, 1.0).log(), 0.0)  # r^2 log r
     affine = torch.cat([torch.ones(count, 1, dtype=torch.float64), centres], 1)
     system = torch.cat([torch.cat([kernel, affine], 1), torch.cat([affine.T, torch.zeros(3, 3, dtype=torch.float64)], 1)], 0)
-    return torch.linalg.inv(system)[:, :count].float().to(device)
+    return tps_control_points(device), torch.linalg.inv(system)[:, :count].float().to(device)
 
 
 def warp_grid(theta: Tensor, size: int, bends: Tensor | None = None) -> Tensor:
@@ -210,8 +211,9 @@ def warp_grid(theta: Tensor, size: int, bends: Tensor | None = None) -> Tensor:
         return F.affine_grid(theta, [theta.shape[0], 3, size, size], align_corners=False)
     identity = torch.eye(2, 3, device=theta.device).expand(theta.shape[0], 2, 3)
     points = F.affine_grid(identity, [theta.shape[0], 3, size, size], align_corners=False).reshape(theta.shape[0], -1, 2)
-    centres = tps_control_points(theta.device).expand(theta.shape[0], -1, -1)
-    weights = _tps_solver(str(theta.device)) @ (centres + bends.to(theta.device, torch.float32))
+    centres, solver = _tps_solver(str(theta.device))
+    centres = centres.expand(theta.shape[0], -1, -1)
+    weights = solver @ (centres + bends.to(theta.device, torch.float32))
     bent = warp_points_tps(points, centres, weights[:, : centres.shape[1]], weights[:, centres.shape[1]:])
     return (bent @ theta[:, :, :2].transpose(1, 2) + theta[:, None, :, 2]).reshape(theta.shape[0], size, size, 2)
 

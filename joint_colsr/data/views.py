@@ -161,6 +161,11 @@ def training_box(rng: np.random.Generator, width: int, height: int, train_crop: 
     raise ValueError(f"data.train_crop must be one of {', '.join(TRAIN_CROPS)}, got {train_crop!r}")
 
 
+def squash_resize(rgb: np.ndarray, size: int) -> np.ndarray:
+    """The whole photo ``(H, W, 3)`` uint8 squash-resized to ``(size, size, 3)`` uint8 (:func:`resize_box` of :data:`WHOLE`)."""
+    return resize_box(rgb, view_box(WHOLE, rgb.shape[1], rgb.shape[0]), size)
+
+
 def resize_box(rgb: np.ndarray, box: Box, size: int) -> np.ndarray:
     """Crop ``box`` (pixels) out of ``rgb`` ``(H, W, 3)`` uint8 and resize it to
     ``(size, size, 3)`` uint8 (PIL bicubic, antialiased)."""

@@ -51,6 +51,11 @@ def _repeat_to(x: Tensor, factor: int, size: tuple[int, int]) -> Tensor:
     return x[:, :, :, None, :, None].expand(b, c, h, factor, w, factor).reshape(b, c, h * factor, w * factor)[..., : size[0], : size[1]]
 
 
+def _pool(x: Tensor, factor: int) -> Tensor:
+    """Average over ``factor x factor`` cells (a partial cell at the border averages what it holds)."""
+    return F.avg_pool2d(x, factor, ceil_mode=True) if factor > 1 else x
+
+
 class ExemplarAttention(nn.Module):
     """One level of source -> exemplar cross-attention (see the module docs).
 
@@ -76,9 +81,7 @@ class ExemplarAttention(nn.Module):
         return x.reshape(b, self.heads, c // self.heads, h * w).transpose(2, 3)
 
     def forward(self, source: Tensor, keys: Tensor, values: Tensor) -> Tensor:
-        q_in = F.avg_pool2d(source, self.query_pool, ceil_mode=True) if self.query_pool > 1 else source
-        k_in = F.avg_pool2d(keys, self.key_pool, ceil_mode=True) if self.key_pool > 1 else keys
-        v_in = F.avg_pool2d(values, self.key_pool, ceil_mode=True) if self.key_pool > 1 else values
+        q_in, k_in, v_in = _pool(source, self.query_pool), _pool(keys, self.key_pool), _pool(values, self.key_pool)
         q = self._tokens(self.query(q_in))
         attended = F.scaled_dot_product_attention(q, self._tokens(self.key(k_in)), self._tokens(self.value(v_in)))
         b, _, h, w = q_in.shape

@@ -105,8 +105,8 @@ class ColSRSystem(pl.LightningModule):
         self.val_psnr_gray = MeanMetric(nan_strategy="disable")
         self.val_loss_l = MeanMetric(nan_strategy="disable")
         self.val_psnr_joint = MeanMetric(nan_strategy="disable")
-        self._skipped_in_epoch: Tensor | None = None
-        self._skipped_exemplars: Tensor | None = None
+        #: Per-epoch sums on the device, logged at the epoch's end: log name -> running count.
+        self._epoch_counts: dict[str, Tensor] = {}
         #: First validation batch of the epoch, kept on CPU for the image-grid callback.
         self.val_examples: dict[str, Tensor] | None = None
         #: The data the weights were trained on (``input_size``, ``output_size``,
@@ -261,21 +261,16 @@ class ColSRSystem(pl.LightningModule):
     def _count_skipped(self, batch: Mapping[str, Tensor]) -> None:
         # Summed on the device and logged once per epoch: a self.log call per step costs
         # about 0.4 ms of host time (make bench: lightning_self_log_call_ms).
-        if "skipped" in batch:
-            count = batch["skipped"].sum()
-            self._skipped_in_epoch = count if self._skipped_in_epoch is None else self._skipped_in_epoch + count
-        if "exemplar_skipped" in batch:  # exemplar photos that could not be used (the sample trained without one)
-            count = batch["exemplar_skipped"].sum()
-            self._skipped_exemplars = count if self._skipped_exemplars is None else self._skipped_exemplars + count
+        # exemplar_skipped: exemplar photos that could not be used (the sample trained without one).
+        for key, name in (("skipped", "data/skipped"), ("exemplar_skipped", "data/skipped_exemplars")):
+            if key in batch:
+                count = batch[key].sum()
+                self._epoch_counts[name] = count if name not in self._epoch_counts else self._epoch_counts[name] + count
 
     def on_train_epoch_end(self) -> None:
-        if self._skipped_in_epoch is not None:
-            self.log("data/skipped", self._skipped_in_epoch.float(), on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True)
-            self._skipped_in_epoch = None
-        if self._skipped_exemplars is not None:
-            self.log("data/skipped_exemplars", self._skipped_exemplars.float(), on_step=False, on_epoch=True, reduce_fx="sum",
-                     sync_dist=True)
-            self._skipped_exemplars = None
+        for name, count in self._epoch_counts.items():
+            self.log(name, count.float(), on_step=False, on_epoch=True, reduce_fx="sum", sync_dist=True)
+        self._epoch_counts = {}
 
     def training_step(self, batch: Mapping[str, Tensor], batch_idx: int) -> Tensor:
         losses = self.supervised_losses(self.infer(batch), batch)
